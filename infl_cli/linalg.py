@@ -1,0 +1,84 @@
+"""Linear algebra on parameter-shaped vectors: conjugate gradients and the Cholesky-factored
+Hessian. Vectors are [k, C, d] (k right-hand sides, solved together, one per leading index)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import model
+
+
+def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """⟨a_i, b_i⟩ for [k, ...] tensors: [k]."""
+    return (a * b).flatten(1).sum(1)
+
+
+def batched_norm(a: torch.Tensor) -> torch.Tensor:
+    return a.flatten(1).norm(dim=1)
+
+
+def conjugate_gradient(apply_h: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
+                       rtol: float, max_iter: int, x0: torch.Tensor | None = None,
+                       on_iter: Callable[[int, torch.Tensor], None] | None = None):
+    """Solve H x = b for every right-hand side in ``rhs`` [k, C, d] with conjugate gradients.
+
+    Each column stops updating once its recursive relative residual ‖Hx − b‖/‖b‖ is ≤ rtol;
+    all stop after ``max_iter`` iterations. Returns (x, iterations, hvp_count) where
+    hvp_count counts matrix-vector products with H (one per column per iteration).
+    ``on_iter(i, rel_residuals)`` is called after each iteration.
+    """
+    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
+    r = rhs - apply_h(x) if x0 is not None else rhs.clone()
+    b_norm = batched_norm(rhs).clamp_min(torch.finfo(rhs.dtype).tiny)
+    p = r.clone()
+    rs = batched_dot(r, r)
+    active = torch.sqrt(rs) / b_norm > rtol
+    iters, hvps = 0, 0
+    while bool(active.any()) and iters < max_iter:
+        hp = apply_h(p[active])
+        hvps += int(active.sum())
+        alpha = rs[active] / batched_dot(p[active], hp)
+        x[active] += alpha[:, None, None] * p[active]
+        r[active] -= alpha[:, None, None] * hp
+        rs_new = batched_dot(r[active], r[active])
+        beta = rs_new / rs[active]
+        p[active] = r[active] + beta[:, None, None] * p[active]
+        rs[active] = rs_new
+        iters += 1
+        rel = torch.sqrt(rs) / b_norm
+        if on_iter is not None:
+            on_iter(iters, rel)
+        active = rel > rtol
+    return x, iters, hvps
+
+
+class HessianFactor:
+    """Cholesky factor of H = ∇²R(W) (closed form, float64), for exact solves H⁻¹v.
+
+    Only the features active in the training data enter the dense factor; on the others H
+    is wd·I and the solve is v / wd.
+    """
+
+    def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, on_block=None):
+        self.shape = tuple(weight.shape)
+        self.wd = wd
+        self.active = model.active_features(x)
+        h = model.hessian_reduced(weight, x, wd, self.active, on_block=on_block)
+        self.chol, info = torch.linalg.cholesky_ex(h)
+        if int(info) != 0:
+            raise ValueError("the Hessian is not positive definite (weight decay must be > 0)")
+
+    n_blocks = staticmethod(lambda c: c * (c - 1) // 2)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """H⁻¹ v for v [C, d] or [k, C, d]."""
+        single = v.dim() == 2
+        vv = v[None] if single else v
+        k, c, d = vv.shape
+        out = vv / self.wd
+        red = vv[:, :, self.active].reshape(k, -1).T.contiguous()
+        sol = torch.cholesky_solve(red, self.chol)
+        out[:, :, self.active] = sol.T.reshape(k, c, -1)
+        return out[0] if single else out
