@@ -50,7 +50,7 @@ def tensors_fingerprint(tensors: dict[str, torch.Tensor], record: dict[str, Any]
     return digest.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -69,7 +69,7 @@ def save_artifact(path: Path, tensors: dict[str, torch.Tensor], record: dict[str
     record["fingerprint"] = tensors_fingerprint(tensors, record)
     text = json.dumps(record, sort_keys=True, default=str)
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata={META_KEY: text}))
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata={META_KEY: text}))
     return record
 
 
@@ -80,7 +80,7 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def read_record(path: Path) -> dict:

@@ -1,0 +1,257 @@
+"""The ``infl`` command line: a thin Typer layer over :mod:`infl_cli.stages`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.table import Table
+
+from . import artifacts as art
+from . import ihvp as ihvp_mod
+from . import stages
+from .data import DATASETS
+from .errors import InflError
+from .progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Explain a prediction through its training data with influence functions "
+                       "(Koh & Liang 2017) and check it by leave-one-out retraining.")
+
+WORKDIR = typer.Option(Path("artifacts"), "--workdir", "-w", help="Work folder for artifacts.")
+DATASET = typer.Option("mnist", "--dataset", help=f"Dataset: {' | '.join(DATASETS)}.")
+DATA_DIR = typer.Option(None, "--data-dir",
+                        help="Folder holding MNIST/raw/ (default: $INFL_DATA_DIR, else a per-user "
+                             "cache folder; downloaded there when missing).")
+WD = typer.Option(0.01, "--wd", help="Weight decay: per-point loss CE + (wd/2)·‖θ‖².")
+TRAIN_TOL = typer.Option(1e-10, "--train-tol", help="Stop training at ‖∇R‖ ≤ this.")
+MAX_ITER = typer.Option(5000, "--max-iter", help="Most L-BFGS iterations in training.")
+DOWNLOAD = typer.Option(True, "--download/--no-download", help="Download MNIST when missing.")
+SOLVER = typer.Option("lissa", "--solver", help="IHVP solver: lissa | cg | exact.")
+TEST_INDEX = typer.Option([8], "--test-index", "-t", help="Test index; repeat for several.")
+PRESET = typer.Option("default", "--preset",
+                      help="LiSSA presets: default (tail-averaged, auto scale) | paper "
+                           "(scale 25, depth 5000, batch 1, 10 repeats).")
+SCALE = typer.Option(None, "--scale", help="LiSSA scale, or 'auto' [default: auto; paper: 25].")
+DAMPING = typer.Option(None, "--damping", help="LiSSA damping [default: 0].")
+DEPTH = typer.Option(None, "--depth", help="LiSSA steps per repeat [default: 3000; paper: 5000].")
+BATCH = typer.Option(None, "--batch-size", help="LiSSA mini-batch [default: 500; paper: 1].")
+REPEATS = typer.Option(None, "--repeats", help="LiSSA repeats averaged [default: 1; paper: 10].")
+SEED = typer.Option(None, "--seed", help="LiSSA random seed [default: 0].")
+TAIL = typer.Option(None, "--average-tail",
+                    help="Fraction of the last LiSSA steps averaged [default: 0.5; paper: 0].")
+CG_RTOL = typer.Option(1e-10, "--cg-rtol", help="CG stops at ‖Hx − g‖/‖g‖ ≤ this.")
+CG_MAX = typer.Option(1000, "--cg-max-iter", help="Most CG iterations.")
+LOO_SOLVER = typer.Option(None, "--solver",
+                          help="Scores that pick the points [default: most accurate present: "
+                               "exact, cg, lissa].")
+LOO_TEST = typer.Option(None, "--test-index", "-t",
+                        help="Test index [default: the first one scored].")
+NUM = typer.Option(500, "--num", "-k", help="Number of most influential points (|I|) retrained.")
+METHOD = typer.Option("newton", "--method", help="Retraining: newton (batched, certified) | lbfgs.")
+LOO_TOL = typer.Option(1e-8, "--tol", help="Each retraining must reach ‖∇R₋z‖ ≤ this.")
+CHUNK = typer.Option(50, "--chunk-size", help="Removals solved together (and checkpointed).")
+MAX_STEPS = typer.Option(6, "--max-steps", help="Newton steps before falling back to L-BFGS.")
+PLOT_SOLVERS = typer.Option(None, "--solver",
+                            help="Panels to draw, repeatable [default: the scores LOO used].")
+OUT = typer.Option(None, "--out", "-o", help="Figure path (.png; a .pdf copy goes beside it) "
+                                             "[default: WORKDIR/fig2_middle.png].")
+
+
+def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail):
+    if preset not in ihvp_mod.PRESETS:
+        raise InflError(f"unknown preset {preset!r}; choose one of: {', '.join(ihvp_mod.PRESETS)}")
+    s = ihvp_mod.LissaSettings.paper() if preset == "paper" else ihvp_mod.LissaSettings()
+    if scale is not None:
+        if scale.strip().lower() == "auto":
+            s.scale = "auto"
+        else:
+            try:
+                s.scale = float(scale)
+            except ValueError:
+                raise InflError(f"--scale must be 'auto' or a number, got {scale!r}") from None
+    for name, value in (("damping", damping), ("depth", depth), ("batch_size", batch_size),
+                        ("repeats", repeats), ("seed", seed), ("average_tail", average_tail)):
+        if value is not None:
+            setattr(s, name, value)
+    return s
+
+
+def _table(title: str, rows: dict) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in rows.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _report_train(rec):
+    _table("train", {"dataset": rec["settings"]["dataset"], "n_train": rec["n_train"],
+                     "train loss": rec["train_loss"], "‖∇R‖": rec["grad_norm"],
+                     "train accuracy": rec["train_accuracy"],
+                     "test accuracy": rec["test_accuracy"],
+                     "L-BFGS iterations": rec["lbfgs_iterations"],
+                     "Newton iterations": rec["newton_iterations"],
+                     "seconds": rec["seconds"]})
+
+
+def _report_ihvp(rec):
+    r = rec["report"]
+    _table(f"ihvp ({rec['settings']['solver']})", {
+        "test indices": rec["settings"]["test_indices"],
+        "relative residual ‖Hs−g‖/‖g‖": ", ".join(f"{v:.2e}" for v in r["relative_residual"]),
+        "iterations": r["iterations"], "HVPs": r["hvps"], "seconds": r["seconds"],
+        **({"scale": r["scale_used"]} if "scale_used" in r else {})})
+
+
+def _report_loo(rec):
+    _table("loo", {"test index": rec["test_index"], "points": rec["settings"]["k"],
+                   "method": rec["settings"]["method"], "certified": rec["certified"],
+                   "max ‖∇R₋z‖": rec["max_grad_norm"], "L-BFGS fallbacks": rec["fallbacks"],
+                   "full-data passes": rec["data_passes"], "seconds": rec["seconds"]})
+
+
+def _report_plot(metrics):
+    for solver, m in metrics["panels"].items():
+        _table(f"plot ({solver})", {"Pearson R": m["pearson_r"], "Spearman ρ": m["spearman_rho"],
+                                    "slope": m["slope"], "intercept": m["intercept"],
+                                    "k": m["k"], "figure": metrics["figure"]})
+
+
+@app.command("train")
+def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
+              data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
+              max_iter: int = MAX_ITER, download: bool = DOWNLOAD):
+    """Fit the model (float64 L-BFGS, then Newton) and write model.safetensors."""
+    _report_train(stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
+                                   download))
+
+
+@app.command("ihvp")
+def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER, test_index: List[int] = TEST_INDEX,
+             preset: str = PRESET, scale: Optional[str] = SCALE,
+             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
+             batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
+             seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
+             cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX):
+    """Solve s_test = H⁻¹∇L(z_test) and write ihvp-<solver>.safetensors."""
+    lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
+                            average_tail)
+    _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg_rtol, cg_max_iter))
+
+
+@app.command("score")
+def score_cmd(workdir: Path = WORKDIR, solver: str = SOLVER):
+    """Influence of every training point: writes scores-<solver>.safetensors."""
+    rec = stages.run_score(workdir, solver)
+    _table(f"score ({solver})", {"n_train": rec["n_train"], "seconds": rec["seconds"]})
+
+
+@app.command("loo")
+def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
+            test_index: Optional[int] = LOO_TEST, num: int = NUM, method: str = METHOD,
+            tol: float = LOO_TOL, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS):
+    """Retrain without each of the top-k points by |influence|: writes loo.safetensors."""
+    _report_loo(stages.run_loo(workdir, solver, test_index, num, method, tol, chunk_size,
+                               max_steps))
+
+
+@app.command("plot")
+def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS,
+             out: Optional[Path] = OUT):
+    """Predicted vs actual change in test loss (Figure 2): figure and metrics.json."""
+    _report_plot(stages.run_plot(workdir, solver, out))
+
+
+@app.command("run")
+def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
+            data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
+            max_iter: int = MAX_ITER, download: bool = DOWNLOAD, solver: str = SOLVER,
+            test_index: int = typer.Option(8, "--test-index", "-t", help="Test index."),
+            preset: str = PRESET, scale: Optional[str] = SCALE,
+            damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
+            batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
+            seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
+            cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, num: int = NUM,
+            method: str = METHOD, tol: float = LOO_TOL, chunk_size: int = CHUNK,
+            max_steps: int = MAX_STEPS, out: Optional[Path] = OUT):
+    """All five stages in order, skipping those whose artifact is up to date."""
+    from .data import load_dataset
+
+    lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
+                            average_tail)
+    times = {}
+    t0 = time.perf_counter()
+    data = load_dataset(dataset, data_dir, download)
+    times["load data"] = time.perf_counter() - t0
+
+    def stage(name, path, settings, inputs, fn, report):
+        start = time.perf_counter()
+        if stages.is_current(path, settings, inputs):
+            console.print(f"[dim]{name}: {path} is up to date, skipped[/dim]")
+            rec = art.read_record(path)
+        else:
+            rec = fn()
+            report(rec)
+        times[name] = time.perf_counter() - start
+        return rec
+
+    mrec = stage("train", workdir / art.MODEL, stages.train_settings(dataset, data_dir, wd,
+                                                                       train_tol),
+                 {"data": data.fingerprint},
+                 lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
+                                          download, data=data), _report_train)
+    loaded = stages.load_model(workdir, data)
+    irec = stage("ihvp", workdir / art.ihvp_name(solver),
+                 stages.ihvp_settings(solver, [test_index], lissa, cg_rtol, cg_max_iter),
+                 {"model": mrec["fingerprint"]},
+                 lambda: stages.run_ihvp(workdir, solver, [test_index], lissa, cg_rtol,
+                                         cg_max_iter, loaded), _report_ihvp)
+    srec = stage("score", workdir / art.scores_name(solver), {"solver": solver},
+                 {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
+                 lambda: stages.run_score(workdir, solver, loaded),
+                 lambda r: None)
+    k = min(num, data.n_train)
+    stage("loo", workdir / art.LOO,
+          stages.loo_settings(solver, test_index, k, method, tol, chunk_size, max_steps),
+          {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
+          lambda: stages.run_loo(workdir, solver, test_index, k, method, tol, chunk_size,
+                                 max_steps, loaded), _report_loo)
+    start = time.perf_counter()
+    _report_plot(stages.run_plot(workdir, [solver], out))
+    times["plot"] = time.perf_counter() - start
+    times["total"] = time.perf_counter() - t0
+    _table("seconds per stage", times)
+
+
+def main() -> None:
+    """Entry point: every error ends as one line on stderr and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except InflError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        console.print("[red]error:[/red] interrupted", highlight=False)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[red]error:[/red] interrupted", highlight=False)
+        sys.exit(130)
+    except MemoryError:
+        console.print("[red]error:[/red] out of memory; use a smaller --chunk-size",
+                      highlight=False)
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line, with its type, and a non-zero exit
+        console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
