@@ -51,7 +51,7 @@ def draw(panels: list[dict], png: Path, pdf: Path, write) -> None:
         ax.set_xlabel("Actual diff in loss")
         ax.set_ylabel("Predicted diff in loss")
         ax.set_title(f"{TITLES.get(panel['solver'], panel['solver'])} [{panel['solver']}]")
-        ax.text(0.04, 0.95, f"Pearson R = {panel['pearson_r']:.4f}\nk = {len(actual)}, "
+        ax.text(0.04, 0.95, f"Pearson R = {panel['pearson_r']:.6f}\nk = {len(actual)}, "
                 f"test {panel['test_index']}", transform=ax.transAxes, va="top", fontsize=9)
     fig.tight_layout()
     for path in (png, pdf):

@@ -213,7 +213,7 @@ def resolve_loo_choice(workdir: Path, solver: str | None, test_index: int | None
 
 
 def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, method: str,
-            tol: float, chunk_size: int, max_steps: int = 6, loaded=None) -> dict:
+            tol: float, chunk_size: int, max_steps: int = 10, loaded=None) -> dict:
     if method not in loo_mod.METHODS:
         raise InflError(f"unknown method {method!r}; choose one of: {', '.join(loo_mod.METHODS)}")
     if k < 1 or chunk_size < 1 or max_steps < 1:

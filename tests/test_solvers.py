@@ -1,0 +1,74 @@
+"""IHVP solvers converge to the exact solve; LiSSA diverges loudly."""
+
+import pytest
+import torch
+
+from infl_cli import ihvp, model
+from infl_cli.errors import InflError
+from infl_cli.linalg import HessianFactor, conjugate_gradient
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    from infl_cli import train
+
+    w, info = train.fit(tiny, 0.01, 1e-10)
+    assert info["grad_norm"] <= 1e-10
+    rhs = model.test_point_grads(w, tiny.x_test[[8, 3]], tiny.y_test[[8, 3]])
+    exact = torch.linalg.solve(model.hessian(w, tiny.x_train, 0.01),
+                               rhs.reshape(2, -1).T).T.reshape(rhs.shape)
+    return w, rhs, exact
+
+
+def rel_err(a, b):
+    return float(((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max())
+
+
+def test_exact_factor_matches_dense_solve(tiny, fitted):
+    w, rhs, exact = fitted
+    est, report = ihvp.solve("exact", w, tiny.x_train, 0.01, rhs, None)
+    assert rel_err(est, exact) < 1e-10
+    assert max(report["relative_residual"]) < 1e-10
+
+
+def test_cg_converges_to_exact(tiny, fitted):
+    w, rhs, exact = fitted
+    est, report = ihvp.solve("cg", w, tiny.x_train, 0.01, rhs, None, cg_rtol=1e-12)
+    assert rel_err(est, exact) < 1e-9
+    assert max(report["relative_residual"]) < 1e-11
+
+
+def test_preconditioned_cg_with_exact_preconditioner_takes_one_step(tiny, fitted):
+    w, rhs, exact = fitted
+    factor = HessianFactor(w, tiny.x_train, 0.01)
+    est, iters, _ = conjugate_gradient(lambda v: model.hvp(w, tiny.x_train, 0.01, v), rhs,
+                                       1e-9, 50, precondition=factor.solve)
+    assert iters <= 2 and rel_err(est, exact) < 1e-8
+
+
+def test_lissa_converges_to_exact(tiny, fitted):
+    w, rhs, exact = fitted
+    settings = ihvp.LissaSettings(batch_size=200, depth=4000)
+    est, report = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs, settings)
+    assert rel_err(est, exact) < 0.02
+    # more steps average away more noise: the error must shrink
+    longer, _ = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs,
+                           ihvp.LissaSettings(batch_size=200, depth=16000))
+    assert rel_err(longer, exact) < rel_err(est, exact)
+
+
+def test_lissa_paper_preset_is_the_authors_recursion(tiny, fitted):
+    w, rhs, exact = fitted
+    s = ihvp.LissaSettings.paper()
+    assert (s.scale, s.damping, s.depth, s.batch_size, s.repeats, s.average_tail) == \
+        (25.0, 0.0, 5000, 1, 10, 0.0)
+    s.repeats, s.depth = 2, 3000
+    est, _ = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs[:1], s)
+    assert rel_err(est, exact[:1]) < 0.5  # noisy, but the right vector
+
+
+def test_lissa_divergence_names_a_scale(tiny, fitted):
+    w, rhs, _ = fitted
+    with pytest.raises(InflError, match=r"diverged.*--scale"):
+        ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs,
+                   ihvp.LissaSettings(scale=0.3, depth=2000, batch_size=100))
