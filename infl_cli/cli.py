@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.table import Table
 
@@ -229,6 +228,10 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     _table("seconds per stage", times)
 
 
+# Typer may vendor its own click: take the exception classes from Typer itself.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     """Entry point: every error ends as one line on stderr and a non-zero exit."""
     try:
@@ -236,12 +239,13 @@ def main() -> None:
     except InflError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("[red]error:[/red] interrupted", highlight=False)
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False,
-                      soft_wrap=True)
+    except _CLICK_ERROR as exc:
+        if exc.format_message():  # empty for the help shown when no command is given
+            console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False,
+                          soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("[red]error:[/red] interrupted", highlight=False)

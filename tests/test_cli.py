@@ -1,0 +1,126 @@
+"""Every stage through the CLI on mnist-tiny; bad input fails cleanly."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_clean_failure, infl
+
+FAST_LISSA = ["--depth", "600", "--batch-size", "200"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Each stage run on its own, in order, on the bundled subset."""
+    w = tmp_path_factory.mktemp("work")
+    steps = [
+        ["train", "-w", w, "--dataset", "mnist-tiny"],
+        ["ihvp", "-w", w, "-t", 8, "-t", 3, *FAST_LISSA],
+        ["ihvp", "-w", w, "--solver", "cg", "-t", 8],
+        ["score", "-w", w],
+        ["score", "-w", w, "--solver", "cg"],
+        ["loo", "-w", w, "--num", 40, "--solver", "cg"],
+        ["plot", "-w", w, "--solver", "cg", "--solver", "lissa"],
+    ]
+    for args in steps:
+        proc = infl(*args)
+        assert proc.returncode == 0, (args, proc.stderr[-3000:])
+    return w
+
+
+def test_stages_write_documented_artifacts(workdir):
+    model = load_file(str(workdir / "model.safetensors"))
+    assert model["weight"].shape == (10, 784) and model["weight"].dtype == torch.float64
+    ihvp = load_file(str(workdir / "ihvp-lissa.safetensors"))
+    assert ihvp["ihvp"].shape == (2, 10, 784) and ihvp["test_indices"].tolist() == [8, 3]
+    scores = load_file(str(workdir / "scores-lissa.safetensors"))
+    assert scores["influence"].shape == (2, 1000)
+    assert torch.allclose(scores["predicted_loss_diff"], -scores["influence"] / 1000)
+    loo = load_file(str(workdir / "loo.safetensors"))
+    assert loo["train_indices"].shape == (40,) and float(loo["grad_norm"].max()) <= 1e-8
+    cg = load_file(str(workdir / "scores-cg.safetensors"))["influence"][0]
+    assert loo["train_indices"].tolist() == cg.abs().topk(40).indices.tolist()
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert set(metrics["panels"]) == {"cg", "lissa"}
+    assert metrics["panels"]["cg"]["pearson_r"] > 0.99
+    assert (workdir / "fig2_middle.png").stat().st_size > 10_000
+    assert (workdir / "fig2_middle.pdf").is_file()
+    assert not list(workdir.glob(".*tmp")) and not (workdir / "loo.partial.safetensors").exists()
+
+
+def test_help_shows_defaults():
+    proc = infl("ihvp", "--help")
+    assert proc.returncode == 0 and "--workdir" in proc.stdout and "lissa" in proc.stdout
+
+
+def test_run_skips_up_to_date_stages(tmp_path):
+    args = ["run", "-w", tmp_path, "--dataset", "mnist-tiny", "--num", 20, *FAST_LISSA]
+    first = infl(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (tmp_path / "loo.safetensors").stat().st_mtime_ns
+    second = infl(*args)
+    assert second.returncode == 0 and second.stderr.count("up to date") == 4
+    assert (tmp_path / "loo.safetensors").stat().st_mtime_ns == before
+
+
+def test_missing_inputs_fail_cleanly(tmp_path):
+    for stage in ("ihvp", "score", "loo", "plot"):
+        proc = infl(stage, "-w", tmp_path / "empty")
+        assert_clean_failure(proc)
+        assert "not found" in proc.stderr or "no scores" in proc.stderr
+
+
+def test_mismatched_inputs_are_refused(workdir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    proc = infl("train", "-w", other, "--dataset", "mnist-tiny", "--wd", "0.02")
+    assert proc.returncode == 0, proc.stderr
+    for args in (["score", "-w", other], ["loo", "-w", other, "--num", 5], ["plot", "-w", other]):
+        proc = infl(*args)
+        assert_clean_failure(proc)
+        assert "another model" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--dataset", "cifar"], "unknown dataset"),
+    (["train", "--dataset", "mnist-tiny", "--wd", "0"], "--wd must be > 0"),
+    (["train", "--dataset", "mnist-tiny", "--wd", "abc"], "Invalid value for '--wd'"),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/x", "--no-download"],
+     "MNIST not found"),
+])
+def test_bad_train_input(tmp_path, args, message):
+    proc = infl(*args, "-w", tmp_path)
+    assert_clean_failure(proc)
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ihvp", "-t", "5000"], "out of range"),
+    (["ihvp", "--solver", "magic"], "unknown solver"),
+    (["ihvp", "--scale", "fast"], "--scale must be"),
+    (["ihvp", "--preset", "fastest"], "unknown preset"),
+    (["ihvp", "--scale", "0.2", "--depth", "2000", "--batch-size", "100"], "diverged"),
+    (["loo", "-t", "3", "--solver", "cg"], "no scores for test index 3"),
+    (["loo", "--method", "sgd"], "unknown method"),
+    (["plot", "--out", "fig.jpg"], "must end in .png"),
+])
+def test_bad_stage_input(workdir, args, message):
+    before = sorted(p.name for p in workdir.iterdir())
+    proc = infl(*args, "-w", workdir)
+    assert_clean_failure(proc)
+    assert message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_module_entry_point_and_download_error(tmp_path):
+    # no network in CI: the download fails and says where it looked
+    proc = infl("train", "-w", tmp_path, "--data-dir", tmp_path / "nothing",
+                env_extra={"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"})
+    assert_clean_failure(proc)
+    assert "MNIST" in proc.stderr and "--data-dir" in proc.stderr

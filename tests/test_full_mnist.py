@@ -1,0 +1,30 @@
+"""Full MNIST, the paper's setting (slow; runs where ../shared/mnist or $INFL_DATA_DIR is)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO, infl
+
+DATA = Path(os.environ.get("INFL_DATA_DIR") or REPO.parent / "shared" / "mnist")
+HAVE_MNIST = (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MNIST, reason=f"full MNIST not found in {DATA}")
+def test_full_pipeline_reproduces_figure_2_middle(tmp_path):
+    proc = infl("run", "-w", tmp_path, "--data-dir", DATA, "--no-download")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = json.loads(json.dumps(__import__("infl_cli.artifacts", fromlist=["x"])
+                                  .read_record(tmp_path / "model.safetensors")))
+    assert model["n_train"] == 55_000 and model["grad_norm"] <= 1e-8
+    loo = load_file(str(tmp_path / "loo.safetensors"))
+    assert loo["train_indices"].shape == (500,)
+    assert float(loo["grad_norm"].max()) <= 1e-8
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test_index"] == 8
+    assert metrics["panels"]["lissa"]["pearson_r"] >= 0.999
+    assert metrics["panels"]["lissa"]["ihvp"]["relative_residual"][0] < 0.05
