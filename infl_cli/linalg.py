@@ -60,30 +60,59 @@ def conjugate_gradient(apply_h: Callable[[torch.Tensor], torch.Tensor], rhs: tor
 
 
 class HessianFactor:
-    """Cholesky factor of H = ∇²R(W) (closed form, float64), for exact solves H⁻¹v.
+    """Cholesky factor of H = ∇²R(W) (closed form), for exact solves H⁻¹v.
 
     Only the features active in the training data enter the dense factor; on the others H
-    is wd·I and the solve is v / wd.
+    is wd·I and the solve is v / wd. ``dtype`` float32 builds a preconditioner in about half
+    the time (results are then accurate to about 1e-6 relative, fine wherever the caller
+    certifies its own result, as LOO does); ``explicit_inverse=True`` also forms H⁻¹, which
+    makes solves plain matrix products and :meth:`solve_kron` cheap.
     """
 
-    def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, on_block=None):
+    def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, on_block=None,
+                 dtype: torch.dtype = torch.float64, explicit_inverse: bool = False):
         self.shape = tuple(weight.shape)
         self.wd = wd
+        self.dtype = dtype
         self.active = model.active_features(x)
-        h = model.hessian_reduced(weight, x, wd, self.active, on_block=on_block)
+        h = model.hessian_reduced(weight, x, wd, self.active, on_block=on_block, dtype=dtype)
         self.chol, info = torch.linalg.cholesky_ex(h)
+        del h
         if int(info) != 0:
             raise ValueError("the Hessian is not positive definite (weight decay must be > 0)")
+        self.inverse = torch.cholesky_inverse(self.chol) if explicit_inverse else None
 
-    n_blocks = staticmethod(lambda c: c * (c - 1) // 2)
+    def _solve_reduced(self, red: torch.Tensor) -> torch.Tensor:
+        red = red.to(self.dtype)
+        if self.inverse is not None:
+            return (self.inverse @ red).to(torch.float64)
+        return torch.cholesky_solve(red, self.chol).to(torch.float64)
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
-        """H⁻¹ v for v [C, d] or [k, C, d]."""
+        """H⁻¹ v for v [C, d] or [k, C, d] (float64 in and out)."""
         single = v.dim() == 2
         vv = v[None] if single else v
         k, c, d = vv.shape
         out = vv / self.wd
-        red = vv[:, :, self.active].reshape(k, -1).T.contiguous()
-        sol = torch.cholesky_solve(red, self.chol)
+        red = vv[:, :, self.active].reshape(k, -1).T
+        sol = self._solve_reduced(red)
         out[:, :, self.active] = sol.T.reshape(k, c, -1)
         return out[0] if single else out
+
+    def solve_kron(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """H⁻¹(f_km ⊗ x_k) for f [K, m, C] and x [K, d]: [K, m, C, d].
+
+        With the explicit inverse this contracts H⁻¹'s columns with x first (one product of
+        [C·d_a·C, d_a] by [d_a, K]), C times cheaper than solving the K·m vectors."""
+        k, m, c = f.shape
+        if self.inverse is None:
+            u = f[:, :, :, None] * x[:, None, None, :]
+            return self.solve(u.reshape(k * m, c, -1)).reshape(k, m, c, -1)
+        n_red = self.inverse.shape[0]
+        xa = x[:, self.active].to(self.dtype)  # [K, d_a]
+        da = xa.shape[1]
+        gx = (self.inverse.reshape(n_red * c, da) @ xa.T).reshape(n_red, c, k)
+        red = torch.einsum("rck,kmc->kmr", gx, f.to(self.dtype)).to(torch.float64)
+        out = f[:, :, :, None] * x[:, None, None, :] / self.wd
+        out[:, :, :, self.active] = red.reshape(k, m, c, da)
+        return out

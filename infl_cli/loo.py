@@ -35,26 +35,36 @@ from .linalg import HessianFactor, batched_norm
 METHODS = ("newton", "lbfgs")
 
 
-def loo_gradients(weight, x, y, wd, logits0, removed, deltas):
+def loo_gradients(weight, x, y, wd, logits0, removed, deltas, active=None, x_active=None):
     """∇R₋z(Ŵ + Δ_k) for removals ``removed`` [K] and offsets ``deltas`` [K, C, d]: [K, C, d].
 
     One pass over the data for all K: logits (X Δᵀ) and back-projection (Rᵀ X) are single
-    matrix products. ``logits0`` = X Ŵᵀ [n, C] is shared.
+    matrix products. ``logits0`` = X Ŵᵀ [n, C] is shared. ``active`` (a feature mask, see
+    :func:`model.active_features`) restricts both products to the features that are non-zero
+    in some training row; on the others the data term vanishes and the gradient is wd·W.
+    ``x_active`` = x[:, active], when the caller keeps that copy across passes.
     """
-    n, d = x.shape
-    k, c, _ = deltas.shape
+    n = x.shape[0]
+    k, c, d = deltas.shape
     w = weight[None] + deltas  # [K, C, d]
-    logits = logits0[:, None, :] + (x @ deltas.reshape(k * c, d).T).reshape(n, k, c)
+    xa = x if active is None else (x[:, active] if x_active is None else x_active)
+    da_ = deltas if active is None else deltas[:, :, active]
+    logits = logits0[:, None, :] + (xa @ da_.reshape(k * c, -1).T).reshape(n, k, c)
     r = torch.softmax(logits, dim=2)
     del logits
     r[torch.arange(n), :, y] -= 1.0  # p − onehot(y), per removal
-    full = (r.reshape(n, k * c).T @ x).reshape(k, c, d)  # Σ_j r_j x_jᵀ
+    data_term = torch.zeros(k, c, d, dtype=x.dtype)
+    back = (r.reshape(n, k * c).T @ xa).reshape(k, c, -1)  # Σ_j r_j x_jᵀ
     del r
+    if active is None:
+        data_term = back
+    else:
+        data_term[:, :, active] = back
     xz, yz = x[removed], y[removed]
     own_r = torch.softmax(torch.einsum("kcd,kd->kc", w, xz), dim=1)
     own_r[torch.arange(k), yz] -= 1.0
     own = own_r[:, :, None] * xz[:, None, :]  # CE gradient of the removed point at its W
-    return (full - own) / (n - 1) + wd * w
+    return (data_term - own) / (n - 1) + wd * w
 
 
 def test_loss_change(weight, deltas, x_test, y_test):
@@ -82,9 +92,10 @@ class RemovalPreconditioner:
         curv = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
         evals, evecs = torch.linalg.eigh(curv)
         f = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # [K, C, m]: F Fᵀ = curvature
-        u = f.transpose(1, 2)[:, :, :, None] * x_removed[:, None, None, :]  # [K, m, C, d]
+        f = f.transpose(1, 2).contiguous()  # [K, m, C]: column m of U is f_m ⊗ x_z
+        u = f[:, :, :, None] * x_removed[:, None, None, :]  # [K, m, C, d]
         self.n = n
-        self.y = factor.solve(u.reshape(k * c, c, d)).reshape(k, c, c, d)  # H⁻¹U
+        self.y = factor.solve_kron(f, x_removed)  # H⁻¹U [K, m, C, d]
         s = torch.einsum("kmcd,kqcd->kmq", u, self.y) / n
         self.inner = torch.linalg.inv(torch.eye(c, dtype=s.dtype) - s)  # [K, m, m]
         self.factor = factor
@@ -98,8 +109,9 @@ class RemovalPreconditioner:
 
 
 def newton_chunk(weight, x, y, wd, factor: HessianFactor, logits0, grad_r_full, removed,
-                 tol: float, max_steps: int):
-    """Certified Newton-type LOO for one chunk. Returns (deltas, grad_norms, steps, passes)."""
+                 tol: float, max_steps: int, x_active=None):
+    """Certified Newton-type LOO for one chunk. Returns (deltas, grad_norms, steps, passes,
+    preconditioner). ``x_active`` = x[:, factor.active], kept by the caller across chunks."""
     n = x.shape[0]
     k = removed.shape[0]
     precond = RemovalPreconditioner(factor, weight, x[removed], n)
@@ -112,7 +124,8 @@ def newton_chunk(weight, x, y, wd, factor: HessianFactor, logits0, grad_r_full, 
     todo = everyone
     passes = 0
     while todo.numel() > 0:
-        g = loo_gradients(weight, x, y, wd, logits0, removed[todo], deltas[todo])
+        g = loo_gradients(weight, x, y, wd, logits0, removed[todo], deltas[todo],
+                          factor.active, x_active)
         passes += 1
         gn = batched_norm(g)
         norms[todo] = gn
@@ -204,6 +217,7 @@ def retrain(method: str, weight, x, y, wd, x_test, y_test, removed: torch.Tensor
         if update:
             update(advance=n_done)
     logits0 = x @ weight.T
+    x_active = x[:, factor.active].contiguous() if factor is not None else None
     grad_r_full = model.objective_and_grad(weight, x, y, wd)[1]
     stats = {"passes": 0, "seconds": 0.0}
     for lo in range(n_done, k, chunk_size):
@@ -212,7 +226,8 @@ def retrain(method: str, weight, x, y, wd, x_test, y_test, removed: torch.Tensor
         t0 = time.perf_counter()
         if method == "newton":
             deltas, norms, steps, passes, precond = newton_chunk(weight, x, y, wd, factor, logits0,
-                                                        grad_r_full, chunk, tol, max_steps)
+                                                        grad_r_full, chunk, tol, max_steps,
+                                                               x_active)
             stats["passes"] += passes
             for i in torch.nonzero(~(norms <= tol))[:, 0].tolist():  # uncertified
                 row = torch.tensor([i])

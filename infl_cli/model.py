@@ -135,7 +135,8 @@ def active_features(x: torch.Tensor) -> torch.Tensor:
 
 
 def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: torch.Tensor,
-                    probs: torch.Tensor | None = None, on_block=None) -> torch.Tensor:
+                    probs: torch.Tensor | None = None, on_block=None,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """H restricted to the ``active`` features, [C·d_a, C·d_a] (row-major over [C, d_a]).
 
     Block (a, b) of n·H_CE is Xᵀ diag(δ_ab·p_a − p_a·p_b) X. The probabilities sum to one, so
@@ -143,20 +144,23 @@ def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: to
     of its row: only the C(C−1)/2 Gram matrices Xᵀ diag(p_a p_b) X (a < b) are formed, each
     as a symmetric rank-n update (BLAS ``syrk``) of sqrt(p_a p_b)·X, which halves the work
     of a general product. ``on_block()`` is called after each of them (progress).
+    ``dtype`` float32 halves the time again, for uses that only need a preconditioner.
     """
-    from scipy.linalg.blas import dsyrk
+    from scipy.linalg.blas import dsyrk, ssyrk
 
+    syrk = ssyrk if dtype == torch.float32 else dsyrk
     c = weight.shape[0]
     n = x.shape[0]
     p = probabilities(weight, x) if probs is None else probs
-    xa = x[:, active].to(torch.float64).contiguous()
+    xa = x[:, active].to(dtype).contiguous()
+    p = p.to(dtype)
     da = xa.shape[1]
-    h = torch.zeros(c, da, c, da, dtype=torch.float64)
+    h = torch.zeros(c, da, c, da, dtype=dtype)
     scaled = torch.empty_like(xa)  # reused: a fresh [n, d_a] buffer per pair costs page faults
     for a in range(c):
         for b in range(a + 1, c):
             torch.mul(xa, torch.sqrt(p[:, a] * p[:, b])[:, None], out=scaled)
-            upper = torch.from_numpy(dsyrk(1.0, scaled.numpy().T, trans=0))  # upper of scaledᵀ·scaled
+            upper = torch.from_numpy(syrk(1.0, scaled.numpy().T, trans=0))  # upper of scaledᵀ·scaled
             block = upper + upper.T
             block.diagonal().mul_(0.5)
             h[a, :, b, :] = -block

@@ -20,7 +20,7 @@ from .errors import InflError
 from .linalg import conjugate_gradient
 from .progress import progress_bar
 
-LBFGS_SWITCH = 1e-6
+LBFGS_SWITCH = 1e-8
 
 
 def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
@@ -64,7 +64,7 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
             probs = model.probabilities(w, x)
             step, _, _ = conjugate_gradient(
                 lambda v: model.hvp(w, x, wd, v, probs=probs), -grad[None],
-                rtol=1e-5, max_iter=1000)
+                rtol=1e-3, max_iter=1000)
             w = w + step[0]
             newton_iters += 1
             loss, grad = model.objective_and_grad(w, x, y, wd)

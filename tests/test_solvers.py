@@ -72,3 +72,16 @@ def test_lissa_divergence_names_a_scale(tiny, fitted):
     with pytest.raises(InflError, match=r"diverged.*--scale"):
         ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs,
                    ihvp.LissaSettings(scale=0.3, depth=2000, batch_size=100))
+
+
+def test_explicit_inverse_and_kron_solves(tiny, fitted):
+    w, rhs, exact = fitted
+    reference = HessianFactor(w, tiny.x_train, 0.01)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        factor = HessianFactor(w, tiny.x_train, 0.01, dtype=dtype, explicit_inverse=True)
+        assert rel_err(factor.solve(rhs), exact) < tol
+        f = torch.randn(3, 4, 10, dtype=torch.float64)
+        xz = tiny.x_train[:3]
+        u = f[:, :, :, None] * xz[:, None, None, :]
+        expected = reference.solve(u.reshape(12, 10, 784)).reshape(3, 4, 10, 784)
+        assert rel_err(factor.solve_kron(f, xz).reshape(12, -1), expected.reshape(12, -1)) < tol

@@ -1,0 +1,123 @@
+"""Benchmark: the whole pipeline, IHVP solvers and LOO methods side by side in one run.
+
+    python tests/benchmarks/bench.py --data-dir ../shared/mnist [--lbfgs-sample 5]
+
+Prints rich tables and writes JSON (default ``artifacts/bench/bench.json``). Not a test:
+timings are measured once, on whatever machine runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from infl_cli import artifacts as art
+from infl_cli import ihvp, loo, model, plot, score, stages
+
+console = Console()
+
+
+def table(title, rows, columns):
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    console.print(t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="../shared/mnist")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--workdir", default="artifacts/bench")
+    ap.add_argument("--lbfgs-sample", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    for f in work.glob("*.safetensors"):
+        f.unlink()
+    result = {}
+
+    # 1. the whole `infl run`, in a child process so that its peak memory is its own
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "infl_cli", "run", "-w", str(work),
+                           "--dataset", args.dataset, "--data-dir", args.data_dir,
+                           "--no-download"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"infl run failed: {proc.stderr.strip().splitlines()[-1]}")
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+    mrec = art.read_record(work / art.MODEL)
+    irec = art.read_record(work / art.ihvp_name("lissa"))
+    srec = art.read_record(work / art.scores_name("lissa"))
+    lrec = art.read_record(work / art.LOO)
+    metrics = json.loads((work / art.METRICS).read_text())
+    result["run"] = {"wall_seconds": wall, "peak_rss_gb": peak_gb,
+                     "train": mrec["seconds"], "ihvp": irec["report"]["seconds"],
+                     "score": srec["seconds"], "loo": lrec["seconds"],
+                     "loo_factor": lrec["factor_seconds"],
+                     "pearson_r": metrics["panels"]["lissa"]["pearson_r"]}
+    table("infl run", [[k, v] for k, v in result["run"].items()], ["quantity", "value"])
+
+    # 2. IHVP solvers against the exact solve, and their Pearson R on the same LOO points
+    weight, mrec, data = stages.load_model(work)
+    wd = mrec["settings"]["wd"]
+    ltensors, _ = art.load_artifact(work / art.LOO)
+    removed, actual = ltensors["train_indices"], ltensors["actual_loss_diff"].numpy()
+    t = int(lrec["test_index"])
+    rhs = model.test_point_grads(weight, data.x_test[t:t + 1], data.y_test[t:t + 1])
+    runs = [("exact", "exact", None), ("cg", "cg", None),
+            ("lissa (default)", "lissa", ihvp.LissaSettings()),
+            ("lissa --preset paper", "lissa", ihvp.LissaSettings.paper())]
+    estimates, rows, result["ihvp"] = {}, [], {}
+    for label, solver, settings in runs:
+        est, rep = ihvp.solve(solver, weight, data.x_train, wd, rhs, settings)
+        estimates[label] = est
+        reference = estimates["exact"]
+        err = float((est - reference).norm() / reference.norm())
+        _, predicted = score.influence_scores(weight, data.x_train, data.y_train, wd, est)
+        r = plot.agreement(actual, predicted[0, removed].numpy())["pearson_r"]
+        result["ihvp"][label] = {"seconds": rep["seconds"], "hvps": rep["hvps"],
+                                 "relative_error_vs_exact": err,
+                                 "relative_residual": rep["relative_residual"][0],
+                                 "pearson_r": r}
+        rows.append([label, rep["seconds"], rep["hvps"], err, rep["relative_residual"][0], r])
+    table("IHVP solvers (test index %d)" % t, rows,
+          ["solver", "seconds", "HVPs", "rel. error vs exact", "residual", "Pearson R (top 500)"])
+
+    # 3. LOO: certified Newton (from the run) vs warm-started L-BFGS on a sample of its points
+    sample = removed[:args.lbfgs_sample]
+    t0 = time.perf_counter()
+    out, _ = loo.retrain("lbfgs", weight, data.x_train, data.y_train, wd, data.x_test[t],
+                         data.y_test[t], sample, lrec["settings"]["tol"], 1)
+    lbfgs_per_point = (time.perf_counter() - t0) / len(sample)
+    newton_per_point = lrec["seconds"] / len(removed)
+    diff = float((out["actual_loss_diff"] - ltensors["actual_loss_diff"][:len(sample)])
+                 .abs().max())
+    result["loo"] = {
+        "newton_seconds_per_point": newton_per_point,
+        "newton_seconds_total": lrec["seconds"], "newton_points": len(removed),
+        "newton_max_grad_norm": lrec["max_grad_norm"],
+        "lbfgs_seconds_per_point": lbfgs_per_point, "lbfgs_points": len(sample),
+        "lbfgs_max_grad_norm": float(out["grad_norm"].max()),
+        "speedup_per_point": lbfgs_per_point / newton_per_point,
+        "max_abs_diff_actual_loss_change": diff,
+    }
+    table("LOO retraining", [[k, v] for k, v in result["loo"].items()], ["quantity", "value"])
+    out_path = Path(args.out) if args.out else work / "bench.json"
+    art.write_json(out_path, result)
+    console.print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
