@@ -76,3 +76,41 @@ def test_chunked_resume_equals_one_run(tiny, fitted):
     resumed, _ = _retrain(tiny, w, factor, removed, chunk_size=4, done=saved)
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_interrupted_loo_stage_resumes_to_identical_artifact(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from infl_cli import ihvp as ihvp_mod
+    from infl_cli import loo as loo_mod
+    from infl_cli import stages
+
+    def prepare(w):
+        stages.run_train(w, "mnist-tiny", None, WD, 1e-10, 5000)
+        stages.run_ihvp(w, "cg", [8], ihvp_mod.LissaSettings())
+        stages.run_score(w, "cg")
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for w in (whole, cut):
+        prepare(w)
+    stages.run_loo(whole, None, None, 12, "newton", 1e-8, 4)
+
+    real = loo_mod.newton_chunk
+    calls = {"n": 0}
+
+    def interrupting(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loo_mod, "newton_chunk", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run_loo(cut, None, None, 12, "newton", 1e-8, 4)
+    assert (cut / "loo.partial.safetensors").is_file() and not (cut / "loo.safetensors").exists()
+    monkeypatch.setattr(loo_mod, "newton_chunk", real)
+    record = stages.run_loo(cut, None, None, 12, "newton", 1e-8, 4)
+    assert record["resumed_from"] == 8
+    assert not (cut / "loo.partial.safetensors").exists()
+    a, b = load_file(str(whole / "loo.safetensors")), load_file(str(cut / "loo.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
