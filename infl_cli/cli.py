@@ -111,7 +111,7 @@ def _report_ihvp(rec):
 def _report_loo(rec):
     _table("loo", {"test index": rec["test_index"], "points": rec["settings"]["k"],
                    "method": rec["settings"]["method"], "certified": rec["certified"],
-                   "max ‖∇R₋z‖": rec["max_grad_norm"], "L-BFGS fallbacks": rec["fallbacks"],
+                   "max ‖∇R₋z‖": rec["max_grad_norm"], "Newton-CG fallbacks": rec["fallbacks"],
                    "full-data passes": rec["data_passes"], "seconds": rec["seconds"]})
 
 
@@ -250,6 +250,9 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[red]error:[/red] interrupted", highlight=False)
         sys.exit(130)
+    except OSError as exc:  # unwritable folder, full disk, unreadable file
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except MemoryError:
         console.print("[red]error:[/red] out of memory; use a smaller --chunk-size",
                       highlight=False)

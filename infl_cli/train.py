@@ -1,9 +1,9 @@
 """Stage 1: fit multinomial logistic regression (no bias) to high precision.
 
 Minimises R(W) = mean CE + (wd/2)·‖W‖² over the training set in float64: full-batch L-BFGS
-(strong-Wolfe line search) from W = 0 until ‖∇R‖ ≤ 1e-6, then Newton steps whose
-directions are solved by conjugate gradients on exact Hessian-vector products, until
-‖∇R‖ ≤ ``tol``. Near the optimum L-BFGS stalls (the loss no longer resolves the step),
+(scipy's L-BFGS-B, unbounded) from W = 0 until ‖∇R‖ ≤ 1e-8, then Newton steps whose
+directions are solved by conjugate gradients (relative residual 1e-3) on exact
+Hessian-vector products, until ‖∇R‖ ≤ ``tol``. Near the optimum L-BFGS stalls (the loss no longer resolves the step),
 while Newton steps converge quadratically without a line search.
 """
 
