@@ -49,12 +49,12 @@ def loo_gradients(weight, x, y, wd, logits0, removed, deltas, active=None, x_act
     w = weight[None] + deltas  # [K, C, d]
     xa = x if active is None else (x[:, active] if x_active is None else x_active)
     da_ = deltas if active is None else deltas[:, :, active]
-    logits = logits0[:, None, :] + (xa @ da_.reshape(k * c, -1).T).reshape(n, k, c)
+    logits = logits0[:, None, :] + model.mm(xa, da_.reshape(k * c, -1).T).reshape(n, k, c)
     r = torch.softmax(logits, dim=2)
     del logits
     r[torch.arange(n), :, y] -= 1.0  # p − onehot(y), per removal
     data_term = torch.zeros(k, c, d, dtype=x.dtype)
-    back = (r.reshape(n, k * c).T @ xa).reshape(k, c, -1)  # Σ_j r_j x_jᵀ
+    back = model.mm(r.reshape(n, k * c).T, xa).reshape(k, c, -1)  # Σ_j r_j x_jᵀ
     del r
     if active is None:
         data_term = back

@@ -28,9 +28,12 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
     import numpy as np
     from scipy.optimize import minimize
 
-    x, y = data.x_train, data.y_train
-    shape = (N_CLASSES, x.shape[1])
     start = time.perf_counter()
+    # Pixels blank in every training image get zero gradient from the data, so their weights
+    # are exactly 0 at the optimum: optimise over the active ones only (fewer bytes per pass).
+    active = model.active_features(data.x_train)
+    x, y = data.x_train[:, active].contiguous(), data.y_train
+    shape = (N_CLASSES, x.shape[1])
     evals = 0
 
     def loss_and_grad(flat):
@@ -72,6 +75,11 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
             if not math.isfinite(gn):
                 raise InflError("training diverged (non-finite gradient); check the data")
             _show(update, g0, gn, span)
+    full = torch.zeros(N_CLASSES, data.x_train.shape[1], dtype=torch.float64)
+    full[:, active] = w
+    w = full
+    loss, grad = model.objective_and_grad(w, data.x_train, y, wd)
+    gn = float(grad.norm())
     if gn > tol:
         raise InflError(f"training stopped at gradient norm {gn:.2e} > tol {tol:.0e}; "
                         "raise --tol or --max-iter")
