@@ -45,6 +45,9 @@ TAIL = typer.Option(None, "--average-tail",
                     help="Fraction of the last LiSSA steps averaged [default: 0.5; paper: 0].")
 CG_RTOL = typer.Option(1e-10, "--cg-rtol", help="CG stops at ‖Hx − g‖/‖g‖ ≤ this.")
 CG_MAX = typer.Option(1000, "--cg-max-iter", help="Most CG iterations.")
+CG_RANK = typer.Option(64, "--cg-rank",
+                       help="Rank of the subspace on which CG's preconditioner is the exact "
+                            "Hessian (0: plain, unpreconditioned CG).")
 LOO_SOLVER = typer.Option(None, "--solver",
                           help="Scores that pick the points [default: most accurate present: "
                                "exact, cg, lissa].")
@@ -137,11 +140,12 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER, test_index: List[int
              damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
              batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
              seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
-             cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX):
+             cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK):
     """Solve s_test = H⁻¹∇L(z_test) and write ihvp-<solver>.safetensors."""
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail)
-    _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg_rtol, cg_max_iter))
+    cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
+    _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg))
 
 
 @app.command("score")
@@ -176,7 +180,8 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
             batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
             seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
-            cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, num: int = NUM,
+            cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK,
+            num: int = NUM,
             method: str = METHOD, tol: float = LOO_TOL, chunk_size: int = CHUNK,
             max_steps: int = MAX_STEPS, out: Optional[Path] = OUT):
     """All five stages in order, skipping those whose artifact is up to date."""
@@ -184,6 +189,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
 
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail)
+    cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     times = {}
     t0 = time.perf_counter()
     data = load_dataset(dataset, data_dir, download)
@@ -207,10 +213,10 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
                                           download, data=data), _report_train)
     loaded = stages.load_model(workdir, data)
     irec = stage("ihvp", workdir / art.ihvp_name(solver),
-                 stages.ihvp_settings(solver, [test_index], lissa, cg_rtol, cg_max_iter),
+                 stages.ihvp_settings(solver, [test_index], lissa, cg),
                  {"model": mrec["fingerprint"]},
-                 lambda: stages.run_ihvp(workdir, solver, [test_index], lissa, cg_rtol,
-                                         cg_max_iter, loaded), _report_ihvp)
+                 lambda: stages.run_ihvp(workdir, solver, [test_index], lissa, cg, loaded),
+                 _report_ihvp)
     srec = stage("score", workdir / art.scores_name(solver), {"solver": solver},
                  {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
                  lambda: stages.run_score(workdir, solver, loaded),

@@ -7,7 +7,8 @@ Solvers (all float64, closed-form Hessian-vector products from :mod:`infl_cli.mo
   estimate v_t/scale, averaged over ``repeats`` independent runs. It converges when ``scale``
   exceeds the largest eigenvalue of every sampled H_B; ``scale="auto"`` measures that by
   power iteration on sampled batches and adds a safety margin.
-* ``cg``: conjugate gradients with full-batch Hessian-vector products.
+* ``cg``: conjugate gradients with full-batch Hessian-vector products, preconditioned by
+  :class:`~infl_cli.linalg.SubspacePreconditioner` (``cg_rank`` 0: plain CG).
 * ``exact``: the closed-form dense Hessian, Cholesky-factored (the reference).
 
 Every solver finishes by measuring its true relative residual ‖H s − g‖/‖g‖ with one
@@ -24,7 +25,7 @@ import torch
 
 from . import model
 from .errors import InflError
-from .linalg import HessianFactor, batched_norm, conjugate_gradient
+from .linalg import HessianFactor, SubspacePreconditioner, batched_norm, conjugate_gradient
 from .progress import progress_bar
 
 SOLVERS = ("lissa", "cg", "exact")
@@ -53,6 +54,16 @@ class LissaSettings:
         """Koh & Liang's settings: scale 25, damping 0, depth 5,000, batch 1, 10 repeats."""
         return cls(scale=25.0, damping=0.0, depth=5_000, batch_size=1, repeats=10, seed=0,
                    average_tail=0.0)
+
+
+@dataclass
+class CgSettings:
+    """CG stops when every relative residual ‖Hs − g‖/‖g‖ is ≤ ``rtol`` or after ``max_iter``
+    iterations; ``rank`` is the subspace rank of its preconditioner (0: plain CG)."""
+
+    rtol: float = 1e-10
+    max_iter: int = 1_000
+    rank: int = 64
 
 
 class _Batches:
@@ -146,8 +157,8 @@ def lissa(weight, x, wd, rhs: torch.Tensor, settings: LissaSettings):
                        "hvps": hvps}
 
 
-def solve(solver: str, weight, x, wd, rhs: torch.Tensor, lissa_settings: LissaSettings | None,
-          cg_rtol: float = 1e-10, cg_max_iter: int = 1000):
+def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
+          lissa_settings: LissaSettings | None = None, cg_settings: CgSettings | None = None):
     """H⁻¹ rhs with the named solver. Returns (estimate [T, C, d], report dict) where the
     report holds settings, iterations, HVP count, seconds and the true relative residuals."""
     start = time.perf_counter()
@@ -156,14 +167,7 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor, lissa_settings: LissaSe
         est, info = lissa(weight, x, wd, rhs, settings)
         report = {"settings": asdict(settings), **info, "iterations": info["steps"]}
     elif solver == "cg":
-        probs = model.probabilities(weight, x)
-        with progress_bar("ihvp cg", total=cg_max_iter) as update:
-            est, iters, hvps = conjugate_gradient(
-                lambda v: model.hvp(weight, x, wd, v, probs=probs), rhs, cg_rtol, cg_max_iter,
-                on_iter=lambda i, rel: update(status=f"residual {float(rel.max()):.1e}"))
-            update(completed=iters)
-        report = {"settings": {"rtol": cg_rtol, "max_iter": cg_max_iter},
-                  "iterations": iters, "hvps": hvps}
+        est, report = _cg(weight, x, wd, rhs, cg_settings or CgSettings())
     elif solver == "exact":
         c = weight.shape[0]
         with progress_bar("ihvp exact: Hessian blocks", total=c * (c - 1) // 2) as update:
@@ -177,6 +181,28 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor, lissa_settings: LissaSe
     report["relative_residual"] = relative_residuals(weight, x, wd, est, rhs).tolist()
     if not all(math.isfinite(r) for r in report["relative_residual"]):
         raise InflError(f"{solver} produced a non-finite inverse-HVP")
+    return est, report
+
+
+def _cg(weight, x, wd, rhs, settings: CgSettings):
+    """(Preconditioned) CG over the features active in the training data; on the others H is
+    wd·I and the solution is rhs/wd exactly. ``rank`` 0 is plain CG (as the authors ran it)."""
+    active = model.active_features(x)
+    xa, wa = x[:, active].contiguous(), weight[:, active].contiguous()
+    probs = model.probabilities(wa, xa)
+    start = time.perf_counter()
+    precondition = (SubspacePreconditioner(wa, xa, wd, settings.rank, probs)
+                    if settings.rank > 0 else None)
+    setup = time.perf_counter() - start
+    with progress_bar("ihvp cg", total=settings.max_iter) as update:
+        sol, iters, hvps = conjugate_gradient(
+            lambda v: model.hvp(wa, xa, wd, v, probs=probs), rhs[:, :, active].contiguous(),
+            settings.rtol, settings.max_iter, precondition=precondition,
+            on_iter=lambda i, rel: update(completed=i, status=f"residual {float(rel.max()):.1e}"))
+    est = rhs / wd
+    est[:, :, active] = sol
+    report = {"settings": asdict(settings),
+              "iterations": iters, "hvps": hvps, "preconditioner_seconds": setup}
     return est, report
 
 

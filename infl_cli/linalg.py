@@ -59,6 +59,45 @@ def conjugate_gradient(apply_h: Callable[[torch.Tensor], torch.Tensor], rhs: tor
     return x, iters, hvps
 
 
+class SubspacePreconditioner:
+    """M⁻¹ ≈ H⁻¹ for conjugate gradients, exact on the inputs' principal subspace.
+
+    Q [d, r] holds the top ``rank`` eigenvectors of the curvature-weighted input Gram matrix
+    Σ_i (1 − ‖p_i‖²)·x_i x_iᵀ (tr S_i = 1 − ‖p_i‖² weighs each example by its curvature).
+    On the subspace I_C ⊗ Q, M is H's exact restriction (:func:`model.hessian_in_basis`,
+    Cholesky-factored); on its orthogonal complement M = μ·I with μ = wd + the mean data
+    curvature there. M is symmetric positive definite, costs about one second to build on
+    full MNIST (r = 64), and leaves CG the flat low-curvature part of the spectrum only.
+    Vectors are [k, C, d] for the same x given here.
+    """
+
+    def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, rank: int = 64,
+                 probs: torch.Tensor | None = None):
+        c, d = weight.shape
+        n = x.shape[0]
+        p = model.probabilities(weight, x) if probs is None else probs
+        curvature = (1.0 - p.square().sum(1)).clamp_min(0)  # tr S_i
+        rank = max(1, min(rank, d))
+        gram = model.gram(x, curvature, dtype=torch.float32).to(torch.float64) / n
+        self.basis = torch.linalg.eigh(gram)[1][:, -rank:].flip(1).contiguous()  # [d, r]
+        z = model.mm(x, self.basis)
+        self.chol = torch.linalg.cholesky(model.hessian_in_basis(weight, x, wd, self.basis, p, z))
+        self.classes, self.rank = c, rank
+        if rank < d:
+            outside = (x.square().sum(1) - z.square().sum(1)).clamp_min(0)
+            mean_curv = float((curvature * outside).sum()) / (n * c * (d - rank))
+        else:
+            mean_curv = 0.0
+        self.complement = wd + mean_curv
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        k = v.shape[0]
+        proj = v @ self.basis  # [k, C, r]
+        inside = torch.cholesky_solve(proj.reshape(k, -1).T, self.chol).T
+        inside = inside.reshape(k, self.classes, self.rank)
+        return (v - proj @ self.basis.T) / self.complement + inside @ self.basis.T
+
+
 class HessianFactor:
     """Cholesky factor of H = ∇²R(W) (closed form), for exact solves H⁻¹v.
 

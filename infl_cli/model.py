@@ -171,9 +171,7 @@ def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: to
     for a in range(c):
         for b in range(a + 1, c):
             torch.mul(xa, torch.sqrt(p[:, a] * p[:, b])[:, None], out=scaled)
-            upper = torch.from_numpy(syrk(1.0, scaled.numpy().T, trans=0))  # upper of scaledᵀ·scaled
-            block = upper + upper.T
-            block.diagonal().mul_(0.5)
+            block = _symmetric_from_upper(torch.from_numpy(syrk(1.0, scaled.numpy().T, trans=0)))
             h[a, :, b, :] = -block
             h[b, :, a, :] = -block
             h[a, :, a, :] += block
@@ -182,6 +180,49 @@ def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: to
                 on_block()
     h = h.reshape(c * da, c * da)
     h /= n
+    h.diagonal().add_(wd)
+    return h
+
+
+def _symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
+    full = upper + upper.T
+    full.diagonal().mul_(0.5)
+    return full
+
+
+def gram(x: torch.Tensor, row_weight: torch.Tensor | None = None,
+         dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Σ_i w_i x_i x_iᵀ for x [n, d] (w_i = 1 without ``row_weight``), [d, d] in ``dtype``,
+    by one symmetric rank-n update (BLAS syrk)."""
+    from scipy.linalg.blas import dsyrk, ssyrk
+
+    xs = x.to(dtype)
+    xs = xs.contiguous() if row_weight is None else xs * row_weight.sqrt().to(dtype)[:, None]
+    syrk = ssyrk if dtype == torch.float32 else dsyrk
+    return _symmetric_from_upper(torch.from_numpy(syrk(1.0, xs.numpy().T, trans=0)))
+
+
+def hessian_in_basis(weight: torch.Tensor, x: torch.Tensor, wd: float, basis: torch.Tensor,
+                     probs: torch.Tensor | None = None,
+                     projected: torch.Tensor | None = None) -> torch.Tensor:
+    """(I_C ⊗ Q)ᵀ H (I_C ⊗ Q) for an orthonormal basis Q [d, r] of input space: [C·r, C·r].
+
+    With z_i = Qᵀx_i and U = [p_{·1} z, …, p_{·C} z] ([n, C·r]), block (a, b) of n·H_CE in
+    the basis is δ_ab·Σ_i p_ia z_i z_iᵀ − (UᵀU)_ab: one syrk and one product with Z, cheap
+    for r ≪ d. Row-major over [C, r], like every other parameter-space layout here.
+    ``projected`` = x Q when the caller has it.
+    """
+    c = weight.shape[0]
+    n = x.shape[0]
+    r = basis.shape[1]
+    p = probabilities(weight, x) if probs is None else probs
+    z = mm(x, basis) if projected is None else projected  # [n, r]
+    u = (z[:, None, :] * p[:, :, None]).reshape(n, c * r)
+    h = -gram(u).reshape(c, r, c, r)
+    within = mm(z.T, u).reshape(r, c, r)  # [:, a, :] = Σ_i p_ia z_i z_iᵀ
+    for a in range(c):
+        h[a, :, a, :] += within[:, a, :]
+    h = h.reshape(c * r, c * r) / n
     h.diagonal().add_(wd)
     return h
 

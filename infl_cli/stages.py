@@ -98,31 +98,32 @@ def check_test_indices(indices: list[int], data: Dataset) -> list[int]:
 # ----------------------------------------------------------------------------------- ihvp
 
 def ihvp_settings(solver: str, test_indices: list[int], lissa: ihvp_mod.LissaSettings,
-                  cg_rtol: float, cg_max_iter: int) -> dict:
+                  cg: ihvp_mod.CgSettings) -> dict:
     base = {"solver": solver, "test_indices": list(test_indices)}
     if solver == "lissa":
         base["lissa"] = asdict(lissa)
     elif solver == "cg":
-        base["cg"] = {"rtol": cg_rtol, "max_iter": cg_max_iter}
+        base["cg"] = asdict(cg)
     return base
 
 
 def run_ihvp(workdir: Path, solver: str, test_indices: list[int],
-             lissa: ihvp_mod.LissaSettings, cg_rtol: float = 1e-10, cg_max_iter: int = 1000,
+             lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings | None = None,
              loaded=None) -> dict:
     if solver not in ihvp_mod.SOLVERS:
         raise InflError(f"unknown solver {solver!r}; choose one of: {', '.join(ihvp_mod.SOLVERS)}")
+    cg = cg or ihvp_mod.CgSettings()
     _validate_lissa(lissa)
+    _validate_cg(cg)
     weight, mrec, data = loaded or load_model(workdir)
     idx = check_test_indices(test_indices, data)
     wd = mrec["settings"]["wd"]
     sel = torch.tensor(idx, dtype=torch.int64)
     rhs = model.test_point_grads(weight, data.x_test[sel], data.y_test[sel])
-    est, report = ihvp_mod.solve(solver, weight, data.x_train, wd, rhs, lissa, cg_rtol,
-                                 cg_max_iter)
+    est, report = ihvp_mod.solve(solver, weight, data.x_train, wd, rhs, lissa, cg)
     record = {
         "stage": "ihvp",
-        "settings": ihvp_settings(solver, idx, lissa, cg_rtol, cg_max_iter),
+        "settings": ihvp_settings(solver, idx, lissa, cg),
         "inputs": {"model": mrec["fingerprint"]},
         "report": report,
     }
@@ -140,6 +141,15 @@ def _validate_lissa(s: ihvp_mod.LissaSettings) -> None:
             raise InflError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(s, name)}")
     if not 0 <= s.average_tail <= 1:
         raise InflError(f"--average-tail must be in [0, 1], got {s.average_tail}")
+
+
+def _validate_cg(s: ihvp_mod.CgSettings) -> None:
+    if not s.rtol > 0:
+        raise InflError(f"--cg-rtol must be > 0, got {s.rtol}")
+    if s.max_iter < 1:
+        raise InflError(f"--cg-max-iter must be ≥ 1, got {s.max_iter}")
+    if s.rank < 0:
+        raise InflError(f"--cg-rank must be ≥ 0, got {s.rank}")
 
 
 # ---------------------------------------------------------------------------------- score
