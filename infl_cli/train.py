@@ -1,10 +1,11 @@
 """Stage 1: fit multinomial logistic regression (no bias) to high precision.
 
 Minimises R(W) = mean CE + (wd/2)·‖W‖² over the training set in float64: full-batch L-BFGS
-(scipy's L-BFGS-B, unbounded) from W = 0 until ‖∇R‖ ≤ 1e-8, then Newton steps whose
-directions are solved by conjugate gradients (relative residual 1e-3) on exact
-Hessian-vector products, until ‖∇R‖ ≤ ``tol``. Near the optimum L-BFGS stalls (the loss no longer resolves the step),
-while Newton steps converge quadratically without a line search.
+(scipy's L-BFGS-B, unbounded) from W = 0 until ‖∇R‖ has dropped by ``NEWTON_SWITCH``, then
+Newton steps whose directions are solved by preconditioned conjugate gradients on exact
+Hessian-vector products, until ‖∇R‖ ≤ ``tol``. L-BFGS converges linearly (about 12 passes
+per decade here) and stalls where the loss no longer resolves its steps; Newton converges
+quadratically, so on MNIST it takes the gradient from 1e-2 to 1e-12 in 4 to 5 steps.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import torch
 from . import model
 from .data import N_CLASSES, Dataset
 from .errors import InflError
-from .linalg import conjugate_gradient
+from .linalg import SubspacePreconditioner, conjugate_gradient
 from .progress import progress_bar
 
-LBFGS_SWITCH = 1e-8
+NEWTON_SWITCH = 0.03  # hand over to Newton once ‖∇R‖ ≤ this × ‖∇R(0)‖
+MAX_NEWTON = 50
 
 
 def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
@@ -46,7 +48,7 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
     last = {"grad_norm": math.inf}
     g0 = float(model.objective_and_grad(torch.zeros(shape, dtype=torch.float64), x, y, wd)[1]
                .norm())
-    goal = max(tol, LBFGS_SWITCH)
+    goal = max(tol, NEWTON_SWITCH * g0)
     span = max(math.log10(g0 / tol), 1.0)
     with progress_bar("train: log10 |grad| reduced", total=round(span, 1)) as update:
         def callback(intermediate_result):
@@ -60,26 +62,15 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
                           options={"maxiter": max_iter, "maxcor": 30, "gtol": 0.0, "ftol": 0.0})
         lbfgs_iters = int(result.nit)
         w = torch.from_numpy(result.x.copy()).reshape(shape)
-        loss, grad = model.objective_and_grad(w, x, y, wd)
-        gn = float(grad.norm())
-        newton_iters = 0
-        while gn > tol and newton_iters < 20:
-            probs = model.probabilities(w, x)
-            step, _, _ = conjugate_gradient(
-                lambda v: model.hvp(w, x, wd, v, probs=probs), -grad[None],
-                rtol=1e-3, max_iter=1000)
-            w = w + step[0]
-            newton_iters += 1
-            loss, grad = model.objective_and_grad(w, x, y, wd)
-            gn = float(grad.norm())
-            if not math.isfinite(gn):
-                raise InflError("training diverged (non-finite gradient); check the data")
-            _show(update, g0, gn, span)
+        w, newton_iters, cg_iters = _newton(w, x, y, wd, tol,
+                                            lambda gn: _show(update, g0, gn, span))
     full = torch.zeros(N_CLASSES, data.x_train.shape[1], dtype=torch.float64)
     full[:, active] = w
     w = full
     loss, grad = model.objective_and_grad(w, data.x_train, y, wd)
     gn = float(grad.norm())
+    if not math.isfinite(gn):
+        raise InflError("training diverged (non-finite gradient); check the data")
     if gn > tol:
         raise InflError(f"training stopped at gradient norm {gn:.2e} > tol {tol:.0e}; "
                         "raise --tol or --max-iter")
@@ -89,9 +80,48 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
         "lbfgs_iterations": lbfgs_iters,
         "function_evaluations": evals,
         "newton_iterations": newton_iters,
+        "newton_cg_iterations": cg_iters,
         "seconds": time.perf_counter() - start,
     }
     return w, info
+
+
+def _newton(w, x, y, wd, tol, show):
+    """Newton steps from ``w`` until ‖∇R‖ ≤ tol. Each direction solves H d = −∇R by CG
+    (relative residual min(0.1, √‖∇R‖), tighter as the optimum nears: superlinear
+    convergence), preconditioned once by the subspace preconditioner built at the start.
+    A step is halved until it decreases R (Armijo) or, where R no longer resolves the change,
+    the gradient norm. Returns (w, Newton iterations, CG iterations)."""
+    loss, grad = model.objective_and_grad(w, x, y, wd)
+    gn = float(grad.norm())
+    precondition = None
+    newton_iters = cg_iters = 0
+    while gn > tol:
+        if newton_iters == MAX_NEWTON:
+            break
+        probs = model.probabilities(w, x)
+        if precondition is None:
+            precondition = SubspacePreconditioner(w, x, wd, probs=probs)
+        rtol = max(min(0.1, math.sqrt(gn)), 1e-6)
+        step, iters, _ = conjugate_gradient(lambda v: model.hvp(w, x, wd, v, probs=probs),
+                                            -grad[None], rtol=rtol, max_iter=500,
+                                            precondition=precondition)
+        step = step[0]
+        cg_iters += iters
+        slope = float((grad * step).sum())
+        for _ in range(40):
+            new_loss, new_grad = model.objective_and_grad(w + step, x, y, wd)
+            new_gn = float(new_grad.norm())
+            if math.isfinite(new_gn) and (float(new_loss) <= float(loss) + 1e-4 * slope
+                                          or new_gn < gn):
+                break
+            step = step / 2
+        else:
+            raise InflError("training stalled: no Newton step decreased the objective")
+        w, loss, grad, gn = w + step, new_loss, new_grad, new_gn
+        newton_iters += 1
+        show(gn)
+    return w, newton_iters, cg_iters
 
 
 def _show(update, g0: float, gn: float, span: float) -> None:
