@@ -119,7 +119,11 @@ class HessianFactor:
         del h
         if int(info) != 0:
             raise ValueError("the Hessian is not positive definite (weight decay must be > 0)")
-        self.inverse = torch.cholesky_inverse(self.chol) if explicit_inverse else None
+        self.dimension = int(self.chol.shape[0])  # features active × classes
+        self.inverse = None
+        if explicit_inverse:
+            self.inverse = torch.cholesky_inverse(self.chol)
+            self.chol = None  # solves are products with the inverse: free the factor
 
     def _solve_reduced(self, red: torch.Tensor) -> torch.Tensor:
         red = red.to(self.dtype)
