@@ -37,12 +37,19 @@ PRESET = typer.Option("default", "--preset",
                            "(scale 25, depth 5000, batch 1, 10 repeats).")
 SCALE = typer.Option(None, "--scale", help="LiSSA scale, or 'auto' [default: auto; paper: 25].")
 DAMPING = typer.Option(None, "--damping", help="LiSSA damping [default: 0].")
-DEPTH = typer.Option(None, "--depth", help="LiSSA steps per repeat [default: 3000; paper: 5000].")
+DEPTH = typer.Option(None, "--depth",
+                     help="LiSSA steps per repeat, at most [default: 10000; paper: 5000].")
 BATCH = typer.Option(None, "--batch-size", help="LiSSA mini-batch [default: 500; paper: 1].")
 REPEATS = typer.Option(None, "--repeats", help="LiSSA repeats averaged [default: 1; paper: 10].")
 SEED = typer.Option(None, "--seed", help="LiSSA random seed [default: 0].")
 TAIL = typer.Option(None, "--average-tail",
                     help="Fraction of the last LiSSA steps averaged [default: 0.5; paper: 0].")
+STOP_TOL = typer.Option(None, "--stop-tol",
+                        help="LiSSA stops a repeat once its estimate changes by ≤ this "
+                             "(relative) at two checks in a row; 0: never [default: 1e-3; "
+                             "paper: 0].")
+CHECK_EVERY = typer.Option(None, "--check-every",
+                           help="LiSSA steps between checks of the estimate [default: 100].")
 CG_RTOL = typer.Option(1e-10, "--cg-rtol", help="CG stops at ‖Hx − g‖/‖g‖ ≤ this.")
 CG_MAX = typer.Option(1000, "--cg-max-iter", help="Most CG iterations.")
 CG_RANK = typer.Option(64, "--cg-rank",
@@ -64,7 +71,8 @@ OUT = typer.Option(None, "--out", "-o", help="Figure path (.png; a .pdf copy goe
                                              "[default: WORKDIR/fig2_middle.png].")
 
 
-def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail):
+def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail,
+                    stop_tol, check_every):
     if preset not in ihvp_mod.PRESETS:
         raise InflError(f"unknown preset {preset!r}; choose one of: {', '.join(ihvp_mod.PRESETS)}")
     s = ihvp_mod.LissaSettings.paper() if preset == "paper" else ihvp_mod.LissaSettings()
@@ -77,7 +85,8 @@ def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, av
             except ValueError:
                 raise InflError(f"--scale must be 'auto' or a number, got {scale!r}") from None
     for name, value in (("damping", damping), ("depth", depth), ("batch_size", batch_size),
-                        ("repeats", repeats), ("seed", seed), ("average_tail", average_tail)):
+                        ("repeats", repeats), ("seed", seed), ("average_tail", average_tail),
+                        ("stop_tol", stop_tol), ("check_every", check_every)):
         if value is not None:
             setattr(s, name, value)
     return s
@@ -108,7 +117,10 @@ def _report_ihvp(rec):
         "test indices": rec["settings"]["test_indices"],
         "relative residual ‖Hs−g‖/‖g‖": ", ".join(f"{v:.2e}" for v in r["relative_residual"]),
         "iterations": r["iterations"], "HVPs": r["hvps"], "seconds": r["seconds"],
-        **({"scale": r["scale_used"]} if "scale_used" in r else {})})
+        **({"scale": r["scale_used"], "steps per repeat": r["steps_per_repeat"],
+            "stopped early": r["stopped_early"]} if "scale_used" in r else {}),
+        **({"preconditioner seconds": r["preconditioner_seconds"]}
+           if "preconditioner_seconds" in r else {})})
 
 
 def _report_loo(rec):
@@ -140,10 +152,11 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER, test_index: List[int
              damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
              batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
              seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
+             stop_tol: Optional[float] = STOP_TOL, check_every: Optional[int] = CHECK_EVERY,
              cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK):
     """Solve s_test = H⁻¹∇L(z_test) and write ihvp-<solver>.safetensors."""
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
-                            average_tail)
+                            average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg))
 
@@ -180,6 +193,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
             batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
             seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
+            stop_tol: Optional[float] = STOP_TOL, check_every: Optional[int] = CHECK_EVERY,
             cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK,
             num: int = NUM,
             method: str = METHOD, tol: float = LOO_TOL, chunk_size: int = CHUNK,
@@ -188,7 +202,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     from .data import load_dataset
 
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
-                            average_tail)
+                            average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     times = {}
     t0 = time.perf_counter()

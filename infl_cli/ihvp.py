@@ -35,25 +35,61 @@ PRESETS = ("default", "paper")
 @dataclass
 class LissaSettings:
     """LiSSA settings. ``scale`` is a number or "auto" (``scale_margin`` × the largest
-    eigenvalue found on sampled mini-batch Hessians). Each repeat runs ``depth`` steps; its
-    estimate is v_depth/scale when ``average_tail`` is 0 (the authors' choice), else the mean
-    of v_j/scale over the last ``average_tail`` fraction of the steps (tail averaging, which
-    cancels most of the sampling noise at no extra cost)."""
+    eigenvalue found on sampled mini-batch Hessians). Each repeat runs at most ``depth`` steps.
+    Its estimate is v_j/scale when ``average_tail`` is 0 (the authors' choice), else the mean
+    of v_i/scale over the last ``average_tail`` fraction of the steps so far (tail averaging,
+    which cancels most of the sampling noise at no extra cost). Every ``check_every`` steps
+    the estimate is compared with the previous check; a repeat stops early once the relative
+    change ‖e_j − e_{j−check}‖/‖e_j‖ is ≤ ``stop_tol`` at two checks in a row (0: never)."""
 
     scale: float | str = "auto"
     damping: float = 0.0
-    depth: int = 3_000
+    depth: int = 10_000
     batch_size: int = 500
     repeats: int = 1
     seed: int = 0
     average_tail: float = 0.5
     scale_margin: float = 1.2
+    stop_tol: float = 1e-3
+    check_every: int = 100
 
     @classmethod
     def paper(cls) -> "LissaSettings":
-        """Koh & Liang's settings: scale 25, damping 0, depth 5,000, batch 1, 10 repeats."""
+        """Koh & Liang's settings: scale 25, damping 0, depth 5,000, batch 1, 10 repeats, the
+        last iterate, no early stop."""
         return cls(scale=25.0, damping=0.0, depth=5_000, batch_size=1, repeats=10, seed=0,
-                   average_tail=0.0)
+                   average_tail=0.0, stop_tol=0.0)
+
+
+class _TailAverage:
+    """Running estimate of one LiSSA repeat: the mean of the iterates over the last
+    ``fraction`` of the steps so far, kept as sums over blocks of ``block`` steps (so the
+    window can slide without storing iterates)."""
+
+    def __init__(self, fraction: float, block: int):
+        self.fraction, self.block = fraction, block
+        self.sums, self.counts = [], []
+        self.steps = 0
+
+    def add(self, v: torch.Tensor) -> None:
+        if not self.counts or self.counts[-1] == self.block:
+            self.sums.append(torch.zeros_like(v))
+            self.counts.append(0)
+        self.sums[-1] += v
+        self.counts[-1] += 1
+        self.steps += 1
+
+    def estimate(self, last: torch.Tensor) -> torch.Tensor:
+        if self.fraction == 0:
+            return last
+        want = max(1, round(self.fraction * self.steps))
+        total, count = torch.zeros_like(last), 0
+        for block_sum, block_count in zip(reversed(self.sums), reversed(self.counts)):
+            if count >= want:
+                break
+            total += block_sum
+            count += block_count
+        return total / count
 
 
 @dataclass
@@ -123,38 +159,51 @@ def lissa(weight, x, wd, rhs: torch.Tensor, settings: LissaSettings):
         scale = float(settings.scale)
     if not scale > 0:
         raise InflError(f"LiSSA scale must be > 0, got {scale}")
-    t = rhs.shape[0]
     # ‖v_j‖ ≤ scale·‖g‖/(λ_min + damping·scale) with λ_min ≥ wd when the recursion converges
     bound = scale * float(batched_norm(rhs).max()) / (wd + settings.damping * scale)
-    first_averaged = settings.depth - max(1, int(round(settings.average_tail * settings.depth)))
+    check = max(1, settings.check_every)
     estimates = torch.zeros_like(rhs)
-    hvps = 0
+    steps_per_repeat, hvps = [], 0
     total = settings.repeats * settings.depth
     with progress_bar(f"ihvp lissa (scale {scale:.3g}, batch {batch})", total=total) as update:
         for r in range(settings.repeats):
             batches = _Batches(x, probs, batch, gen)
             v = rhs.clone()
-            tail = torch.zeros_like(rhs)
+            tail = _TailAverage(settings.average_tail, check)
+            previous, quiet, change = None, 0, math.inf
             for j in range(1, settings.depth + 1):
                 xb, pb = batches.next()
                 hv = model.hvp(weight, xb, wd, v, probs=pb)
                 v = rhs + (1.0 - settings.damping) * v - hv / scale
-                hvps += t
-                if j > first_averaged:
-                    tail += v
-                if j % 100 == 0 or j == settings.depth:
-                    norm = float(batched_norm(v).max())
-                    if not math.isfinite(norm) or norm > 100 * bound:
-                        lam = estimate_sampled_max_eigenvalue(weight, x, probs, wd, batch, gen)
-                        raise InflError(
-                            f"LiSSA diverged at step {j} with scale {scale:.4g} (norm {norm:.3g});"
-                            f" sampled Hessian eigenvalues reach about {lam:.3g}: use --scale "
-                            f"{max(1.5 * lam, 2 * scale):.3g} or larger")
-                    update(completed=r * settings.depth + j, status=f"repeat {r + 1}")
-            estimates += tail / (settings.depth - first_averaged) / scale
+                hvps += rhs.shape[0]
+                tail.add(v)
+                if j % check and j != settings.depth:
+                    continue
+                norm = float(batched_norm(v).max())
+                if not math.isfinite(norm) or norm > 100 * bound:
+                    lam = estimate_sampled_max_eigenvalue(weight, x, probs, wd, batch, gen)
+                    raise InflError(
+                        f"LiSSA diverged at step {j} with scale {scale:.4g} (norm {norm:.3g});"
+                        f" sampled Hessian eigenvalues reach about {lam:.3g}: use --scale "
+                        f"{max(1.5 * lam, 2 * scale):.3g} or larger")
+                current = tail.estimate(v)
+                if previous is not None:
+                    change = float((batched_norm(current - previous)
+                                    / batched_norm(current).clamp_min(1e-300)).max())
+                    quiet = quiet + 1 if change <= settings.stop_tol else 0
+                previous = current
+                update(completed=r * settings.depth + j,
+                       status=f"repeat {r + 1}, change {change:.1e}")
+                if quiet >= 2:
+                    break
+            steps_per_repeat.append(j)
+            update(completed=(r + 1) * settings.depth)
+            estimates += tail.estimate(v) / scale
     estimates /= settings.repeats
-    return estimates, {"scale_used": scale, "steps": settings.depth * settings.repeats,
-                       "hvps": hvps}
+    return estimates, {"scale_used": scale, "steps": sum(steps_per_repeat),
+                       "steps_per_repeat": steps_per_repeat,
+                       "stopped_early": [j < settings.depth for j in steps_per_repeat],
+                       "last_change": change, "hvps": hvps}
 
 
 def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
@@ -174,7 +223,7 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
             factor = HessianFactor(weight, x, wd, on_block=update)
         est = factor.solve(rhs)
         report = {"settings": {}, "iterations": 1, "hvps": 0,
-                  "factored_dimension": int(factor.chol.shape[0])}
+                  "factored_dimension": factor.dimension}
     else:
         raise InflError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     report["seconds"] = time.perf_counter() - start

@@ -141,6 +141,10 @@ def _validate_lissa(s: ihvp_mod.LissaSettings) -> None:
             raise InflError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(s, name)}")
     if not 0 <= s.average_tail <= 1:
         raise InflError(f"--average-tail must be in [0, 1], got {s.average_tail}")
+    if not s.stop_tol >= 0:
+        raise InflError(f"--stop-tol must be ≥ 0 (0: no early stop), got {s.stop_tol}")
+    if s.check_every < 1:
+        raise InflError(f"--check-every must be ≥ 1, got {s.check_every}")
 
 
 def _validate_cg(s: ihvp_mod.CgSettings) -> None:
@@ -277,6 +281,7 @@ def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, m
         "certified": int((out["grad_norm"] <= tol).sum()),
         "fallbacks": int(out["fallback"].sum()),
         "data_passes": stats["passes"],
+        "correction_passes": stats["correction_passes"],
         "factor_seconds": factor_seconds,
         "seconds": time.perf_counter() - start,
         "resumed_from": int(done["n_done"]) if done else 0,

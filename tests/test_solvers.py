@@ -74,13 +74,27 @@ def test_preconditioned_cg_with_exact_preconditioner_takes_one_step(tiny, fitted
 
 def test_lissa_converges_to_exact(tiny, fitted):
     w, rhs, exact = fitted
-    settings = ihvp.LissaSettings(batch_size=200, depth=4000)
+    settings = ihvp.LissaSettings(batch_size=200, depth=4000, stop_tol=0)
     est, report = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs, settings)
-    assert rel_err(est, exact) < 0.02
+    assert rel_err(est, exact) < 0.02 and report["steps_per_repeat"] == [4000]
     # more steps average away more noise: the error must shrink
     longer, _ = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs,
-                           ihvp.LissaSettings(batch_size=200, depth=16000))
+                           ihvp.LissaSettings(batch_size=200, depth=16000, stop_tol=0))
     assert rel_err(longer, exact) < rel_err(est, exact)
+
+
+def test_lissa_stops_early_once_the_estimate_settles(tiny, fitted):
+    w, rhs, exact = fitted
+    settings = ihvp.LissaSettings(batch_size=200)  # defaults otherwise: stop_tol 1e-3
+    est, report = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs, settings)
+    assert report["stopped_early"] == [True] and report["steps"] < settings.depth
+    assert report["last_change"] <= settings.stop_tol
+    assert rel_err(est, exact) < 0.01
+    # a tighter tolerance runs longer and lands closer
+    tighter, tight_report = ihvp.solve("lissa", w, tiny.x_train, 0.01, rhs,
+                                       ihvp.LissaSettings(batch_size=200, stop_tol=2e-4))
+    assert tight_report["steps"] > report["steps"]
+    assert rel_err(tighter, exact) < rel_err(est, exact)
 
 
 def test_lissa_paper_preset_is_the_authors_recursion(tiny, fitted):
