@@ -29,6 +29,7 @@ MODEL = "model.safetensors"
 LOO = "loo.safetensors"
 LOO_PARTIAL = "loo.partial.safetensors"
 METRICS = "metrics.json"
+TIMINGS = "timings.json"  # seconds per stage of the last `infl run`
 
 
 def ihvp_name(solver: str) -> str:

@@ -63,6 +63,9 @@ def test_run_skips_up_to_date_stages(tmp_path):
     second = infl(*args)
     assert second.returncode == 0 and second.stderr.count("up to date") == 4
     assert (tmp_path / "loo.safetensors").stat().st_mtime_ns == before
+    times = json.loads((tmp_path / "timings.json").read_text())
+    assert set(times) >= {"train", "ihvp", "score", "loo", "plot", "total"}
+    assert times["total"] >= times["loo"] >= 0
 
 
 def test_missing_inputs_fail_cleanly(tmp_path):

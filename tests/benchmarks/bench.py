@@ -23,7 +23,7 @@ from rich.table import Table
 from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
-console = Console()
+console = Console(width=150)
 
 
 def table(title, rows, columns):
@@ -31,7 +31,7 @@ def table(title, rows, columns):
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+        t.add_row(*[f"{v:.6g}" if isinstance(v, float) else str(v) for v in r])
     console.print(t)
 
 
@@ -58,15 +58,16 @@ def main() -> None:
         sys.exit(f"infl run failed: {proc.stderr.strip().splitlines()[-1]}")
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     mrec = art.read_record(work / art.MODEL)
-    irec = art.read_record(work / art.ihvp_name("lissa"))
-    srec = art.read_record(work / art.scores_name("lissa"))
     lrec = art.read_record(work / art.LOO)
     metrics = json.loads((work / art.METRICS).read_text())
+    stage_seconds = json.loads((work / "timings.json").read_text())
     result["run"] = {"wall_seconds": wall, "peak_rss_gb": peak_gb,
-                     "train": mrec["seconds"], "ihvp": irec["report"]["seconds"],
-                     "score": srec["seconds"], "loo": lrec["seconds"],
-                     "loo_factor": lrec["factor_seconds"],
-                     "pearson_r": metrics["panels"]["lissa"]["pearson_r"]}
+                     **{f"{k} (s)": v for k, v in stage_seconds.items()},
+                     "loo: Hessian factor (s)": lrec["factor_seconds"],
+                     "train: ‖∇R‖": mrec["grad_norm"],
+                     "loo: max ‖∇R₋z‖": lrec["max_grad_norm"],
+                     "pearson_r": metrics["panels"]["lissa"]["pearson_r"],
+                     "spearman_rho": metrics["panels"]["lissa"]["spearman_rho"]}
     table("infl run", [[k, v] for k, v in result["run"].items()], ["quantity", "value"])
 
     # 2. IHVP solvers against the exact solve, and their Pearson R on the same LOO points
@@ -76,24 +77,28 @@ def main() -> None:
     removed, actual = ltensors["train_indices"], ltensors["actual_loss_diff"].numpy()
     t = int(lrec["test_index"])
     rhs = model.test_point_grads(weight, data.x_test[t:t + 1], data.y_test[t:t + 1])
-    runs = [("exact", "exact", None), ("cg", "cg", None),
-            ("lissa (default)", "lissa", ihvp.LissaSettings()),
-            ("lissa --preset paper", "lissa", ihvp.LissaSettings.paper())]
+    runs = [("exact", "exact", {}),
+            ("cg (default: subspace-preconditioned)", "cg", {"cg_settings": ihvp.CgSettings()}),
+            ("cg --cg-rank 0 (plain)", "cg", {"cg_settings": ihvp.CgSettings(rank=0)}),
+            ("lissa (default)", "lissa", {"lissa_settings": ihvp.LissaSettings()}),
+            ("lissa --preset paper", "lissa", {"lissa_settings": ihvp.LissaSettings.paper()})]
     estimates, rows, result["ihvp"] = {}, [], {}
     for label, solver, settings in runs:
-        est, rep = ihvp.solve(solver, weight, data.x_train, wd, rhs, settings)
+        est, rep = ihvp.solve(solver, weight, data.x_train, wd, rhs, **settings)
         estimates[label] = est
         reference = estimates["exact"]
         err = float((est - reference).norm() / reference.norm())
         _, predicted = score.influence_scores(weight, data.x_train, data.y_train, wd, est)
         r = plot.agreement(actual, predicted[0, removed].numpy())["pearson_r"]
-        result["ihvp"][label] = {"seconds": rep["seconds"], "hvps": rep["hvps"],
-                                 "relative_error_vs_exact": err,
+        result["ihvp"][label] = {"seconds": rep["seconds"], "iterations": rep["iterations"],
+                                 "hvps": rep["hvps"], "relative_error_vs_exact": err,
                                  "relative_residual": rep["relative_residual"][0],
                                  "pearson_r": r}
-        rows.append([label, rep["seconds"], rep["hvps"], err, rep["relative_residual"][0], r])
+        rows.append([label, rep["seconds"], rep["iterations"], rep["hvps"], err,
+                     rep["relative_residual"][0], r])
     table("IHVP solvers (test index %d)" % t, rows,
-          ["solver", "seconds", "HVPs", "rel. error vs exact", "residual", "Pearson R (top 500)"])
+          ["solver", "seconds", "iterations", "HVPs", "rel. error vs exact", "residual",
+           "Pearson R (top 500)"])
 
     # 3. LOO: certified Newton (from the run) vs warm-started L-BFGS on a sample of its points
     sample = removed[:args.lbfgs_sample]
