@@ -243,11 +243,17 @@ def _cg(weight, x, wd, rhs, settings: CgSettings):
     precondition = (SubspacePreconditioner(wa, xa, wd, settings.rank, probs)
                     if settings.rank > 0 else None)
     setup = time.perf_counter() - start
-    with progress_bar("ihvp cg", total=settings.max_iter) as update:
+    decades = round(max(-math.log10(settings.rtol), 1.0), 1)
+
+    def show(i, rel):  # progress in decades of residual reduction, which is what CG buys
+        worst = max(float(rel.max()), 1e-300)
+        update(completed=min(max(-math.log10(worst), 0.0), decades),
+               status=f"iteration {i}, residual {worst:.1e}")
+
+    with progress_bar("ihvp cg: log10 residual reduced", total=decades) as update:
         sol, iters, hvps = conjugate_gradient(
             lambda v: model.hvp(wa, xa, wd, v, probs=probs), rhs[:, :, active].contiguous(),
-            settings.rtol, settings.max_iter, precondition=precondition,
-            on_iter=lambda i, rel: update(completed=i, status=f"residual {float(rel.max()):.1e}"))
+            settings.rtol, settings.max_iter, precondition=precondition, on_iter=show)
     est = rhs / wd
     est[:, :, active] = sol
     report = {"settings": asdict(settings),

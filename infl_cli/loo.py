@@ -7,12 +7,14 @@ first-order prediction is the influence score. Its gradient is
 
 ``newton`` (default): warm start at Ŵ and take Newton-type steps Δ ← Δ − H⁻¹∇R₋z(Ŵ + Δ)
 with the exact Hessian H = ∇²R(Ŵ), Cholesky-factored once and corrected per removal for
-the removed point's own curvature (Woodbury, :class:`RemovalPreconditioner`). Because one removal moves Ŵ by
-O(1/n), H⁻¹ is an excellent preconditioner and the error contracts by orders of magnitude
-per step. The first step needs no pass over the data (∇R₋z(Ŵ) is known in closed form) and
-is the influence prediction itself; each further step costs one full-data pass, batched over
-a chunk of removals as two matrix products. A removal is done when its full float64 gradient
-norm ‖∇R₋z‖ ≤ tol; one that does not certify within ``max_steps`` is finished by
+the removed point's own curvature (Woodbury, :class:`RemovalPreconditioner`). Because one
+removal moves Ŵ by O(1/n), H⁻¹ is an excellent preconditioner and the error contracts by
+orders of magnitude per step. The first step needs no pass over the data (∇R₋z(Ŵ) is known
+in closed form) and is the influence prediction itself; the second takes its gradient from
+the float32 delta-form :class:`CorrectionPass`; each further step costs one float64
+full-data pass, batched over a chunk of removals as two matrix products. A removal is done
+when its full float64 gradient norm ‖∇R₋z‖ ≤ tol; one that does not certify within
+``max_steps`` is finished by
 Newton steps on its own exact Hessian at each iterate (preconditioned CG), which converge
 quadratically.
 
