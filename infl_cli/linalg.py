@@ -66,7 +66,7 @@ class SubspacePreconditioner:
     Σ_i (1 − ‖p_i‖²)·x_i x_iᵀ (tr S_i = 1 − ‖p_i‖² weighs each example by its curvature).
     On the subspace I_C ⊗ Q, M is H's exact restriction (:func:`model.hessian_in_basis`,
     Cholesky-factored); on its orthogonal complement M = μ·I with μ = wd + the mean data
-    curvature there. M is symmetric positive definite, costs about one second to build on
+    curvature there. M is symmetric positive definite, costs one to two seconds to build on
     full MNIST (r = 64), and leaves CG the flat low-curvature part of the spectrum only.
     Vectors are [k, C, d] for the same x given here.
     """
@@ -104,8 +104,8 @@ class HessianFactor:
     Only the features active in the training data enter the dense factor; on the others H
     is wd·I and the solve is v / wd. ``dtype`` float32 builds a preconditioner in about half
     the time (results are then accurate to about 1e-6 relative, fine wherever the caller
-    certifies its own result, as LOO does); ``explicit_inverse=True`` also forms H⁻¹, which
-    makes solves plain matrix products and :meth:`solve_kron` cheap.
+    certifies its own result, as LOO does); ``explicit_inverse=True`` forms H⁻¹ and drops
+    the factor, which makes solves plain matrix products and :meth:`solve_kron` cheap.
     """
 
     def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, on_block=None,
