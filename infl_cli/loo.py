@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import model
-from .linalg import HessianFactor, batched_norm
+from .linalg import HessianFactor, batched_dot, batched_norm
 
 METHODS = ("newton", "lbfgs")
 
@@ -150,26 +150,69 @@ class RemovalPreconditioner:
         return (n - 1) * (self.factor.solve(g) / n + torch.einsum("kmcd,km->kcd", y, coef) / n)
 
 
+def _secant_direction(grad, rows, history, apply_p):
+    """H_k⁻¹·grad by the L-BFGS two-loop recursion with the initial inverse P_z⁻¹
+    (``apply_p``) and the secant pairs (s, y) gathered so far (``history``: full-chunk
+    tensors, read at ``rows``). The pairs add the curvature change along the path from Ŵ
+    that the fixed P_z misses; a pair with sᵀy ≤ 0 (impossible for a strongly convex R₋z
+    but for rounding) is skipped."""
+    q = grad.clone()
+    kept = []
+    for s_full, y_full in reversed(history):
+        s, yv = s_full[rows], y_full[rows]
+        sy = batched_dot(s, yv)
+        ok = sy > 1e-12 * batched_norm(s) * batched_norm(yv)
+        rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)),
+                          torch.zeros_like(sy))
+        alpha = rho * batched_dot(s, q)
+        q -= alpha[:, None, None] * yv
+        kept.append((s, yv, rho, alpha))
+    r = apply_p(q)
+    for s, yv, rho, alpha in reversed(kept):
+        beta = rho * batched_dot(yv, r)
+        r += (alpha - beta)[:, None, None] * s
+    return r
+
+
 def newton_chunk(weight, x, y, wd, factor: HessianFactor, logits0, grad_r_full, removed,
                  tol: float, max_steps: int, x_active=None, correction: CorrectionPass = None):
     """Certified Newton-type LOO for one chunk. Returns (deltas, grad_norms, steps,
-    {"float64": full passes, "correction": cheap passes}, preconditioner). ``x_active`` = x[:, factor.active], kept by the caller across chunks.
-    With ``correction`` the first pass (after the first step, which is still far from
-    certifying) is the cheap :class:`CorrectionPass`; every later pass is the float64 one,
-    and only a float64 pass certifies."""
+    {"float64": full passes, "correction": cheap passes}, preconditioner).
+
+    Step k solves with P_z (exact Hessian of R₋z at Ŵ) updated by the secant pairs of the
+    previous steps (:func:`_secant_direction`: L-BFGS with P_z⁻¹ as its initial inverse, unit
+    steps): one removal's path from Ŵ is short, so this is Newton's method to within the
+    curvature change along it. ``x_active`` = x[:, factor.active], kept by the caller
+    across chunks. With ``correction`` the first pass (after the first step, which is still
+    far from certifying) is the cheap :class:`CorrectionPass`; every later pass is the
+    float64 one, and only a float64 pass certifies."""
     n = x.shape[0]
     k = removed.shape[0]
     precond = RemovalPreconditioner(factor, weight, x[removed], n)
     u = model.train_point_grads(weight, x[removed], y[removed], wd)  # ∇L(z, Ŵ) [K, C, d]
     g = (n * grad_r_full[None] - u) / (n - 1)  # ∇R₋z(Ŵ), closed form
     everyone = torch.arange(k)
-    deltas = -precond.solve(g, everyone)
+    last_step = -precond.solve(g, everyone)
+    deltas = last_step.clone()
+    last_grad = g.clone()
+    history = []
     steps = torch.ones(k, dtype=torch.int64)
     norms = torch.full((k,), math.inf, dtype=torch.float64)
     passes = {"float64": 0, "correction": 0}
+
+    def step(rows, grad):
+        """Record the secant pair that ``grad`` completes for ``rows``, then step them."""
+        s_full, y_full = torch.zeros_like(deltas), torch.zeros_like(deltas)
+        s_full[rows], y_full[rows] = last_step[rows], grad - last_grad[rows]
+        history.append((s_full, y_full))
+        last_grad[rows] = grad
+        last_step[rows] = -_secant_direction(grad, rows, history,
+                                             lambda q: precond.solve(q, rows))
+        deltas[rows] += last_step[rows]
+        steps[rows] += 1
+
     if correction is not None and max_steps > 1:
-        deltas -= precond.solve(correction(weight, x, wd, removed, deltas, g), everyone)
-        steps += 1
+        step(everyone, correction(weight, x, wd, removed, deltas, g))
         passes["correction"] += 1
     todo = everyone
     while todo.numel() > 0:
@@ -181,9 +224,8 @@ def newton_chunk(weight, x, y, wd, factor: HessianFactor, logits0, grad_r_full, 
         open_ = (gn > tol) & torch.isfinite(gn)
         if not bool(open_.any()) or int(steps[todo].max()) >= max_steps:
             break
-        todo, g = todo[open_], g[open_]
-        deltas[todo] -= precond.solve(g, todo)
-        steps[todo] += 1
+        todo = todo[open_]
+        step(todo, g[open_])
     return deltas, norms, steps, passes, precond
 
 

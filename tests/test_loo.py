@@ -135,3 +135,31 @@ def test_correction_pass_equals_float64_gradient(tiny, fitted):
     assert bool((out_fast["grad_norm"] <= 1e-8).all()) and stats_fast["correction_passes"] > 0
     assert stats_fast["passes"] <= stats_slow["passes"]
     assert torch.allclose(out_fast["actual_loss_diff"], out_slow["actual_loss_diff"], atol=1e-9)
+
+
+def test_secant_direction_satisfies_the_secant_equation():
+    """L-BFGS two-loop with P⁻¹ as initial inverse: no pairs gives P⁻¹g, and the updated
+    inverse maps the newest y to its s exactly (both for every removal of a batch)."""
+    torch.manual_seed(0)
+    k, shape = 3, (4, 5)
+    a = torch.randn(20, 20, dtype=torch.float64)
+    p_inv = torch.linalg.inv(a @ a.T + 20 * torch.eye(20, dtype=torch.float64))
+
+    def apply_p(q):
+        return (q.reshape(q.shape[0], -1) @ p_inv).reshape(q.shape)
+
+    rows = torch.arange(k)
+    g = torch.randn(k, *shape, dtype=torch.float64)
+    assert torch.allclose(loo._secant_direction(g, rows, [], apply_p), apply_p(g))
+    history = []
+    for _ in range(3):
+        s = torch.randn(k, *shape, dtype=torch.float64)
+        y = 2 * s + 0.3 * torch.randn(k, *shape, dtype=torch.float64)  # sᵀy > 0
+        history.append((s, y))
+    s_last, y_last = history[-1]
+    assert torch.allclose(loo._secant_direction(y_last, rows, history, apply_p), s_last,
+                          rtol=1e-10, atol=1e-12)
+    # a pair with sᵀy ≤ 0 is skipped, not allowed to break positive definiteness
+    bad = history + [(s_last, -y_last)]
+    assert torch.allclose(loo._secant_direction(g, rows, bad, apply_p),
+                          loo._secant_direction(g, rows, history, apply_p))
