@@ -35,40 +35,40 @@ TEST_INDEX = typer.Option([8], "--test-index", "-t", help="Test index; repeat fo
 PRESET = typer.Option("default", "--preset",
                       help="LiSSA presets: default (tail-averaged, auto scale) | paper "
                            "(scale 25, depth 5000, batch 1, 10 repeats).")
-SCALE = typer.Option(None, "--scale", help="LiSSA scale, or 'auto' [default: auto; paper: 25].")
-DAMPING = typer.Option(None, "--damping", help="LiSSA damping [default: 0].")
+SCALE = typer.Option(None, "--scale", help="LiSSA scale, or 'auto' \\[default: auto; paper: 25].")
+DAMPING = typer.Option(None, "--damping", help="LiSSA damping \\[default: 0].")
 DEPTH = typer.Option(None, "--depth",
-                     help="LiSSA steps per repeat, at most [default: 10000; paper: 5000].")
-BATCH = typer.Option(None, "--batch-size", help="LiSSA mini-batch [default: 500; paper: 1].")
-REPEATS = typer.Option(None, "--repeats", help="LiSSA repeats averaged [default: 1; paper: 10].")
-SEED = typer.Option(None, "--seed", help="LiSSA random seed [default: 0].")
+                     help="LiSSA steps per repeat, at most \\[default: 10000; paper: 5000].")
+BATCH = typer.Option(None, "--batch-size", help="LiSSA mini-batch \\[default: 500; paper: 1].")
+REPEATS = typer.Option(None, "--repeats", help="LiSSA repeats averaged \\[default: 1; paper: 10].")
+SEED = typer.Option(None, "--seed", help="LiSSA random seed \\[default: 0].")
 TAIL = typer.Option(None, "--average-tail",
-                    help="Fraction of the last LiSSA steps averaged [default: 0.5; paper: 0].")
+                    help="Fraction of the last LiSSA steps averaged \\[default: 0.5; paper: 0].")
 STOP_TOL = typer.Option(None, "--stop-tol",
                         help="LiSSA stops a repeat once its estimate changes by ≤ this "
-                             "(relative) at two checks in a row; 0: never [default: 1e-3; "
+                             "(relative) at two checks in a row; 0: never \\[default: 1e-3; "
                              "paper: 0].")
 CHECK_EVERY = typer.Option(None, "--check-every",
-                           help="LiSSA steps between checks of the estimate [default: 100].")
+                           help="LiSSA steps between checks of the estimate \\[default: 100].")
 CG_RTOL = typer.Option(1e-10, "--cg-rtol", help="CG stops at ‖Hx − g‖/‖g‖ ≤ this.")
 CG_MAX = typer.Option(1000, "--cg-max-iter", help="Most CG iterations.")
 CG_RANK = typer.Option(64, "--cg-rank",
                        help="Rank of the subspace on which CG's preconditioner is the exact "
                             "Hessian (0: plain, unpreconditioned CG).")
 LOO_SOLVER = typer.Option(None, "--solver",
-                          help="Scores that pick the points [default: most accurate present: "
+                          help="Scores that pick the points \\[default: most accurate present: "
                                "exact, cg, lissa].")
 LOO_TEST = typer.Option(None, "--test-index", "-t",
-                        help="Test index [default: the first one scored].")
+                        help="Test index \\[default: the first one scored].")
 NUM = typer.Option(500, "--num", "-k", help="Number of most influential points (|I|) retrained.")
 METHOD = typer.Option("newton", "--method", help="Retraining: newton (batched, certified) | lbfgs.")
 LOO_TOL = typer.Option(1e-8, "--tol", help="Each retraining must reach ‖∇R₋z‖ ≤ this.")
 CHUNK = typer.Option(50, "--chunk-size", help="Removals solved together (and checkpointed).")
 MAX_STEPS = typer.Option(10, "--max-steps", help="Newton steps before falling back to L-BFGS.")
 PLOT_SOLVERS = typer.Option(None, "--solver",
-                            help="Panels to draw, repeatable [default: the scores LOO used].")
+                            help="Panels to draw, repeatable \\[default: the scores LOO used].")
 OUT = typer.Option(None, "--out", "-o", help="Figure path (.png; a .pdf copy goes beside it) "
-                                             "[default: WORKDIR/fig2_middle.png].")
+                                             "\\[default: WORKDIR/fig2_middle.png].")
 
 
 def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail,

@@ -1,6 +1,7 @@
 """Every stage through the CLI on mnist-tiny; bad input fails cleanly."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -53,6 +54,13 @@ def test_stages_write_documented_artifacts(workdir):
 def test_help_shows_defaults():
     proc = infl("ihvp", "--help")
     assert proc.returncode == 0 and "--workdir" in proc.stdout and "lissa" in proc.stdout
+    # rich wraps lines inside its panel; brackets in help texts must survive its markup
+    text = re.sub(r"[│\s]+", " ", proc.stdout)
+    for shown in ("[default: artifacts]", "[default: auto; paper: 25]", "[default: 64]",
+                  "[default: 500; paper: 1]", "[default: 1e-3; paper: 0]"):
+        assert shown in text, shown
+    loo_help = re.sub(r"[│\s]+", " ", infl("loo", "--help").stdout)
+    assert "[default: 500]" in loo_help and "[default: 1e-08]" in loo_help
 
 
 def test_run_skips_up_to_date_stages(tmp_path):
