@@ -64,7 +64,9 @@ NUM = typer.Option(500, "--num", "-k", help="Number of most influential points (
 METHOD = typer.Option("newton", "--method", help="Retraining: newton (batched, certified) | lbfgs.")
 LOO_TOL = typer.Option(1e-8, "--tol", help="Each retraining must reach ‖∇R₋z‖ ≤ this.")
 CHUNK = typer.Option(50, "--chunk-size", help="Removals solved together (and checkpointed).")
-MAX_STEPS = typer.Option(10, "--max-steps", help="Newton steps before falling back to L-BFGS.")
+MAX_STEPS = typer.Option(10, "--max-steps",
+                         help="Newton steps before a removal falls back to Newton-CG on its "
+                              "exact Hessian.")
 PLOT_SOLVERS = typer.Option(None, "--solver",
                             help="Panels to draw, repeatable \\[default: the scores LOO used].")
 OUT = typer.Option(None, "--out", "-o", help="Figure path (.png; a .pdf copy goes beside it) "

@@ -55,12 +55,12 @@ def loo_gradients(weight, x, y, wd, logits0, removed, deltas, active=None, x_act
     r = torch.softmax(logits, dim=2)
     del logits
     r[torch.arange(n), :, y] -= 1.0  # p − onehot(y), per removal
-    data_term = torch.zeros(k, c, d, dtype=x.dtype)
     back = model.mm(r.reshape(n, k * c).T, xa).reshape(k, c, -1)  # Σ_j r_j x_jᵀ
     del r
     if active is None:
         data_term = back
     else:
+        data_term = torch.zeros(k, c, d, dtype=x.dtype)
         data_term[:, :, active] = back
     xz, yz = x[removed], y[removed]
     own_r = torch.softmax(torch.einsum("kcd,kd->kc", w, xz), dim=1)
@@ -82,10 +82,11 @@ class CorrectionPass:
     fast as the float64 pass. It never certifies: that is the float64 pass's job.
     """
 
-    def __init__(self, weight, x, active):
+    def __init__(self, logits0, x_active, active):
+        """``logits0`` = X Ŵᵀ [n, C] and ``x_active`` = x[:, active], as the caller keeps them."""
         self.active = active
-        self.x32 = x[:, active].to(torch.float32).contiguous()
-        self.p32 = model.probabilities(weight, x).to(torch.float32)  # softmax(l_j) at Ŵ
+        self.x32 = x_active.to(torch.float32)
+        self.p32 = torch.softmax(logits0, dim=1).to(torch.float32)  # softmax(l_j) at Ŵ
 
     def __call__(self, weight, x, wd, removed, deltas, grad_at_hat):
         n = x.shape[0]
@@ -312,7 +313,7 @@ def retrain(method: str, weight, x, y, wd, x_test, y_test, removed: torch.Tensor
     x_active = x[:, factor.active].contiguous() if factor is not None else None
     grad_r_full = model.objective_and_grad(weight, x, y, wd)[1]
     stats = {"passes": 0, "correction_passes": 0, "seconds": 0.0}
-    correction = CorrectionPass(weight, x, factor.active) \
+    correction = CorrectionPass(logits0, x_active, factor.active) \
         if method == "newton" and fast_correction else None
     for lo in range(n_done, k, chunk_size):
         hi = min(lo + chunk_size, k)

@@ -157,9 +157,6 @@ def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: to
     of a general product. ``on_block()`` is called after each of them (progress).
     ``dtype`` float32 halves the time again, for uses that only need a preconditioner.
     """
-    from scipy.linalg.blas import dsyrk, ssyrk
-
-    syrk = ssyrk if dtype == torch.float32 else dsyrk
     c = weight.shape[0]
     n = x.shape[0]
     p = probabilities(weight, x) if probs is None else probs
@@ -171,7 +168,7 @@ def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: to
     for a in range(c):
         for b in range(a + 1, c):
             torch.mul(xa, torch.sqrt(p[:, a] * p[:, b])[:, None], out=scaled)
-            block = _symmetric_from_upper(torch.from_numpy(syrk(1.0, scaled.numpy().T, trans=0)))
+            block = _syrk(scaled)
             h[a, :, b, :] = -block
             h[b, :, a, :] = -block
             h[a, :, a, :] += block
@@ -184,7 +181,13 @@ def hessian_reduced(weight: torch.Tensor, x: torch.Tensor, wd: float, active: to
     return h
 
 
-def _symmetric_from_upper(upper: torch.Tensor) -> torch.Tensor:
+def _syrk(xs: torch.Tensor) -> torch.Tensor:
+    """xsᵀ xs for a contiguous float32 or float64 xs [n, d], [d, d] in xs's dtype, by one
+    symmetric rank-n update (BLAS syrk: half the work of a general product)."""
+    from scipy.linalg.blas import dsyrk, ssyrk
+
+    syrk = ssyrk if xs.dtype == torch.float32 else dsyrk
+    upper = torch.from_numpy(syrk(1.0, xs.numpy().T, trans=0))  # the lower triangle is 0
     full = upper + upper.T
     full.diagonal().mul_(0.5)
     return full
@@ -194,12 +197,9 @@ def gram(x: torch.Tensor, row_weight: torch.Tensor | None = None,
          dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Σ_i w_i x_i x_iᵀ for x [n, d] (w_i = 1 without ``row_weight``), [d, d] in ``dtype``,
     by one symmetric rank-n update (BLAS syrk)."""
-    from scipy.linalg.blas import dsyrk, ssyrk
-
     xs = x.to(dtype)
-    xs = xs.contiguous() if row_weight is None else xs * row_weight.sqrt().to(dtype)[:, None]
-    syrk = ssyrk if dtype == torch.float32 else dsyrk
-    return _symmetric_from_upper(torch.from_numpy(syrk(1.0, xs.numpy().T, trans=0)))
+    return _syrk(xs.contiguous() if row_weight is None
+                 else xs * row_weight.sqrt().to(dtype)[:, None])
 
 
 def hessian_in_basis(weight: torch.Tensor, x: torch.Tensor, wd: float, basis: torch.Tensor,

@@ -7,12 +7,10 @@ folder and weight decay recorded by ``train``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import artifacts as art
