@@ -208,6 +208,10 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
+    # every setting is checked before any stage runs: a typo must not cost a training run
+    stages.validate_train(wd, train_tol)
+    stages.validate_ihvp(solver, lissa, cg)
+    stages.validate_loo(num, method, tol, chunk_size, max_steps)
     times = {}
     t0 = time.perf_counter()
     data = load_dataset(dataset, data_dir, download)

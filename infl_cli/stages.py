@@ -46,12 +46,16 @@ def is_current(path: Path, settings: dict, inputs: dict) -> bool:
 
 # ---------------------------------------------------------------------------------- train
 
-def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol: float,
-              max_iter: int, download: bool = True, data: Dataset | None = None) -> dict:
+def validate_train(wd: float, tol: float) -> None:
     if not wd > 0:
         raise InflError(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")
     if not tol > 0:
-        raise InflError(f"--tol must be > 0, got {tol}")
+        raise InflError(f"--train-tol must be > 0, got {tol}")
+
+
+def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol: float,
+              max_iter: int, download: bool = True, data: Dataset | None = None) -> dict:
+    validate_train(wd, tol)
     data = data or load_dataset(dataset, data_dir, download)
     weight, info = train.fit(data, wd, tol, max_iter)
     pred = model.probabilities(weight, data.x_test).argmax(1)
@@ -105,14 +109,18 @@ def ihvp_settings(solver: str, test_indices: list[int], lissa: ihvp_mod.LissaSet
     return base
 
 
+def validate_ihvp(solver: str, lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings) -> None:
+    if solver not in ihvp_mod.SOLVERS:
+        raise InflError(f"unknown solver {solver!r}; choose one of: {', '.join(ihvp_mod.SOLVERS)}")
+    _validate_lissa(lissa)
+    _validate_cg(cg)
+
+
 def run_ihvp(workdir: Path, solver: str, test_indices: list[int],
              lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings | None = None,
              loaded=None) -> dict:
-    if solver not in ihvp_mod.SOLVERS:
-        raise InflError(f"unknown solver {solver!r}; choose one of: {', '.join(ihvp_mod.SOLVERS)}")
     cg = cg or ihvp_mod.CgSettings()
-    _validate_lissa(lissa)
-    _validate_cg(cg)
+    validate_ihvp(solver, lissa, cg)
     weight, mrec, data = loaded or load_model(workdir)
     idx = check_test_indices(test_indices, data)
     wd = mrec["settings"]["wd"]
@@ -224,14 +232,18 @@ def resolve_loo_choice(workdir: Path, solver: str | None, test_index: int | None
     return solver, test_index
 
 
-def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, method: str,
-            tol: float, chunk_size: int, max_steps: int = 10, loaded=None) -> dict:
+def validate_loo(k: int, method: str, tol: float, chunk_size: int, max_steps: int) -> None:
     if method not in loo_mod.METHODS:
         raise InflError(f"unknown method {method!r}; choose one of: {', '.join(loo_mod.METHODS)}")
     if k < 1 or chunk_size < 1 or max_steps < 1:
         raise InflError("--num, --chunk-size and --max-steps must be ≥ 1")
     if not tol > 0:
         raise InflError(f"--tol must be > 0, got {tol}")
+
+
+def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, method: str,
+            tol: float, chunk_size: int, max_steps: int = 10, loaded=None) -> dict:
+    validate_loo(k, method, tol, chunk_size, max_steps)
     weight, mrec, data = loaded or load_model(workdir)
     solver, test_index = resolve_loo_choice(workdir, solver, test_index)
     check_test_indices([test_index], data)

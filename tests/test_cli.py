@@ -99,6 +99,11 @@ def test_mismatched_inputs_are_refused(workdir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["train", "--dataset", "cifar"], "unknown dataset"),
     (["train", "--dataset", "mnist-tiny", "--wd", "0"], "--wd must be > 0"),
+    (["train", "--dataset", "mnist-tiny", "--train-tol", "-1"], "--train-tol must be > 0"),
+    # `run` checks every stage's settings before the first stage starts
+    (["run", "--dataset", "mnist-tiny", "--solver", "cg", "--cg-rank", "-2"], "--cg-rank must"),
+    (["run", "--dataset", "mnist-tiny", "--stop-tol", "-1"], "--stop-tol must"),
+    (["run", "--dataset", "mnist-tiny", "--chunk-size", "0"], "--chunk-size"),
     (["train", "--dataset", "mnist-tiny", "--wd", "abc"], "Invalid value for '--wd'"),
     (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/x", "--no-download"],
      "MNIST not found"),
