@@ -4,7 +4,9 @@ Every artifact is a plain safetensors file; ``safetensors.safe_open(path, "pt").
 returns ``{"infl": "<json>"}``, where the JSON holds the stage that wrote it, its settings,
 the fingerprints of its inputs and its own ``fingerprint`` (SHA-256 of its tensors and
 settings). Writes go to a temporary file in the same folder followed by an atomic rename,
-so an interrupted stage never leaves a partial artifact behind.
+so an interrupted stage never leaves a partial artifact behind; the file then gets the mode a
+plain ``open()`` would give it (0666 minus the umask: 0644 under the usual 022), not the
+private 0600 of the temporary file.
 """
 
 from __future__ import annotations
@@ -51,12 +53,25 @@ def tensors_fingerprint(tensors: dict[str, torch.Tensor], record: dict[str, Any]
     return digest.hexdigest()[:16]
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary file is private while it is written (mkstemp's 0600); before the rename it
+    gets 0666 & ~umask, as a file created by ``open(path, "w")`` would.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,9 @@
 """Artifacts round-trip, are plain safetensors, and are written atomically."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +50,18 @@ def test_wrong_stage_and_garbage_are_refused(tmp_path):
     (tmp_path / "g.safetensors").write_bytes(b"garbage")
     with pytest.raises(InflError, match="not an infl artifact"):
         art.load_artifact(tmp_path / "g.safetensors")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    """Artifacts, JSON and figures get 0666 & ~umask, as a plain open() would give them,
+    not the private mode of the temporary file behind the atomic write."""
+    old = os.umask(umask)
+    try:
+        art.save_artifact(tmp_path / "a.safetensors", {"w": torch.zeros(2)}, {"stage": "x"})
+        art.write_json(tmp_path / "m.json", {"k": 1})
+        art.atomic_write(tmp_path / "f.png", lambda tmp: Path(tmp).write_bytes(b"png"))
+    finally:
+        os.umask(old)
+    for name in ("a.safetensors", "m.json", "f.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
