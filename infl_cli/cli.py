@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import artifacts as art
 from . import ihvp as ihvp_mod
 from . import stages
 from .data import DATASETS
-from .errors import InflError
+from .errors import InflError, Interrupted
+from .lock import workdir_lock
 from .progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -103,6 +107,14 @@ def _table(title: str, rows: dict) -> None:
     console.print(table)
 
 
+@contextmanager
+def _writing(workdir: Path):
+    """Hold the work folder's lock while a command writes into it (one writer at a time)."""
+    with workdir_lock(workdir, warn=lambda message: console.print(
+            f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)):
+        yield
+
+
 def _report_train(rec):
     _table("train", {"dataset": rec["settings"]["dataset"], "n_train": rec["n_train"],
                      "train loss": rec["train_loss"], "‖∇R‖": rec["grad_norm"],
@@ -146,8 +158,9 @@ def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
               data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
               max_iter: int = MAX_ITER, download: bool = DOWNLOAD):
     """Fit the model (float64 L-BFGS, then Newton) and write model.safetensors."""
-    _report_train(stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                   download))
+    with _writing(workdir):
+        _report_train(stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
+                                       download))
 
 
 @app.command("ihvp")
@@ -162,13 +175,15 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER, test_index: List[int
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
-    _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg))
+    with _writing(workdir):
+        _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg))
 
 
 @app.command("score")
 def score_cmd(workdir: Path = WORKDIR, solver: str = SOLVER):
     """Influence of every training point: writes scores-<solver>.safetensors."""
-    rec = stages.run_score(workdir, solver)
+    with _writing(workdir):
+        rec = stages.run_score(workdir, solver)
     _table(f"score ({solver})", {"n_train": rec["n_train"], "seconds": rec["seconds"]})
 
 
@@ -177,15 +192,17 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             test_index: Optional[int] = LOO_TEST, num: int = NUM, method: str = METHOD,
             tol: float = LOO_TOL, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS):
     """Retrain without each of the top-k points by |influence|: writes loo.safetensors."""
-    _report_loo(stages.run_loo(workdir, solver, test_index, num, method, tol, chunk_size,
-                               max_steps))
+    with _writing(workdir):
+        _report_loo(stages.run_loo(workdir, solver, test_index, num, method, tol, chunk_size,
+                                   max_steps))
 
 
 @app.command("plot")
 def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS,
              out: Optional[Path] = OUT):
     """Predicted vs actual change in test loss (Figure 2): figure and metrics.json."""
-    _report_plot(stages.run_plot(workdir, solver, out))
+    with _writing(workdir):
+        _report_plot(stages.run_plot(workdir, solver, out))
 
 
 @app.command("run")
@@ -212,82 +229,89 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     stages.validate_train(wd, train_tol)
     stages.validate_ihvp(solver, lissa, cg)
     stages.validate_loo(num, method, tol, chunk_size, max_steps)
-    times = {}
-    t0 = time.perf_counter()
-    data = load_dataset(dataset, data_dir, download)
-    times["load data"] = time.perf_counter() - t0
+    with _writing(workdir):
+        times = {}
+        t0 = time.perf_counter()
+        data = load_dataset(dataset, data_dir, download)
+        times["load data"] = time.perf_counter() - t0
 
-    def stage(name, path, settings, inputs, fn, report):
+        def stage(name, path, settings, inputs, fn, report):
+            start = time.perf_counter()
+            if stages.is_current(path, settings, inputs):
+                console.print(f"[dim]{name}: {path} is up to date, skipped[/dim]")
+                rec = art.read_record(path)
+            else:
+                rec = fn()
+                report(rec)
+            times[name] = time.perf_counter() - start
+            return rec
+
+        mrec = stage("train", workdir / art.MODEL, stages.train_settings(dataset, data_dir, wd,
+                                                                           train_tol),
+                     {"data": data.fingerprint},
+                     lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
+                                              download, data=data), _report_train)
+        loaded = stages.load_model(workdir, data)
+        irec = stage("ihvp", workdir / art.ihvp_name(solver),
+                     stages.ihvp_settings(solver, [test_index], lissa, cg),
+                     {"model": mrec["fingerprint"]},
+                     lambda: stages.run_ihvp(workdir, solver, [test_index], lissa, cg, loaded),
+                     _report_ihvp)
+        srec = stage("score", workdir / art.scores_name(solver), {"solver": solver},
+                     {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
+                     lambda: stages.run_score(workdir, solver, loaded),
+                     lambda r: None)
+        k = min(num, data.n_train)
+        stage("loo", workdir / art.LOO,
+              stages.loo_settings(solver, test_index, k, method, tol, chunk_size, max_steps),
+              {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
+              lambda: stages.run_loo(workdir, solver, test_index, k, method, tol, chunk_size,
+                                     max_steps, loaded), _report_loo)
         start = time.perf_counter()
-        if stages.is_current(path, settings, inputs):
-            console.print(f"[dim]{name}: {path} is up to date, skipped[/dim]")
-            rec = art.read_record(path)
-        else:
-            rec = fn()
-            report(rec)
-        times[name] = time.perf_counter() - start
-        return rec
-
-    mrec = stage("train", workdir / art.MODEL, stages.train_settings(dataset, data_dir, wd,
-                                                                       train_tol),
-                 {"data": data.fingerprint},
-                 lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                          download, data=data), _report_train)
-    loaded = stages.load_model(workdir, data)
-    irec = stage("ihvp", workdir / art.ihvp_name(solver),
-                 stages.ihvp_settings(solver, [test_index], lissa, cg),
-                 {"model": mrec["fingerprint"]},
-                 lambda: stages.run_ihvp(workdir, solver, [test_index], lissa, cg, loaded),
-                 _report_ihvp)
-    srec = stage("score", workdir / art.scores_name(solver), {"solver": solver},
-                 {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
-                 lambda: stages.run_score(workdir, solver, loaded),
-                 lambda r: None)
-    k = min(num, data.n_train)
-    stage("loo", workdir / art.LOO,
-          stages.loo_settings(solver, test_index, k, method, tol, chunk_size, max_steps),
-          {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
-          lambda: stages.run_loo(workdir, solver, test_index, k, method, tol, chunk_size,
-                                 max_steps, loaded), _report_loo)
-    start = time.perf_counter()
-    _report_plot(stages.run_plot(workdir, [solver], out))
-    times["plot"] = time.perf_counter() - start
-    times["total"] = time.perf_counter() - t0
-    _table("seconds per stage", times)
-    art.write_json(workdir / art.TIMINGS, times)
+        _report_plot(stages.run_plot(workdir, [solver], out))
+        times["plot"] = time.perf_counter() - start
+        times["total"] = time.perf_counter() - t0
+        _table("seconds per stage", times)
+        art.write_json(workdir / art.TIMINGS, times)
 
 
 # Typer may vendor its own click: take the exception classes from Typer itself.
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def _interrupt(signum, frame):
+    raise Interrupted()
+
+
 def main() -> None:
-    """Entry point: every error ends as one line on stderr and a non-zero exit."""
+    """Entry point: every error ends as one line on stderr and a non-zero exit.
+
+    Ctrl-C and SIGTERM raise :class:`Interrupted` wherever the command is: it unwinds through
+    the atomic writes (no half-written file stays behind) and ends as one line, exit 130.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = app(standalone_mode=False)
     except InflError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except typer.Abort:
-        console.print("[red]error:[/red] interrupted", highlight=False)
-        sys.exit(130)
+        _fail(str(exc), 1)
+    except Interrupted as exc:
+        _fail(str(exc), Interrupted.EXIT_CODE)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail(Interrupted.DEFAULT, Interrupted.EXIT_CODE)
     except _CLICK_ERROR as exc:
         if exc.format_message():  # empty for the help shown when no command is given
-            console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False,
-                          soft_wrap=True)
+            _fail(exc.format_message(), exc.exit_code)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[red]error:[/red] interrupted", highlight=False)
-        sys.exit(130)
     except OSError as exc:  # unwritable folder, full disk, unreadable file
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(exc), 1)
     except MemoryError:
-        console.print("[red]error:[/red] out of memory; use a smaller --chunk-size",
-                      highlight=False)
-        sys.exit(1)
+        _fail("out of memory; use a smaller --chunk-size", 1)
     except Exception as exc:  # a bug: still one line, with its type, and a non-zero exit
-        console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", highlight=False,
-                      soft_wrap=True)
-        sys.exit(2)
+        _fail(f"{type(exc).__name__}: {exc}", 2, prefix="internal error")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, prefix: str = "error") -> None:
+    console.print(f"[red]{prefix}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The exception types the CLI turns into one line on stderr and a non-zero exit."""
 
 
 class InflError(Exception):
@@ -7,3 +7,18 @@ class InflError(Exception):
     The CLI prints ``str(error)`` on one line and exits with status 1; nothing else
     (no traceback) reaches the user.
     """
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM reached a running command (exit status 130).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on the way
+    up swallows it; unlike ``KeyboardInterrupt`` it passes through Click untouched. A stage
+    that saved work re-raises it with a message saying how much (see ``infl loo``).
+    """
+
+    EXIT_CODE = 130
+    DEFAULT = "interrupted; rerun the same command to continue"
+
+    def __init__(self, message: str = DEFAULT):
+        super().__init__(message)

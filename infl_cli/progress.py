@@ -1,20 +1,90 @@
-"""Rich progress bars and tables, written to stderr so stdout stays clean for pipes."""
+"""Progress and tables, written to stderr so stdout stays clean for pipes.
+
+On a terminal, progress is a rich bar redrawn in place. Anywhere else (a CI log,
+``infl run 2> run.log``) a redrawn bar is unreadable, so progress is printed as plain lines:
+the full description, done/total, status, elapsed time and ETA, at most every
+``$INFL_PROGRESS_INTERVAL`` seconds (default 10) and once more when the loop ends. Tables are
+then drawn up to 200 columns wide (or ``$COLUMNS``) instead of rich's default of 80, so that
+nothing is cut. Colour follows rich: none when ``NO_COLOR`` is set or output is not a terminal.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-console = Console(stderr=True)
+INTERVAL_ENV = "INFL_PROGRESS_INTERVAL"
+
+
+def _make_console() -> Console:
+    console = Console(stderr=True)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(stderr=True, width=200)
+    return console
+
+
+console = _make_console()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _LineProgress:
+    """Progress as plain lines, for output that is not a terminal."""
+
+    def __init__(self, description: str, total: float | None):
+        self.description, self.total = description, total
+        self.completed, self.status = 0.0, ""
+        self.start = time.monotonic()
+        self.last = self.start
+        try:
+            self.interval = float(os.environ.get(INTERVAL_ENV, 10))
+        except ValueError:
+            self.interval = 10.0
+
+    def update(self, advance: float = 1, status: str | None = None,
+               completed: float | None = None):
+        self.completed = completed if completed is not None else self.completed + advance
+        if status is not None:
+            self.status = status
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._line(eta=True)
+
+    def finish(self):
+        self._line(eta=False)
+
+    def _line(self, eta: bool):
+        elapsed = time.monotonic() - self.start
+        done = f"{self.completed:g}" + (f"/{self.total:g}" if self.total else "")
+        parts = [f"{self.description}: {done}"]
+        if self.status:
+            parts.append(self.status)
+        if eta and self.total and self.completed > 0:
+            rest = elapsed * (self.total - self.completed) / self.completed
+            parts.append(f"{_clock(elapsed)} elapsed, eta {_clock(rest)}")
+        else:
+            parts.append(f"{_clock(elapsed)} elapsed" + ("" if eta else ", done"))
+        console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager
 def progress_bar(description: str, total: float | None):
     """Yield ``update(advance=1, status=None, completed=None)``; shows done/total, elapsed
     time and ETA. ``completed`` sets the position instead of advancing it."""
+    if not console.is_terminal:
+        lines = _LineProgress(description, total)
+        yield lines.update
+        lines.finish()
+        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn()]

@@ -18,7 +18,7 @@ from . import ihvp as ihvp_mod
 from . import loo as loo_mod
 from . import model, plot, score, train
 from .data import Dataset, load_dataset
-from .errors import InflError
+from .errors import InflError, Interrupted
 from .linalg import HessianFactor
 from .progress import progress_bar
 
@@ -261,10 +261,13 @@ def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, m
                 torch.equal(ptensors["train_indices"], removed):
             done = dict(ptensors, n_done=prec["n_done"])
 
+    saved = {"n": int(done["n_done"]) if done else 0}
+
     def checkpoint(out, n_done):
         art.save_artifact(partial_path, {"train_indices": removed, **out},
                           {"stage": "loo-partial", "settings": settings, "inputs": inputs,
                            "n_done": n_done})
+        saved["n"] = n_done
 
     wd = mrec["settings"]["wd"]
     start = time.perf_counter()
@@ -277,11 +280,15 @@ def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, m
             factor = HessianFactor(weight, data.x_train, wd, on_block=update,
                                    dtype=torch.float32, explicit_inverse=True)
         factor_seconds = time.perf_counter() - start
-    with progress_bar(f"loo ({method}) points", total=k) as update:
-        out, stats = loo_mod.retrain(method, weight, data.x_train, data.y_train, wd,
-                                     data.x_test[test_index], data.y_test[test_index], removed,
-                                     tol, chunk_size, max_steps, factor, done, checkpoint,
-                                     update)
+    try:
+        with progress_bar(f"loo ({method}) points", total=k) as update:
+            out, stats = loo_mod.retrain(method, weight, data.x_train, data.y_train, wd,
+                                         data.x_test[test_index], data.y_test[test_index],
+                                         removed, tol, chunk_size, max_steps, factor, done,
+                                         checkpoint, update)
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(f"interrupted; {saved['n']} of {k} removals are saved in "
+                          f"{partial_path}; rerun the same command to continue") from None
     record = {
         "stage": "loo",
         "settings": settings,

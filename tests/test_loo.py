@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from infl_cli import loo, model, score, train
+from infl_cli.errors import Interrupted
 from infl_cli.linalg import HessianFactor
 
 WD = 0.01
@@ -105,7 +106,7 @@ def test_interrupted_loo_stage_resumes_to_identical_artifact(tmp_path, monkeypat
         return real(*args, **kw)
 
     monkeypatch.setattr(loo_mod, "newton_chunk", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="8 of 12 removals are saved"):
         stages.run_loo(cut, None, None, 12, "newton", 1e-8, 4)
     assert (cut / "loo.partial.safetensors").is_file() and not (cut / "loo.safetensors").exists()
     monkeypatch.setattr(loo_mod, "newton_chunk", real)

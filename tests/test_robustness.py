@@ -1,0 +1,165 @@
+"""What a new user trips over: interrupts, two runs in one folder, logs, colour (mnist-tiny)."""
+
+import os
+import pty
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, assert_clean_failure, infl
+
+LONG_LISSA = ["ihvp", "--depth", "200000", "--stop-tol", "0", "--batch-size", "1000"]
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A work folder with model, CG inverse-HVP and scores for test 8."""
+    w = tmp_path_factory.mktemp("scored")
+    for args in (["train", "--dataset", "mnist-tiny"], ["ihvp", "--solver", "cg"],
+                 ["score", "--solver", "cg"]):
+        proc = infl(*args, "-w", w)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return w
+
+
+def _copy(scored, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(scored, work)
+    return work
+
+
+def _start(*args):
+    """``python -m infl_cli ARGS`` in its own process group with the default SIGINT handler
+    (a background child of a non-interactive shell would otherwise ignore SIGINT)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        env=dict(os.environ, COLUMNS="200"))
+
+
+def _wait_for(path, proc, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _no_leftovers(work):
+    names = [p.name for p in work.iterdir()]
+    assert not [n for n in names if n.endswith(".tmp")], names
+    assert ".infl.lock" not in names, names
+
+
+def test_ctrl_c_saves_finished_chunks_and_rerun_continues(scored, tmp_path):
+    work = _copy(scored, tmp_path)
+    proc = _start("loo", "-w", work, "-k", 24, "--chunk-size", 3)
+    _wait_for(work / "loo.partial.safetensors", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.search(r"interrupted; \d+ of 24 removals are saved in .*loo\.partial\."
+                     r"safetensors; rerun the same command to continue", last), last
+    assert not (work / "loo.safetensors").exists()
+    _no_leftovers(work)
+    again = infl("loo", "-w", work, "-k", 24, "--chunk-size", 3)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (work / "loo.safetensors").is_file() and not (work / "loo.partial.safetensors").exists()
+
+
+def test_sigterm_is_an_interrupt_too(scored, tmp_path):
+    work = _copy(scored, tmp_path)
+    proc = _start(*LONG_LISSA, "-w", work)
+    _wait_for(work / ".infl.lock", proc)
+    time.sleep(1.0)  # well inside the LiSSA loop
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == \
+        "error: interrupted; rerun the same command to continue"
+    assert "Traceback" not in err and not (work / "ihvp-lissa.safetensors").exists()
+    _no_leftovers(work)
+
+
+def test_second_writer_is_refused_and_readers_are_not(scored, tmp_path):
+    work = _copy(scored, tmp_path)
+    proc = _start(*LONG_LISSA, "-w", work)
+    try:
+        _wait_for(work / ".infl.lock", proc)
+        before = sorted(p.name for p in work.iterdir())
+        second = infl("score", "--solver", "cg", "-w", work)
+        assert_clean_failure(second)
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"in use by another infl, pid {proc.pid}" in second.stderr
+        assert sorted(p.name for p in work.iterdir()) == before
+        assert infl("plot", "--help").returncode == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_stale_lock_is_taken_over_with_a_warning(scored, tmp_path):
+    work = _copy(scored, tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    (work / ".infl.lock").write_text(f'{{"pid": {dead_pid}, "host": "{os.uname().nodename}", '
+                                     f'"command": "infl loo", "started": 0}}')
+    proc = infl("score", "--solver", "cg", "-w", work)
+    assert proc.returncode == 0, proc.stderr
+    assert f"taking over the lock of {work} from pid {dead_pid}" in proc.stderr
+    _no_leftovers(work)
+
+
+def test_log_output_is_readable(tmp_path):
+    """Not a terminal: full descriptions as plain lines, no redraws, no escape codes."""
+    proc = infl("run", "--dataset", "mnist-tiny", "-w", tmp_path, "--num", 20,
+                env_extra={"INFL_PROGRESS_INTERVAL": "0.2", "COLUMNS": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stderr
+    assert "\x1b[" not in log and "…" not in log and "\r" not in log
+    lissa = [line for line in log.splitlines() if line.startswith("ihvp lissa (scale")]
+    assert lissa, log
+    assert re.fullmatch(r"ihvp lissa \(scale [\d.]+, batch 500\): \d+/10000, repeat 1, "
+                        r"change [\d.e+-]+, \d:\d\d:\d\d elapsed, (eta \d:\d\d:\d\d|done)",
+                        lissa[-1]), lissa[-1]
+    assert lissa[-1].endswith(", done")
+    assert any(line.startswith("train: log10 |grad| reduced: ") for line in log.splitlines())
+
+
+def _run_in_terminal(args, env_extra):
+    """Run infl with stdout and stderr on a pseudo-terminal; returns (exit code, output)."""
+    primary, secondary = pty.openpty()
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="120", **env_extra)
+    env.pop("NO_COLOR", None) if "NO_COLOR" not in env_extra else None
+    proc = subprocess.Popen([sys.executable, "-m", "infl_cli", *args], cwd=REPO,
+                            stdout=secondary, stderr=secondary, env=env)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    return proc.wait(), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_colour_follows_no_color_on_a_terminal(tmp_path, no_color):
+    code, output = _run_in_terminal(["train", "--dataset", "mnist-tiny", "--wd", "0", "-w",
+                                     str(tmp_path)], {"NO_COLOR": "1"} if no_color else {})
+    assert code == 1 and "error:" in output and "--wd must be > 0" in output
+    colour = re.search(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;)[0-9;]*m", output)
+    assert (colour is None) == no_color, repr(output)
