@@ -71,20 +71,22 @@ class SubspacePreconditioner:
     Vectors are [k, C, d] for the same x given here.
     """
 
-    def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, rank: int = 64,
+    def __init__(self, weight: torch.Tensor, x, wd: float, rank: int = 64,
                  probs: torch.Tensor | None = None):
+        """``x``: the inputs [n, d] or a design over their active columns (then ``weight``
+        is [C, d_active])."""
         c, d = weight.shape
-        n = x.shape[0]
+        n = model.n_rows(x)
         p = model.probabilities(weight, x) if probs is None else probs
         curvature = (1.0 - p.square().sum(1)).clamp_min(0)  # tr S_i
         rank = max(1, min(rank, d))
         gram = model.gram(x, curvature, dtype=torch.float32).to(torch.float64) / n
         self.basis = torch.linalg.eigh(gram)[1][:, -rank:].flip(1).contiguous()  # [d, r]
-        z = model.mm(x, self.basis)
+        z = model.times(x, self.basis)
         self.chol = torch.linalg.cholesky(model.hessian_in_basis(weight, x, wd, self.basis, p, z))
         self.classes, self.rank = c, rank
         if rank < d:
-            outside = (x.square().sum(1) - z.square().sum(1)).clamp_min(0)
+            outside = (model.row_sq_norms(x) - z.square().sum(1)).clamp_min(0)
             mean_curv = float((curvature * outside).sum()) / (n * c * (d - rank))
         else:
             mean_curv = 0.0
@@ -108,13 +110,18 @@ class HessianFactor:
     the factor, which makes solves plain matrix products and :meth:`solve_kron` cheap.
     """
 
-    def __init__(self, weight: torch.Tensor, x: torch.Tensor, wd: float, on_block=None,
+    def __init__(self, weight: torch.Tensor, x, wd: float, on_block=None,
                  dtype: torch.dtype = torch.float64, explicit_inverse: bool = False):
+        """``x``: the training inputs [n, d], or a :class:`~infl_cli.design.DesignMatrix`
+        of them (reused by callers that keep one)."""
+        from .design import DesignMatrix
+
+        design = x if isinstance(x, DesignMatrix) else DesignMatrix(x)
         self.shape = tuple(weight.shape)
         self.wd = wd
         self.dtype = dtype
-        self.active = model.active_features(x)
-        h = model.hessian_reduced(weight, x, wd, self.active, on_block=on_block, dtype=dtype)
+        self.active = design.active
+        h = model.hessian_reduced(weight, design, wd, on_block=on_block, dtype=dtype)
         self.chol, info = torch.linalg.cholesky_ex(h)
         del h
         if int(info) != 0:
@@ -122,7 +129,10 @@ class HessianFactor:
         self.dimension = int(self.chol.shape[0])  # features active × classes
         self.inverse = None
         if explicit_inverse:
-            self.inverse = torch.cholesky_inverse(self.chol)
+            # cholesky_inverse returns an exactly symmetric matrix in column-major layout, with
+            # which torch's products with a few columns run 10x slower; its transpose is the
+            # same matrix, row-major, for free
+            self.inverse = torch.cholesky_inverse(self.chol).mT
             self.chol = None  # solves are products with the inverse: free the factor
 
     def _solve_reduced(self, red: torch.Tensor) -> torch.Tensor:
