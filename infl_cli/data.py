@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -43,7 +44,8 @@ class Dataset:
 
     ``x_train`` [n, 784], ``y_train`` [n], ``x_test`` [m, 784], ``y_test`` [m];
     ``fingerprint`` is a SHA-256 of the raw uint8 pixels and labels, so artifacts can
-    record exactly which data they were computed from.
+    record exactly which data they were computed from. ``pixel_scale``: the inputs are
+    integers divided by it (255), which makes exact gradients possible.
     """
 
     name: str
@@ -52,6 +54,14 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     fingerprint: str
+    pixel_scale: float | None = None
+
+    @cached_property
+    def design(self):
+        """The training inputs as a :class:`~infl_cli.design.DesignMatrix` (built once)."""
+        from .design import DesignMatrix
+
+        return DesignMatrix(self.x_train, scale=self.pixel_scale)
 
     @property
     def n_train(self) -> int:
@@ -106,6 +116,7 @@ def _from_uint8(name: str, x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.T
         x_test=x_te.to(torch.float64) / 255.0,
         y_test=y_te.to(torch.int64),
         fingerprint=fp,
+        pixel_scale=255.0,
     )
 
 

@@ -32,10 +32,11 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
 
     start = time.perf_counter()
     # Pixels blank in every training image get zero gradient from the data, so their weights
-    # are exactly 0 at the optimum: optimise over the active ones only (fewer bytes per pass).
-    active = model.active_features(data.x_train)
-    x, y = data.x_train[:, active].contiguous(), data.y_train
-    shape = (N_CLASSES, x.shape[1])
+    # are exactly 0 at the optimum: optimise over the active ones only, held as a design
+    # (dense core, sparse rim: the same products in about half the time).
+    x, y = data.design, data.y_train
+    active = x.active
+    shape = (N_CLASSES, x.width)
     evals = 0
 
     def loss_and_grad(flat):
@@ -62,8 +63,11 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
                           options={"maxiter": max_iter, "maxcor": 30, "gtol": 0.0, "ftol": 0.0})
         lbfgs_iters = int(result.nit)
         w = torch.from_numpy(result.x.copy()).reshape(shape)
-        w, newton_iters, cg_iters = _newton(w, x, y, wd, tol,
-                                            lambda gn: _show(update, g0, gn, span))
+        w, newton_iters, cg_iters, precondition = _newton(
+            w, x, y, wd, tol, lambda gn: _show(update, g0, gn, span))
+        certified = _polish(w, x, y, wd, precondition) if x.scale else None
+    if certified is not None:
+        w = certified.pop("weight")
     full = torch.zeros(N_CLASSES, data.x_train.shape[1], dtype=torch.float64)
     full[:, active] = w
     w = full
@@ -81,6 +85,7 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
         "function_evaluations": evals,
         "newton_iterations": newton_iters,
         "newton_cg_iterations": cg_iters,
+        **(certified or {}),
         "seconds": time.perf_counter() - start,
     }
     return w, info
@@ -91,7 +96,7 @@ def _newton(w, x, y, wd, tol, show):
     (relative residual min(0.1, √‖∇R‖), tighter as the optimum nears: superlinear
     convergence), preconditioned once by the subspace preconditioner built at the start.
     A step is halved until it decreases R (Armijo) or, where R no longer resolves the change,
-    the gradient norm. Returns (w, Newton iterations, CG iterations)."""
+    the gradient norm. Returns (w, Newton iterations, CG iterations, preconditioner)."""
     loss, grad = model.objective_and_grad(w, x, y, wd)
     gn = float(grad.norm())
     precondition = None
@@ -121,7 +126,34 @@ def _newton(w, x, y, wd, tol, show):
         w, loss, grad, gn = w + step, new_loss, new_grad, new_gn
         newton_iters += 1
         show(gn)
-    return w, newton_iters, cg_iters
+    return w, newton_iters, cg_iters, precondition
+
+
+def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
+    """Newton steps on the exact gradient (:func:`model.certified_gradient`) once the float64
+    one is below ``tol``: the float64 gradient of 55,000 terms is itself only good to about
+    1e-13, but every error bar on an actual loss change includes ‖∇R(Ŵ)‖/wd, so Ŵ is taken to
+    where the proven bound ‖ĝ‖ + (rounding bound) stops falling. Returns a dict with the
+    weight and the certified figures."""
+    x = design
+    grad, probs, _, rounding = model.certified_gradient(w, design, y, wd)
+    best = {"weight": w, "grad_norm_certified": float(grad.norm()) + rounding,
+            "grad_rounding": rounding, "polish_steps": 0}
+    for step in range(1, max_steps + 1):
+        p = torch.from_numpy(probs)
+        if precondition is None:
+            precondition = SubspacePreconditioner(w, x, wd, probs=p)
+        direction, _, _ = conjugate_gradient(lambda v: model.hvp(w, x, wd, v, probs=p),
+                                             -grad[None], rtol=1e-6, max_iter=200,
+                                             precondition=precondition)
+        w = w + direction[0]
+        grad, probs, _, rounding = model.certified_gradient(w, design, y, wd)
+        bound = float(grad.norm()) + rounding
+        if not bound < 0.5 * best["grad_norm_certified"]:
+            break
+        best = {"weight": w, "grad_norm_certified": bound, "grad_rounding": rounding,
+                "polish_steps": step}
+    return best
 
 
 def _show(update, g0: float, gn: float, span: float) -> None:

@@ -36,7 +36,7 @@ def test_newton_loo_equals_independent_retraining(tiny, fitted):
         keep = torch.ones(tiny.n_train, dtype=torch.bool)
         keep[z] = False
         sub = type(tiny)(tiny.name, tiny.x_train[keep], tiny.y_train[keep], tiny.x_test,
-                         tiny.y_test, "sub")
+                         tiny.y_test, "sub", tiny.pixel_scale)
         w_z, info = train.fit(sub, WD, 1e-11)  # from scratch, no warm start
         truth = (model.cross_entropy(w_z, tiny.x_test[8:9], tiny.y_test[8:9])
                  - model.cross_entropy(w, tiny.x_test[8:9], tiny.y_test[8:9]))[0]

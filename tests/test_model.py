@@ -1,5 +1,6 @@
 """Closed forms of the model against torch.autograd."""
 
+import pytest
 import torch
 from torch.func import grad, hessian, jvp, vmap
 
@@ -62,3 +63,28 @@ def test_dense_hessian_matches_autograd(small_problem):
     got = model.hessian(w, x, wd)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-13)
     assert torch.allclose(got, got.T)
+
+
+def test_certified_gradient_bound_holds_against_extended_precision(tiny):
+    """The exact-integer gradient is within its proven bound of an 80-bit (longdouble)
+    evaluation on the data as rationals (pixels / 255), and the bound is small."""
+    import numpy as np
+
+    from infl_cli.design import DesignMatrix
+
+    torch.manual_seed(1)
+    design = DesignMatrix(tiny.x_train, scale=255.0)
+    w = 0.05 * torch.randn(10, design.width, dtype=torch.float64)
+    grad, probs, _, bound = model.certified_gradient(w, design, tiny.y_train, 0.01)
+    if np.finfo(np.longdouble).eps >= 1e-18:
+        pytest.skip("no extended precision on this platform")
+    x = np.rint(tiny.x_train.numpy()[:, design.active.numpy()] * 255).astype(np.longdouble) / 255
+    wl = w.numpy().astype(np.longdouble)
+    logits = x @ wl.T
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(tiny.n_train), tiny.y_train.numpy()] -= 1
+    reference = p.T @ x / tiny.n_train + np.longdouble(0.01) * wl
+    error = float(np.sqrt(np.square(grad.numpy().astype(np.longdouble) - reference).sum()))
+    assert error <= bound < 1e-12, (error, bound)
+    assert float(np.abs(probs - (p + np.eye(10)[tiny.y_train.numpy()])).max()) < 1e-14
