@@ -90,7 +90,7 @@ def softmax_rounding(probs: np.ndarray, logits: np.ndarray, logit_error: np.ndar
 
 def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
                         delta_row_max: np.ndarray, dp_frobenius: np.ndarray,
-                        x_sq_sum: float, x_spectral: float, max_exponent: np.ndarray,
+                        x_sq_sum: float, max_exponent: np.ndarray,
                         own_sq_norm: np.ndarray, own_dp_l1: np.ndarray, base_norm: np.ndarray,
                         change_norm: np.ndarray, delta_norm: np.ndarray, wd: float,
                         grad_hat_error: float, base_error: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
       2γ_{C+6}·e^{t}·‖x_j‖·‖Δ‖_row with t = max |u| (``max_exponent``). Back-projected with
       x_j: at most κ·‖Δ‖_row·Σ_j‖x_j‖², κ = 2γ_{width+1} + 2γ_{C+6}·e^t;
     * back-projection Σ_j δp̂_j x_jᵀ over n rows, b-row blocks plus ⌈n/b⌉ block sums:
-      ≤ γ_{b+⌈n/b⌉+1}·‖|δP̂|ᵀ|X|‖_F ≤ γ·‖δP̂‖_F·‖X‖₂;
+      ≤ γ_{b+⌈n/b⌉+1}·‖|δP̂|ᵀ|X|‖_F ≤ γ·‖δP̂‖_F·‖X‖_F (``x_sq_sum`` = ‖X‖_F²);
     * the removed point's own term, the same way: κ·‖Δ‖_row·‖x_z‖² + u·‖δp_z‖₁‖x_z‖;
     * the base: n/(n−1) times the certified error of ∇R(W₀), plus ``base_error`` (rounding of
       ∇L(z, W₀) and of the combination);
@@ -116,7 +116,7 @@ def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
     """
     kappa = 2 * gamma(width + 1) + 2 * gamma(classes + 6) * np.exp(max_exponent)
     forward = kappa * delta_row_max * (x_sq_sum + own_sq_norm)
-    back = gamma(block_rows + math.ceil(n / block_rows) + 1) * dp_frobenius * x_spectral
+    back = gamma(block_rows + math.ceil(n / block_rows) + 1) * dp_frobenius * math.sqrt(x_sq_sum)
     own = UNIT_ROUNDOFF * own_dp_l1 * np.sqrt(own_sq_norm)
     change = (forward + back + own) / (n - 1)
     combine = gamma(5) * (base_norm + change_norm + wd * delta_norm)

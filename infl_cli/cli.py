@@ -15,7 +15,8 @@ from rich.table import Table
 
 from . import artifacts as art
 from . import ihvp as ihvp_mod
-from . import stages
+from . import loo as loo_mod
+from . import selection, stages
 from .data import DATASETS
 from .errors import InflError, Interrupted
 from .lock import workdir_lock
@@ -31,11 +32,21 @@ DATA_DIR = typer.Option(None, "--data-dir",
                         help="Folder holding MNIST/raw/ (default: $INFL_DATA_DIR, else a per-user "
                              "cache folder; downloaded there when missing).")
 WD = typer.Option(0.01, "--wd", help="Weight decay: per-point loss CE + (wd/2)·‖θ‖².")
-TRAIN_TOL = typer.Option(1e-10, "--train-tol", help="Stop training at ‖∇R‖ ≤ this.")
+TRAIN_TOL = typer.Option(1e-10, "--train-tol",
+                         help="Newton until the float64 ‖∇R‖ ≤ this; then polished on the exact "
+                              "gradient to its certified floor.")
 MAX_ITER = typer.Option(5000, "--max-iter", help="Most L-BFGS iterations in training.")
 DOWNLOAD = typer.Option(True, "--download/--no-download", help="Download MNIST when missing.")
 SOLVER = typer.Option("lissa", "--solver", help="IHVP solver: lissa | cg | exact.")
-TEST_INDEX = typer.Option([8], "--test-index", "-t", help="Test index; repeat for several.")
+TESTS = typer.Option(None, "--test-index", "-t",
+                     help="Test index; repeat for several \\[default: ihvp, run: 8; score: every "
+                          "test point of the inverse-HVPs; loo: every test point scored].")
+TEST_SAMPLE = typer.Option(None, "--test-sample",
+                           help="Instead of -t: this many test points drawn at random with "
+                                "--seed (reproducible).")
+SEED = typer.Option(None, "--seed",
+                    help="Seed of everything random: --test-sample, --select random, LiSSA's "
+                         "batches \\[default: 0].")
 PRESET = typer.Option("default", "--preset",
                       help="LiSSA presets: default (tail-averaged, auto scale) | paper "
                            "(scale 25, depth 5000, batch 1, 10 repeats).")
@@ -45,7 +56,6 @@ DEPTH = typer.Option(None, "--depth",
                      help="LiSSA steps per repeat, at most \\[default: 10000; paper: 5000].")
 BATCH = typer.Option(None, "--batch-size", help="LiSSA mini-batch \\[default: 500; paper: 1].")
 REPEATS = typer.Option(None, "--repeats", help="LiSSA repeats averaged \\[default: 1; paper: 10].")
-SEED = typer.Option(None, "--seed", help="LiSSA random seed \\[default: 0].")
 TAIL = typer.Option(None, "--average-tail",
                     help="Fraction of the last LiSSA steps averaged \\[default: 0.5; paper: 0].")
 STOP_TOL = typer.Option(None, "--stop-tol",
@@ -62,19 +72,36 @@ CG_RANK = typer.Option(64, "--cg-rank",
 LOO_SOLVER = typer.Option(None, "--solver",
                           help="Scores that pick the points \\[default: most accurate present: "
                                "exact, cg, lissa].")
-LOO_TEST = typer.Option(None, "--test-index", "-t",
-                        help="Test index \\[default: the first one scored].")
-NUM = typer.Option(500, "--num", "-k", help="Number of most influential points (|I|) retrained.")
+SELECT = typer.Option("top", "--select",
+                      help="Training points retrained without: top (the k largest |I| of each "
+                           "test point) | random (k drawn with --seed) | all.")
+NUM = typer.Option(500, "--num", "-k", help="Training points per test point (top) or in all "
+                                            "(random); not used by --select all.")
 METHOD = typer.Option("newton", "--method", help="Retraining: newton (batched, certified) | lbfgs.")
-LOO_TOL = typer.Option(1e-8, "--tol", help="Each retraining must reach ‖∇R₋z‖ ≤ this.")
+LOO_TOL = typer.Option(1e-8, "--tol",
+                       help="Every retraining must reach ‖∇R₋z‖ ≤ this (certified, rounding "
+                            "included).")
+REL_ERROR = typer.Option(0.01, "--rel-error",
+                         help="Drive each retraining until the certified error bound of its "
+                              "actual change is ≤ this × |change| (or the float64 floor); 0: "
+                              "stop at --tol.")
 CHUNK = typer.Option(50, "--chunk-size", help="Removals solved together (and checkpointed).")
 MAX_STEPS = typer.Option(10, "--max-steps",
                          help="Newton steps before a removal falls back to Newton-CG on its "
                               "exact Hessian.")
 PLOT_SOLVERS = typer.Option(None, "--solver",
                             help="Panels to draw, repeatable \\[default: the scores LOO used].")
-OUT = typer.Option(None, "--out", "-o", help="Figure path (.png; a .pdf copy goes beside it) "
-                                             "\\[default: WORKDIR/fig2_middle.png].")
+OUT = typer.Option(None, "--out", "-o",
+                   help="Figure path (.png; a .pdf copy goes beside it) \\[default: "
+                        "WORKDIR/fig2_middle.png for one test point; fig2_tests.png for several, "
+                        "fig2_random.png, fig2_all.png].")
+SHOW_TEST = typer.Option(None, "--test-index", "-t",
+                         help="Test point to explain \\[default: the first one scored].")
+SHOW_COUNT = typer.Option(8, "--num", "-n", help="Helpful and harmful training images shown.")
+SHOW_SOLVER = typer.Option(None, "--solver",
+                           help="Scores to rank by \\[default: most accurate present].")
+SHOW_OUT = typer.Option(None, "--out", "-o",
+                        help="Image path \\[default: WORKDIR/explain-<test index>.png].")
 
 
 def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail,
@@ -98,26 +125,53 @@ def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, av
     return s
 
 
+def _tests(test_index, test_sample, seed) -> stages.TestChoice:
+    return stages.TestChoice(list(test_index) if test_index else None, test_sample, seed or 0)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def _table(title: str, rows: dict) -> None:
     table = Table(title=title, show_header=False)
     for key, value in rows.items():
-        if isinstance(value, float):
-            value = f"{value:.6g}"
-        table.add_row(key, str(value))
+        table.add_row(key, _fmt(value))
     console.print(table)
+
+
+def _columns(title: str, header: list, rows: list) -> None:
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    console.print(table)
+
+
+def _listing(values, fmt: str = "{:.2e}") -> str:
+    """All values when there are few, else the median and the largest."""
+    values = list(values)
+    if len(values) <= 6:
+        return ", ".join(fmt.format(v) for v in values)
+    ordered = sorted(values)
+    return f"median {fmt.format(ordered[len(ordered) // 2])}, max {fmt.format(ordered[-1])}"
 
 
 @contextmanager
 def _writing(workdir: Path):
     """Hold the work folder's lock while a command writes into it (one writer at a time)."""
     with workdir_lock(workdir, warn=lambda message: console.print(
-            f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)):
+            f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)):
         yield
 
 
 def _report_train(rec):
     _table("train", {"dataset": rec["settings"]["dataset"], "n_train": rec["n_train"],
-                     "train loss": rec["train_loss"], "‖∇R‖": rec["grad_norm"],
+                     "train loss": rec["train_loss"], "‖∇R‖ (float64)": rec["grad_norm"],
+                     "‖∇R‖ ≤ (certified, exact gradient)": rec.get("grad_norm_certified", "–"),
                      "train accuracy": rec["train_accuracy"],
                      "test accuracy": rec["test_accuracy"],
                      "L-BFGS iterations": rec["lbfgs_iterations"],
@@ -127,9 +181,11 @@ def _report_train(rec):
 
 def _report_ihvp(rec):
     r = rec["report"]
+    tests = rec["settings"]["test_indices"]
     _table(f"ihvp ({rec['settings']['solver']})", {
-        "test indices": rec["settings"]["test_indices"],
-        "relative residual ‖Hs−g‖/‖g‖": ", ".join(f"{v:.2e}" for v in r["relative_residual"]),
+        "test points": ", ".join(map(str, tests)) if len(tests) <= 6 else f"{len(tests)}",
+        "relative residual ‖Hs−g‖/‖g‖": _listing(r["relative_residual"]),
+        "relative error ‖s−s*‖/‖s*‖ ≤ (proven: λ_min ≥ wd)": _listing(r["error_bound_relative"]),
         "iterations": r["iterations"], "HVPs": r["hvps"], "seconds": r["seconds"],
         **({"scale": r["scale_used"], "steps per repeat": r["steps_per_repeat"],
             "stopped early": r["stopped_early"]} if "scale_used" in r else {}),
@@ -137,20 +193,69 @@ def _report_ihvp(rec):
            if "preconditioner_seconds" in r else {})})
 
 
+def _report_score(rec):
+    tests = rec["settings"]["test_indices"]
+    _table(f"score ({rec['settings']['solver']})", {
+        "test points": ", ".join(map(str, tests)) if len(tests) <= 6 else f"{len(tests)}",
+        "n_train": rec["n_train"], "seconds": rec["seconds"]})
+
+
 def _report_loo(rec):
-    _table("loo", {"test index": rec["test_index"], "points": rec["settings"]["k"],
-                   "method": rec["settings"]["method"], "certified": rec["certified"],
-                   "max ‖∇R₋z‖": rec["max_grad_norm"], "Newton-CG fallbacks": rec["fallbacks"],
-                   "float64 passes (certifying)": rec["data_passes"],
-                   "float32 correction passes": rec.get("correction_passes", 0),
-                   "seconds": rec["seconds"]})
+    s = rec["settings"]
+    tests = rec["test_indices"]
+    rows = {
+        "test points": ", ".join(map(str, tests)) if len(tests) <= 6 else f"{len(tests)}",
+        "selection": s["select"] + ("" if s["k"] is None else f", k = {s['k']}"),
+        "removals (union)": rec["n_removals"], "method": s["method"],
+        f"certified ‖∇R₋z‖ ≤ {s['tol']:g}": f"{rec['certified']} of {rec['n_removals']}",
+        "max ‖∇R₋z‖ (proven bound)": rec["max_grad_norm_bound"],
+    }
+    if s["rel_error"] > 0:
+        rows[f"error bound ≤ {s['rel_error']:g}·|change|"] = \
+            f"{rec['pairs_within_target']} of {rec['pairs_selected']} pairs"
+    rows.update({
+        "worst error bound / |change|": rec["worst_bound_ratio"],
+        "largest error bound (certified)": rec["max_error_bound"],
+        "baseline error, from Ŵ": _listing(rec["baseline_error"] or []),
+        "Newton-CG fallbacks": rec["fallbacks"],
+        "float64 passes (certifying)": rec["float64_passes"],
+        "float32 correction passes": rec["float32_passes"],
+        "workers": rec["workers"],
+        "removals per second": rec["removals_per_second"] or "–",
+        "Hessian seconds": rec["factor_seconds"], "seconds": rec["seconds"]})
+    _table("loo", rows)
+    if rec["below_target"]:
+        _columns(f"removals whose bound stays above {s['rel_error']:g}·|change| (at the float64 "
+                 "floor)", ["test", "train index", "actual change", "error bound"],
+                 [(b["test_index"], b["train_index"], b["actual_change"], b["error_bound"])
+                  for b in rec["below_target"]])
 
 
 def _report_plot(metrics):
     for solver, m in metrics["panels"].items():
-        _table(f"plot ({solver})", {"Pearson R": m["pearson_r"], "Spearman ρ": m["spearman_rho"],
-                                    "slope": m["slope"], "intercept": m["intercept"],
-                                    "k": m["k"], "figure": metrics["figure"]})
+        rows = {"Pearson R": m["pearson_r"], "Spearman ρ": m["spearman_rho"],
+                "slope": m["slope"], "intercept": m["intercept"], "pairs": m["k"]}
+        if len(m["per_test"]) > 1:
+            rows.update({"median R over test points": m["median_pearson_r"],
+                         "worst R": f"{m['worst_pearson_r']:.6g} (test {m['worst_test_index']})",
+                         "median ρ": m["median_spearman_rho"], "worst ρ": m["worst_spearman_rho"]})
+        rows["figure"] = metrics["figure"] + (f", {metrics['summary_figure']}"
+                                              if "summary_figure" in metrics else "")
+        _table(f"plot ({solver})", rows)
+        if "bands" in m:
+            _columns(f"agreement by effect size ({solver})", ["band", "pairs", "Pearson R",
+                                                                 "Spearman ρ"],
+                     [(b["band"], b["k"], b["pearson_r"], b["spearman_rho"]) for b in m["bands"]])
+
+
+def _report_show(result):
+    t = result["test"]
+    rows = [(r["kind"], r["rank"], r["train_index"], r["label"], r["predicted_change"],
+             "–" if r["actual_change"] is None else
+             f"{r['actual_change']:.6g} ± {r['error_bound']:.1e}") for r in result["rows"]]
+    _columns(f"test {t['test_index']}: label {t['label']}, predicted {t['predicted_class']} "
+             f"(p(label) = {t['probability_of_label']:.3f}); {result['figure']}",
+             ["", "rank", "train index", "label", "predicted change", "actual change"], rows)
 
 
 @app.command("train")
@@ -164,115 +269,147 @@ def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
 
 
 @app.command("ihvp")
-def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER, test_index: List[int] = TEST_INDEX,
-             preset: str = PRESET, scale: Optional[str] = SCALE,
+def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
+             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
              damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
              batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
-             seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
-             stop_tol: Optional[float] = STOP_TOL, check_every: Optional[int] = CHECK_EVERY,
-             cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK):
-    """Solve s_test = H⁻¹∇L(z_test) and write ihvp-<solver>.safetensors."""
+             average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
+             check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
+             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK):
+    """Solve s_test = H⁻¹∇L(z_test) per test point; writes ihvp-<solver>.safetensors."""
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     with _writing(workdir):
-        _report_ihvp(stages.run_ihvp(workdir, solver, test_index, lissa, cg))
+        _report_ihvp(stages.run_ihvp(workdir, solver, _tests(test_index, test_sample, seed),
+                                     lissa, cg))
 
 
 @app.command("score")
-def score_cmd(workdir: Path = WORKDIR, solver: str = SOLVER):
-    """Influence of every training point: writes scores-<solver>.safetensors."""
+def score_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
+              test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+              seed: Optional[int] = SEED):
+    """Influence of every training point on each test loss: writes scores-<solver>.safetensors."""
     with _writing(workdir):
-        rec = stages.run_score(workdir, solver)
-    _table(f"score ({solver})", {"n_train": rec["n_train"], "seconds": rec["seconds"]})
+        _report_score(stages.run_score(workdir, solver, _tests(test_index, test_sample, seed)))
+
+
+def _loo_settings(method, tol, rel_error, chunk_size, max_steps) -> loo_mod.LooSettings:
+    return loo_mod.LooSettings(method=method, tol=tol, rel_error=rel_error,
+                               chunk_size=chunk_size, max_steps=max_steps)
 
 
 @app.command("loo")
 def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
-            test_index: Optional[int] = LOO_TEST, num: int = NUM, method: str = METHOD,
-            tol: float = LOO_TOL, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS):
-    """Retrain without each of the top-k points by |influence|: writes loo.safetensors."""
+            test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+            seed: Optional[int] = SEED, select: str = SELECT, num: int = NUM,
+            method: str = METHOD, tol: float = LOO_TOL, rel_error: float = REL_ERROR,
+            chunk_size: int = CHUNK, max_steps: int = MAX_STEPS):
+    """Retrain without each selected training point, certified: writes loo.safetensors."""
+    settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
+    stages.validate_loo(settings, select, num)
     with _writing(workdir):
-        _report_loo(stages.run_loo(workdir, solver, test_index, num, method, tol, chunk_size,
-                                   max_steps))
+        _report_loo(stages.run_loo(workdir, solver, _tests(test_index, test_sample, seed),
+                                   select, num, seed or 0, settings))
 
 
 @app.command("plot")
 def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS,
              out: Optional[Path] = OUT):
-    """Predicted vs actual change in test loss (Figure 2): figure and metrics.json."""
+    """Predicted vs actual change in test loss (Figure 2): figures and metrics.json."""
     with _writing(workdir):
         _report_plot(stages.run_plot(workdir, solver, out))
+
+
+@app.command("show")
+def show_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = SHOW_TEST,
+             num: int = SHOW_COUNT, solver: Optional[str] = SHOW_SOLVER,
+             out: Optional[Path] = SHOW_OUT):
+    """The explanation: a test image beside its most helpful and most harmful training images."""
+    _report_show(stages.run_show(workdir, test_index, num, solver, out))
 
 
 @app.command("run")
 def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
             max_iter: int = MAX_ITER, download: bool = DOWNLOAD, solver: str = SOLVER,
-            test_index: int = typer.Option(8, "--test-index", "-t", help="Test index."),
-            preset: str = PRESET, scale: Optional[str] = SCALE,
+            test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+            seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
             batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
-            seed: Optional[int] = SEED, average_tail: Optional[float] = TAIL,
-            stop_tol: Optional[float] = STOP_TOL, check_every: Optional[int] = CHECK_EVERY,
-            cg_rtol: float = CG_RTOL, cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK,
-            num: int = NUM,
-            method: str = METHOD, tol: float = LOO_TOL, chunk_size: int = CHUNK,
-            max_steps: int = MAX_STEPS, out: Optional[Path] = OUT):
-    """All five stages in order, skipping those whose artifact is up to date."""
-    from .data import load_dataset
-
+            average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
+            check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
+            cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, select: str = SELECT,
+            num: int = NUM, method: str = METHOD, tol: float = LOO_TOL,
+            rel_error: float = REL_ERROR, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
+            out: Optional[Path] = OUT):
+    """All stages in order, skipping those whose artifact is up to date, then `show` for the
+    first test point."""
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
+    settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
     # every setting is checked before any stage runs: a typo must not cost a training run
     stages.validate_train(wd, train_tol)
     stages.validate_ihvp(solver, lissa, cg)
-    stages.validate_loo(num, method, tol, chunk_size, max_steps)
+    stages.validate_loo(settings, select, num)
     with _writing(workdir):
-        times = {}
-        t0 = time.perf_counter()
-        data = load_dataset(dataset, data_dir, download)
-        times["load data"] = time.perf_counter() - t0
+        _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver,
+                 _tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
+                 settings, out)
 
-        def stage(name, path, settings, inputs, fn, report):
-            start = time.perf_counter()
-            if stages.is_current(path, settings, inputs):
-                console.print(f"[dim]{name}: {path} is up to date, skipped[/dim]")
-                rec = art.read_record(path)
-            else:
-                rec = fn()
-                report(rec)
-            times[name] = time.perf_counter() - start
-            return rec
 
-        mrec = stage("train", workdir / art.MODEL, stages.train_settings(dataset, data_dir, wd,
-                                                                           train_tol),
-                     {"data": data.fingerprint},
-                     lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                              download, data=data), _report_train)
-        loaded = stages.load_model(workdir, data)
-        irec = stage("ihvp", workdir / art.ihvp_name(solver),
-                     stages.ihvp_settings(solver, [test_index], lissa, cg),
-                     {"model": mrec["fingerprint"]},
-                     lambda: stages.run_ihvp(workdir, solver, [test_index], lissa, cg, loaded),
-                     _report_ihvp)
-        srec = stage("score", workdir / art.scores_name(solver), {"solver": solver},
-                     {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
-                     lambda: stages.run_score(workdir, solver, loaded),
-                     lambda r: None)
-        k = min(num, data.n_train)
-        stage("loo", workdir / art.LOO,
-              stages.loo_settings(solver, test_index, k, method, tol, chunk_size, max_steps),
-              {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
-              lambda: stages.run_loo(workdir, solver, test_index, k, method, tol, chunk_size,
-                                     max_steps, loaded), _report_loo)
+def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver, tests, seed,
+             lissa, cg, select, num, settings, out):
+    from .data import load_dataset
+
+    times = {}
+    t0 = time.perf_counter()
+    data = load_dataset(dataset, data_dir, download)
+    chosen = stages.ihvp_tests(tests, data)
+    selection.check_selection(select, num, data.n_train)
+    times["load data"] = time.perf_counter() - t0
+
+    def stage(name, path, stage_settings, inputs, fn, report):
         start = time.perf_counter()
-        _report_plot(stages.run_plot(workdir, [solver], out))
-        times["plot"] = time.perf_counter() - start
-        times["total"] = time.perf_counter() - t0
-        _table("seconds per stage", times)
-        art.write_json(workdir / art.TIMINGS, times)
+        if stages.is_current(path, stage_settings, inputs):
+            console.print(f"[dim]{name}: {path} is up to date, skipped[/dim]")
+            rec = art.read_record(path)
+        else:
+            rec = fn()
+            report(rec)
+        times[name] = time.perf_counter() - start
+        return rec
+
+    mrec = stage("train", workdir / art.MODEL,
+                 stages.train_settings(dataset, data_dir, wd, train_tol),
+                 {"data": data.fingerprint},
+                 lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
+                                          download, data=data), _report_train)
+    loaded = stages.load_model(workdir, data)
+    fixed = stages.TestChoice(chosen)
+    irec = stage("ihvp", workdir / art.ihvp_name(solver),
+                 stages.ihvp_settings(solver, chosen, lissa, cg), {"model": mrec["fingerprint"]},
+                 lambda: stages.run_ihvp(workdir, solver, fixed, lissa, cg, loaded), _report_ihvp)
+    srec = stage("score", workdir / art.scores_name(solver),
+                 stages.score_settings(solver, chosen),
+                 {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
+                 lambda: stages.run_score(workdir, solver, fixed, loaded), _report_score)
+    stage("loo", workdir / art.LOO,
+          stages.loo_settings(solver, chosen, select, num, seed, settings),
+          {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
+          lambda: stages.run_loo(workdir, solver, fixed, select, num, seed, settings, loaded),
+          _report_loo)
+    start = time.perf_counter()
+    _report_plot(stages.run_plot(workdir, [solver], out))
+    times["plot"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _report_show(stages.run_show(workdir, chosen[0], 8, solver, None))
+    times["show"] = time.perf_counter() - start
+    times["total"] = time.perf_counter() - t0
+    _table("seconds per stage", times)
+    art.write_json(workdir / art.TIMINGS, times)
 
 
 # Typer may vendor its own click: take the exception classes from Typer itself.

@@ -141,11 +141,19 @@ class HessianFactor:
             return (self.inverse @ red).to(torch.float64)
         return torch.cholesky_solve(red, self.chol).to(torch.float64)
 
+    @property
+    def width(self) -> int:
+        """Number of active features (the factor is over C × width parameters)."""
+        return self.dimension // self.shape[0]
+
     def solve(self, v: torch.Tensor) -> torch.Tensor:
-        """H⁻¹ v for v [C, d] or [k, C, d] (float64 in and out)."""
+        """H⁻¹ v for v [C, d] or [k, C, d] (float64 in and out). Vectors over the active
+        features only ([.., C, d_active]) are solved in that space."""
         single = v.dim() == 2
         vv = v[None] if single else v
         k, c, d = vv.shape
+        if d == self.width:
+            return self._solve_reduced(vv.reshape(k, -1).T).T.reshape(v.shape)
         out = vv / self.wd
         red = vv[:, :, self.active].reshape(k, -1).T
         sol = self._solve_reduced(red)
@@ -153,7 +161,7 @@ class HessianFactor:
         return out[0] if single else out
 
     def solve_kron(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """H⁻¹(f_km ⊗ x_k) for f [K, m, C] and x [K, d]: [K, m, C, d].
+        """H⁻¹(f_km ⊗ x_k) for f [K, m, C] and x [K, d] (or [K, d_active]): [K, m, C, d].
 
         With the explicit inverse this contracts H⁻¹'s columns with x first (one product of
         [C·d_a·C, d_a] by [d_a, K]), C times cheaper than solving the K·m vectors."""
@@ -162,10 +170,13 @@ class HessianFactor:
             u = f[:, :, :, None] * x[:, None, None, :]
             return self.solve(u.reshape(k * m, c, -1)).reshape(k, m, c, -1)
         n_red = self.inverse.shape[0]
-        xa = x[:, self.active].to(self.dtype)  # [K, d_a]
+        in_active = x.shape[1] == self.width
+        xa = (x if in_active else x[:, self.active]).to(self.dtype)  # [K, d_a]
         da = xa.shape[1]
         gx = (self.inverse.reshape(n_red * c, da) @ xa.T).reshape(n_red, c, k)
         red = torch.einsum("rck,kmc->kmr", gx, f.to(self.dtype)).to(torch.float64)
+        if in_active:
+            return red.reshape(k, m, c, da)
         out = f[:, :, :, None] * x[:, None, None, :] / self.wd
         out[:, :, :, self.active] = red.reshape(k, m, c, da)
         return out

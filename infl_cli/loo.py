@@ -1,121 +1,253 @@
-"""Stage 4: leave-one-out retraining, certified by each removal's own gradient norm.
+"""Stage 4: leave-one-out retraining, certified, for many removals and many test points.
 
 For a removed point z the retrained parameters Ŵ₋z minimise
 R₋z(W) = (1/(n−1))·Σ_{j≠z} L(z_j, W) = (n·R(W) − L(z, W))/(n−1), the ε = −1/n problem whose
-first-order prediction is the influence score. Its gradient is
-∇R₋z(W) = (n·∇R(W) − ∇L(z, W))/(n−1).
+first-order prediction is the influence score. The actual change on test point t is
+f_t(Ŵ₋z) − f_t(Ŵ), f_t = CE(z_t, ·). Everything here works over the features active in the
+training data (elsewhere Ŵ and every Ŵ₋z are exactly 0).
 
-``newton`` (default): warm start at Ŵ and take Newton-type steps Δ ← Δ − H⁻¹∇R₋z(Ŵ + Δ)
-with the exact Hessian H = ∇²R(Ŵ), Cholesky-factored once and corrected per removal for
-the removed point's own curvature (Woodbury, :class:`RemovalPreconditioner`). Because one
-removal moves Ŵ by O(1/n), H⁻¹ is an excellent preconditioner and the error contracts by
-orders of magnitude per step. The first step needs no pass over the data (∇R₋z(Ŵ) is known
-in closed form) and is the influence prediction itself; the second takes its gradient from
-the float32 delta-form :class:`CorrectionPass`; each further step costs one float64
-full-data pass, batched over a chunk of removals as two matrix products. A removal is done
-when its full float64 gradient norm ‖∇R₋z‖ ≤ tol; one that does not certify within
-``max_steps`` is finished by
-Newton steps on its own exact Hessian at each iterate (preconditioned CG), which converge
-quadratically.
+**Method** (``newton``, the default). Removals are solved in chunks; a chunk is a pure
+function of the problem, its removal indices and the settings (:func:`solve_chunk`), so
+chunks can run in any order, in any process, and resume. Per chunk, warm-started at Ŵ:
 
-``lbfgs``: the usual approach, warm-started full-batch L-BFGS per removed point.
+1. Δ₁ = −P_z⁻¹∇R₋z(Ŵ): P_z is the exact Hessian of R₋z at Ŵ (the float32 inverse of H,
+   corrected per removal for the removed point's own curvature by Woodbury,
+   :class:`RemovalPreconditioner`); ∇R₋z(Ŵ) is closed form, so this first step costs no pass
+   over the data and is the influence prediction itself.
+2. One float32 pass gives ∇R₋z(Ŵ + Δ₁) in *delta form* (below) for the second step.
+3. Float64 delta-form passes certify: each gives every open removal's gradient and a proven
+   bound on its rounding error; a removal is done when its certified error bound is at most
+   ``rel_error`` × |actual change| on every test point that selected it (or it is at the
+   float64 floor, below), and its gradient norm is ≤ ``tol``. Open removals take further
+   steps with P_z updated by the secant pairs of their earlier steps (L-BFGS two-loop
+   recursion, :func:`_secant_direction`). A removal not within ``tol`` after ``max_steps`` is
+   finished by Newton steps on its exact Hessian (conjugate gradients), then certified.
 
-actual change = CE(z_test, Ŵ₋z) − CE(z_test, Ŵ).
+**Delta form.** With p_j = softmax(x_j Ŵᵀ) and u_j = x_j Δᵀ,
+
+    ∇R₋z(Ŵ + Δ) = (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1) + (Σ_j δp_j x_jᵀ − δp_z x_zᵀ)/(n−1) + wd·Δ,
+    δp_j = p_j ⊙ (m_j − ⟨p_j, m_j⟩)/(1 + ⟨p_j, m_j⟩),  m_j = expm1(u_j),
+
+with ∇R(Ŵ) computed exactly (:func:`~infl_cli.model.certified_gradient`). Rounding errors then
+scale with the small change δp, not with the gradient's terms, so gradients down to ~1e-14
+can be certified (:func:`~infl_cli.bounds.delta_pass_rounding`). The test-loss change is taken
+in the same form: log1p(⟨p_t, expm1(u_t)⟩) − u_{t,y}.
+
+**Error bound** of each actual change (:mod:`infl_cli.bounds`):
+‖∇f_t(W₋z)‖·r_z + (‖x_t‖²/4)·r_z² with r_z = (‖∇R₋z‖ + rounding)/wd, plus the same at Ŵ
+(radius from the certified ‖∇R(Ŵ)‖: the *baseline*, shared by all removals), plus the
+rounding of the change itself. The float64 floor: a removal whose gradient is within 4× its
+rounding bound, whose own term is below the baseline, or whose gradient stopped falling, cannot
+lower its bound further and stops there (reported when that is above the target).
+
+``lbfgs``: the usual approach, warm-started full-batch L-BFGS per removed point (stopped at
+‖∇R₋z‖ ≤ ``tol``), certified by the same float64 pass.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import model
+from . import bounds, model
 from .linalg import HessianFactor, batched_dot, batched_norm
 
 METHODS = ("newton", "lbfgs")
+FLOOR_FACTOR = 4.0  # a gradient within this factor of its rounding bound is at the floor
 
 
-def loo_gradients(weight, x, y, wd, logits0, removed, deltas, active=None, x_active=None):
-    """∇R₋z(Ŵ + Δ_k) for removals ``removed`` [K] and offsets ``deltas`` [K, C, d]: [K, C, d].
+@dataclass
+class LooSettings:
+    """How each removal is solved. ``tol``: every removal must reach ‖∇R₋z‖ ≤ tol (certified,
+    rounding included). ``rel_error``: drive each removal until its certified error bound is
+    ≤ rel_error × |actual change| on each test point that selected it (0: stop at ``tol``).
+    ``max_steps``: Newton steps before the exact-Hessian fallback. ``chunk_size``: removals
+    solved together. ``fast_correction``: the second step's gradient from a float32 pass."""
 
-    One pass over the data for all K: logits (X Δᵀ) and back-projection (Rᵀ X) are single
-    matrix products. ``logits0`` = X Ŵᵀ [n, C] is shared. ``active`` (a feature mask, see
-    :func:`model.active_features`) restricts both products to the features that are non-zero
-    in some training row; on the others the data term vanishes and the gradient is wd·W.
-    ``x_active`` = x[:, active], when the caller keeps that copy across passes.
-    """
-    n = x.shape[0]
-    k, c, d = deltas.shape
-    w = weight[None] + deltas  # [K, C, d]
-    xa = x if active is None else (x[:, active] if x_active is None else x_active)
-    da_ = deltas if active is None else deltas[:, :, active]
-    logits = logits0[:, None, :] + model.mm(xa, da_.reshape(k * c, -1).T).reshape(n, k, c)
-    r = torch.softmax(logits, dim=2)
-    del logits
-    r[torch.arange(n), :, y] -= 1.0  # p − onehot(y), per removal
-    back = model.mm(r.reshape(n, k * c).T, xa).reshape(k, c, -1)  # Σ_j r_j x_jᵀ
-    del r
-    if active is None:
-        data_term = back
-    else:
-        data_term = torch.zeros(k, c, d, dtype=x.dtype)
-        data_term[:, :, active] = back
-    xz, yz = x[removed], y[removed]
-    own_r = torch.softmax(torch.einsum("kcd,kd->kc", w, xz), dim=1)
-    own_r[torch.arange(k), yz] -= 1.0
-    own = own_r[:, :, None] * xz[:, None, :]  # CE gradient of the removed point at its W
-    return (data_term - own) / (n - 1) + wd * w
+    method: str = "newton"
+    tol: float = 1e-8
+    rel_error: float = 0.01
+    max_steps: int = 10
+    chunk_size: int = 50
+    fast_correction: bool = True
 
 
-class CorrectionPass:
-    """A cheap full-data pass for the intermediate Newton steps: ∇R₋z(Ŵ + Δ) in delta form,
+class LooProblem:
+    """What every chunk needs, built once per process (and once per worker on a cluster).
 
-        ∇R₋z(Ŵ + Δ) = ∇R₋z(Ŵ) + [Σ_j δp_j x_jᵀ − δp_z x_zᵀ]/(n − 1) + wd·Δ,
-        δp_j = softmax(l_j + x_j Δᵀ) − softmax(l_j) = p_j ⊙ (m_j − ⟨p_j, m_j⟩)/(1 + ⟨p_j, m_j⟩),
-        m_j = expm1(x_j Δᵀ),
-
-    with ∇R₋z(Ŵ) exact in float64 (closed form) and only the two products and δp in
-    float32. Its errors are relative to the change Σ δp_j x_jᵀ, not to the gradient's terms,
-    so it is accurate to about 1e-10 here, ample for a Newton direction, and about twice as
-    fast as the float64 pass. It never certifies: that is the float64 pass's job.
+    ``weight`` [C, d] is the trained model, ``design`` the training inputs
+    (:class:`~infl_cli.design.DesignMatrix`, with integer pixels), ``x_test`` [T, d] and
+    ``y_test`` [T] the test points whose losses are tracked. ``factor``: a float32 explicit
+    inverse :class:`~infl_cli.linalg.HessianFactor` of H(Ŵ) (built when not given, which is
+    the expensive part: ``on_block`` reports its progress); ``None`` with ``method="lbfgs"``.
     """
 
-    def __init__(self, logits0, x_active, active):
-        """``logits0`` = X Ŵᵀ [n, C] and ``x_active`` = x[:, active], as the caller keeps them."""
-        self.active = active
-        self.x32 = x_active.to(torch.float32)
-        self.p32 = torch.softmax(logits0, dim=1).to(torch.float32)  # softmax(l_j) at Ŵ
+    def __init__(self, weight: torch.Tensor, design, y_train: torch.Tensor, wd: float,
+                 x_test: torch.Tensor, y_test: torch.Tensor, factor: HessianFactor | None = None,
+                 build_factor: bool = True, on_block=None):
+        self.design = design
+        self.wd = float(wd)
+        self.n = design.n
+        active = design.active
+        self.weight = weight[:, active].contiguous() if weight.shape[1] != design.width \
+            else weight.contiguous()  # [C, d_a]
+        self.classes = int(self.weight.shape[0])
+        self.y = y_train.numpy().astype(np.int64)
+        cert = model.certified_gradient(self.weight, design, y_train, self.wd)
+        self.grad_hat = cert.grad.numpy()  # ∇R(Ŵ) [C, d_a], exact to grad_hat_error
+        self.grad_hat_error = cert.bound
+        self.row_error = cert.row_error
+        self.p0 = cert.probs  # softmax at Ŵ [n, C]
+        self.p0_32 = self.p0.astype(np.float32)
+        self.grad_hat_norm_bound = float(np.linalg.norm(self.grad_hat)) * (
+            1 + bounds.gamma(self.grad_hat.size + 1)) + self.grad_hat_error
+        self.baseline_radius = bounds.radius(self.grad_hat_norm_bound, self.wd)
+        # data norms for the rounding bounds (upper bounds)
+        self.row_norms = design.row_norms
+        self.x_sq_sum = float(np.square(self.row_norms).sum()) * (1 + 1e-12)
+        # test points
+        self.set_tests(x_test, y_test)
+        if factor is None and build_factor:
+            factor = HessianFactor(self.weight, design, self.wd, on_block=on_block,
+                                   dtype=torch.float32, explicit_inverse=True)
+        self.factor = factor
 
-    def __call__(self, weight, x, wd, removed, deltas, grad_at_hat):
-        n = x.shape[0]
-        k, c, d = deltas.shape
-        p = self.p32[:, None, :]
-        m = model.mm(self.x32, deltas[:, :, self.active].reshape(k * c, -1).to(torch.float32).T)
-        m = torch.special.expm1(m.reshape(n, k, c), out=m.reshape(n, k, c))
-        dp = m * p
-        s = dp.sum(2, keepdim=True)  # ⟨p_j, m_j⟩
-        dp.sub_(p * s).div_(1.0 + s)
-        del m, s
-        back = model.mm(dp.reshape(n, k * c).T, self.x32).reshape(k, c, -1).to(torch.float64)
-        del dp
-        data_term = torch.zeros(k, c, d, dtype=torch.float64)
-        data_term[:, :, self.active] = back
-        xz = x[removed]
-        logits_z = xz @ weight.T
-        own = (torch.softmax(logits_z + torch.einsum("kcd,kd->kc", deltas, xz), dim=1)
-               - torch.softmax(logits_z, dim=1))
-        data_term -= own[:, :, None] * xz[:, None, :]
-        return grad_at_hat + data_term / (n - 1) + wd * deltas
+    def set_tests(self, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+        """The test points [T, d] whose loss changes are measured (active features kept)."""
+        xt = x_test[:, self.design.active] if x_test.shape[1] != self.design.width else x_test
+        self.x_test = xt.to(torch.float64).numpy()
+        self.y_test = y_test.numpy().astype(np.int64)
+        logits = self.x_test @ self.weight.numpy().T  # [T, C]
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        self.p_test = p / p.sum(axis=1, keepdims=True)
+        self.test_norms = np.linalg.norm(self.x_test, axis=1) * (1 + 1e-12)
+        residual = self.p_test.copy()
+        residual[np.arange(len(self.y_test)), self.y_test] -= 1.0
+        self.test_grad_norms0 = np.linalg.norm(residual, axis=1) * self.test_norms * (1 + 1e-12)
+        # the baseline: the error of Ŵ itself, in every actual change of test point t
+        self.baseline_error = bounds.test_loss_error(self.test_grad_norms0,
+                                                     self.baseline_radius, self.test_norms)
+
+    # ------------------------------------------------------------------------ gradients
+    def base_gradient(self, removed: np.ndarray, xz: np.ndarray):
+        """∇R₋z(Ŵ) = (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1) for each removal [k, C, d_a], and a bound on
+        its rounding beyond that of ∇R(Ŵ) [k]."""
+        n, wd = self.n, self.wd
+        r = self.p0[removed].copy()
+        r[np.arange(len(removed)), self.y[removed]] -= 1.0
+        own = r[:, :, None] * xz[:, None, :] + wd * self.weight.numpy()[None]
+        base = (n * self.grad_hat[None] - own) / (n - 1)
+        xz_norm = self.row_norms[removed]
+        own_norm = np.linalg.norm(own.reshape(len(removed), -1), axis=1)
+        w_norm = float(np.linalg.norm(self.weight.numpy()))
+        error = (self.row_error[removed] * xz_norm
+                 + bounds.UNIT_ROUNDOFF * (np.linalg.norm(r, axis=1) * xz_norm + wd * w_norm)
+                 + bounds.gamma(3) * (n * np.linalg.norm(self.grad_hat) + own_norm)) / (n - 1)
+        return base, error
+
+    def gradient(self, removed: np.ndarray, xz: np.ndarray, deltas: np.ndarray,
+                 base: np.ndarray, base_error: np.ndarray, certify: bool):
+        """∇R₋z(Ŵ + Δ) [k, C, d_a] in delta form; with ``certify`` a float64 pass and a bound on
+        each gradient's rounding error [k] (else a float32 pass and None)."""
+        k = len(removed)
+        dtype = np.float64 if certify else np.float32
+        change, dp_frobenius = delta_pass(self.design, self.p0 if certify else self.p0_32,
+                                          deltas, dtype)
+        own_dp = _delta_probs(self.p0[removed], np.einsum("kcd,kd->kc", deltas, xz))
+        own = own_dp[:, :, None] * xz[:, None, :]
+        n = self.n
+        change -= own
+        grad = base + change / (n - 1) + self.wd * deltas
+        if not certify:
+            return grad, None
+        row_max = np.linalg.norm(deltas, axis=2).max(axis=1)  # max_c ‖Δ_c‖
+        rounding = bounds.delta_pass_rounding(
+            n=n, block_rows=self.design.block_rows, width=self.design.width,
+            classes=self.classes, delta_row_max=row_max, dp_frobenius=dp_frobenius,
+            x_sq_sum=self.x_sq_sum,
+            max_exponent=float(self.row_norms.max()) * row_max,
+            own_sq_norm=np.square(self.row_norms[removed]), own_dp_l1=np.abs(own_dp).sum(1),
+            base_norm=np.linalg.norm(base.reshape(k, -1), axis=1),
+            change_norm=np.linalg.norm(change.reshape(k, -1), axis=1) / (n - 1),
+            delta_norm=np.linalg.norm(deltas.reshape(k, -1), axis=1), wd=self.wd,
+            grad_hat_error=self.grad_hat_error, base_error=base_error)
+        return grad, rounding
+
+    # ----------------------------------------------------------------------- test losses
+    def test_changes(self, deltas: np.ndarray, grad_norm_bound: np.ndarray):
+        """For removals with offsets ``deltas`` [k, C, d_a] and certified gradient-norm bounds
+        [k]: (actual change [T, k], certified error bound [T, k], own term [T, k]: the part of
+        the bound due to the removal's own gradient)."""
+        u = np.einsum("kcd,td->tkc", deltas, self.x_test)  # [T, k, C]
+        m = np.expm1(u)
+        pt = self.p_test[:, None, :]
+        a = (pt * m).sum(axis=2)  # ⟨p, expm1(u)⟩
+        rows = np.arange(len(self.y_test))
+        u_y = u[rows, :, self.y_test]  # [T, k]
+        change = np.log1p(a) - u_y
+        p_new = pt * np.exp(u)
+        p_new /= p_new.sum(axis=2, keepdims=True)
+        p_new[rows, :, self.y_test] -= 1.0
+        xt_norm = self.test_norms[:, None]
+        grad_f = np.linalg.norm(p_new, axis=2) * xt_norm * (1 + 1e-12)
+        r = bounds.radius(grad_norm_bound, self.wd)[None, :]
+        own = bounds.test_loss_error(grad_f, r, xt_norm)
+        row_max = np.linalg.norm(deltas, axis=2).max(axis=1)[None, :]
+        c, width = self.classes, self.design.width
+        evaluation = bounds.SAFETY * (
+            math.sqrt(2 * c) * bounds.gamma(width + 1) * xt_norm * row_max
+            + bounds.gamma(c + 8) * (np.abs(change) + np.abs(u_y)
+                                     + 2 * (pt * np.abs(m)).sum(axis=2) / (1 + a)))
+        bound = own + self.baseline_error[:, None] + evaluation
+        return change, bound, own
 
 
-def test_loss_change(weight, deltas, x_test, y_test):
-    """CE(z_test, Ŵ + Δ_k) − CE(z_test, Ŵ) for each k: [K]."""
-    base = model.cross_entropy(weight, x_test[None], y_test[None])[0]
-    logits = torch.einsum("kcd,d->kc", weight[None] + deltas, x_test)
-    after = -torch.log_softmax(logits, dim=1)[:, int(y_test)]
-    return after - base
+def _delta_probs(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """softmax(l + u) − softmax(l) from p = softmax(l) [k, C] and u [k, C], in delta form."""
+    m = np.expm1(u)
+    s = (p * m).sum(axis=-1, keepdims=True)
+    return p * (m - s) / (1.0 + s)
+
+
+def delta_pass(design, p0: np.ndarray, deltas: np.ndarray, dtype):
+    """Σ_j δp_j x_jᵀ over all training rows for each offset in ``deltas`` [k, C, d_a]:
+    (change [k, C, d_a] float64, ‖δP‖_F per removal [k] float64).
+
+    One pass over the rows in blocks (:meth:`~infl_cli.design.DesignMatrix.blocks`): per block
+    the products u = X_b Δᵀ and the back-projection δPᵀ X_b are a dense GEMM over the core
+    columns plus a sparse product over the rim, in ``dtype``; block results accumulate in
+    float64. ``p0`` [n, C] holds the probabilities at Ŵ (in ``dtype`` for speed)."""
+    k, c, width = deltas.shape
+    kc = k * c
+    v = deltas.reshape(kc, width).T
+    v_core = np.ascontiguousarray(v[design.core], dtype=dtype)
+    v_rim = np.ascontiguousarray(v[design.rim], dtype=dtype)
+    acc_core = np.zeros((kc, design.core.size))
+    acc_rim = np.zeros((design.rim.size, kc))
+    dp_sq = np.zeros(k)
+    for lo, hi, x_core, x_rim in design.blocks(dtype):
+        u = x_core @ v_core
+        u += x_rim @ v_rim
+        # elementwise in torch, in place: vectorised and on both cores (2-3x NumPy here)
+        m = torch.special.expm1(torch.from_numpy(u), out=torch.from_numpy(u)).view(hi - lo, k, c)
+        p = torch.from_numpy(p0[lo:hi])
+        s = torch.einsum("bkc,bc->bk", m, p)  # ⟨p_j, m_j⟩
+        m.sub_(s[:, :, None]).mul_(p[:, None, :]).div_(s.add_(1.0)[:, :, None])
+        dp = u.reshape(hi - lo, k, c)  # m, now δp, is a view of u
+        if dtype == np.float64:
+            dp_sq += np.einsum("bkc,bkc->k", dp, dp)
+        flat = u
+        acc_core += flat.T @ x_core
+        acc_rim += x_rim.T @ flat
+    change = np.empty((kc, width))
+    change[:, design.core] = acc_core
+    change[:, design.rim] = acc_rim.T
+    return change.reshape(k, c, width), np.sqrt(dp_sq)
 
 
 class RemovalPreconditioner:
@@ -125,7 +257,8 @@ class RemovalPreconditioner:
     (rank ≤ C). Dropping the wd·I/(n−1) part of ∇²L(z) (relative size ≤ 1/n),
     P_z⁻¹ g = (n−1)·[H⁻¹g/n + (H⁻¹U/n)(I − Uᵀ H⁻¹ U/n)⁻¹(Uᵀ H⁻¹ g/n)],
     which costs C extra solves per removal once, and makes each Newton step account for
-    the removed point's own curvature (essential when n is small).
+    the removed point's own curvature (essential when n is small). Vectors are [k, C, d]
+    over the factor's active features (or all features, as the factor accepts).
     """
 
     def __init__(self, factor: HessianFactor, weight, x_removed, n: int):
@@ -175,31 +308,104 @@ def _secant_direction(grad, rows, history, apply_p):
     return r
 
 
-def newton_chunk(weight, x, y, wd, factor: HessianFactor, logits0, grad_r_full, removed,
-                 tol: float, max_steps: int, x_active=None, correction: CorrectionPass = None):
-    """Certified Newton-type LOO for one chunk. Returns (deltas, grad_norms, steps,
-    {"float64": full passes, "correction": cheap passes}, preconditioner).
+class _Certificate:
+    """The certified figures of one chunk, filled in as removals settle."""
 
-    Step k solves with P_z (exact Hessian of R₋z at Ŵ) updated by the secant pairs of the
-    previous steps (:func:`_secant_direction`: L-BFGS with P_z⁻¹ as its initial inverse, unit
-    steps): one removal's path from Ŵ is short, so this is Newton's method to within the
-    curvature change along it. ``x_active`` = x[:, factor.active], kept by the caller
-    across chunks. With ``correction`` the first pass (after the first step, which is still
-    far from certifying) is the cheap :class:`CorrectionPass`; every later pass is the
-    float64 one, and only a float64 pass certifies."""
-    n = x.shape[0]
-    k = removed.shape[0]
-    precond = RemovalPreconditioner(factor, weight, x[removed], n)
-    u = model.train_point_grads(weight, x[removed], y[removed], wd)  # ∇L(z, Ŵ) [K, C, d]
-    g = (n * grad_r_full[None] - u) / (n - 1)  # ∇R₋z(Ŵ), closed form
+    def __init__(self, t: int, k: int):
+        self.actual = np.full((t, k), np.nan)
+        self.bound = np.full((t, k), np.nan)
+        self.own = np.full((t, k), np.nan)
+        self.grad_norm = np.full(k, np.nan)
+        self.rounding = np.full(k, np.nan)
+
+    def record(self, problem: LooProblem, rows, deltas, grad, rounding):
+        """Certify ``rows`` at offsets ``deltas``: their gradient norms, the rounding bound
+        (of the gradient and of its norm), changes and bounds. Returns ‖∇R₋z‖ upper bounds."""
+        gn = np.linalg.norm(grad.reshape(len(rows), -1), axis=1)
+        rounding = rounding + bounds.gamma(grad[0].size + 1) * gn  # the norm's own rounding
+        upper = gn + rounding
+        actual, bound, own = problem.test_changes(deltas, upper)
+        self.actual[:, rows], self.bound[:, rows], self.own[:, rows] = actual, bound, own
+        self.grad_norm[rows], self.rounding[rows] = gn, rounding
+        return upper
+
+    def settled(self, problem: LooProblem, rows, selected, settings: LooSettings, upper,
+                previous_norm):
+        """Which of ``rows`` need no further step: certified within ``tol`` and either within
+        the relative target on every test point that selected them, or at the float64 floor."""
+        within_tol = upper <= settings.tol
+        if settings.rel_error <= 0:
+            return within_tol
+        sel = selected[:, rows]
+        meets = np.where(sel, self.bound[:, rows] <= settings.rel_error
+                         * np.abs(self.actual[:, rows]), True).all(axis=0)
+        gn, rounding = self.grad_norm[rows], self.rounding[rows]
+        floor = (gn <= FLOOR_FACTOR * rounding) \
+            | np.where(sel, self.own[:, rows] <= problem.baseline_error[:, None],
+                       True).all(axis=0) \
+            | (gn >= 0.5 * previous_norm)  # the last step did not halve it: noise level
+        return within_tol & (meets | floor)
+
+
+def solve_chunk(problem: LooProblem, removed: np.ndarray, selected: np.ndarray,
+                settings: LooSettings):
+    """Retrain without each index in ``removed`` [k]; ``selected`` [T, k] marks the test
+    points that chose each removal (their changes are driven to the relative target).
+
+    Returns (results, stats): results holds float64 ``actual_loss_diff`` and
+    ``actual_error_bound`` [T, k], ``grad_norm`` (‖∇R₋z‖ computed in float64) and
+    ``grad_rounding`` (a proven bound on that value's error, so the true norm is at most
+    grad_norm + grad_rounding) [k], int64 ``steps``
+    and bool ``fallback`` [k]; stats counts float64 and float32 passes over the data.
+    """
+    removed = np.asarray(removed, dtype=np.int64)
+    selected = np.asarray(selected, dtype=bool)
+    xz = problem.design.rows(removed)
+    base, base_error = problem.base_gradient(removed, xz)
+    k = len(removed)
+    cert = _Certificate(len(problem.y_test), k)
+    stats = {"float64_passes": 0, "float32_passes": 0}
+    fallback = np.zeros(k, dtype=bool)
+    if settings.method == "lbfgs":
+        runs = [_lbfgs_retrain(problem, int(z), settings.tol) for z in removed]
+        deltas = np.stack([delta for delta, _ in runs])
+        steps = np.array([iterations for _, iterations in runs], dtype=np.int64)
+        grad, rounding = problem.gradient(removed, xz, deltas, base, base_error, True)
+        stats["float64_passes"] += 1
+        cert.record(problem, np.arange(k), deltas, grad, rounding)
+    else:
+        deltas, steps = _newton(problem, removed, xz, base, base_error, selected, settings,
+                                cert, stats)
+        upper = cert.grad_norm + cert.rounding
+        for i in np.flatnonzero(~(upper <= settings.tol)):  # not certified: exact Hessian
+            delta, iters = _newton_cg_retrain(problem, int(removed[i]), deltas[i],
+                                              settings.tol)
+            grad, rounding = problem.gradient(removed[i:i + 1], xz[i:i + 1], delta[None],
+                                              base[i:i + 1], base_error[i:i + 1], True)
+            stats["float64_passes"] += 1
+            cert.record(problem, np.array([i]), delta[None], grad, rounding)
+            steps[i] += iters
+            fallback[i] = True
+    results = {"actual_loss_diff": cert.actual, "actual_error_bound": cert.bound,
+               "grad_norm": cert.grad_norm, "grad_rounding": cert.rounding,
+               "steps": steps.astype(np.int64), "fallback": fallback}
+    return results, stats
+
+
+def _newton(problem: LooProblem, removed, xz, base, base_error, selected, settings, cert,
+            stats):
+    """The certified Newton iteration of one chunk (module doc). Returns (Δ [k, C, d_a],
+    steps [k]); fills ``cert``."""
+    k = len(removed)
+    weight = problem.weight
+    precond = RemovalPreconditioner(problem.factor, weight, torch.from_numpy(xz), problem.n)
     everyone = torch.arange(k)
-    last_step = -precond.solve(g, everyone)
+    base_t = torch.from_numpy(base)
+    last_step = -precond.solve(base_t, everyone)
     deltas = last_step.clone()
-    last_grad = g.clone()
+    last_grad = base_t.clone()
     history = []
-    steps = torch.ones(k, dtype=torch.int64)
-    norms = torch.full((k,), math.inf, dtype=torch.float64)
-    passes = {"float64": 0, "correction": 0}
+    steps = np.ones(k, dtype=np.int64)
 
     def step(rows, grad):
         """Record the secant pair that ``grad`` completes for ``rows``, then step them."""
@@ -210,64 +416,83 @@ def newton_chunk(weight, x, y, wd, factor: HessianFactor, logits0, grad_r_full, 
         last_step[rows] = -_secant_direction(grad, rows, history,
                                              lambda q: precond.solve(q, rows))
         deltas[rows] += last_step[rows]
-        steps[rows] += 1
+        steps[rows.numpy()] += 1
 
-    if correction is not None and max_steps > 1:
-        step(everyone, correction(weight, x, wd, removed, deltas, g))
-        passes["correction"] += 1
-    todo = everyone
-    while todo.numel() > 0:
-        g = loo_gradients(weight, x, y, wd, logits0, removed[todo], deltas[todo],
-                          factor.active, x_active)
-        passes["float64"] += 1
-        gn = batched_norm(g)
-        norms[todo] = gn
-        open_ = (gn > tol) & torch.isfinite(gn)
-        if not bool(open_.any()) or int(steps[todo].max()) >= max_steps:
+    if settings.fast_correction and settings.max_steps > 1:
+        grad, _ = problem.gradient(removed, xz, deltas.numpy(), base, base_error, False)
+        stats["float32_passes"] += 1
+        step(everyone, torch.from_numpy(grad))
+    todo = np.arange(k)
+    previous = np.full(k, np.inf)
+    while todo.size:
+        d = deltas.numpy()[todo]
+        grad, rounding = problem.gradient(removed[todo], xz[todo], d, base[todo],
+                                          base_error[todo], True)
+        stats["float64_passes"] += 1
+        upper = cert.record(problem, todo, d, grad, rounding)
+        finite = np.isfinite(upper)
+        done = cert.settled(problem, todo, selected, settings, upper, previous[todo]) | ~finite
+        previous[todo] = cert.grad_norm[todo]
+        if done.all() or int(steps[todo].max()) >= settings.max_steps:
             break
-        todo = todo[open_]
-        step(todo, g[open_])
-    return deltas, norms, steps, passes, precond
+        todo, grad = todo[~done], grad[~done]
+        step(torch.from_numpy(todo), torch.from_numpy(grad))
+    return deltas.numpy(), steps
 
 
-def newton_cg_retrain(weight, x, y, wd, index: int, tol: float, start: torch.Tensor,
-                      precondition, max_steps: int = 20):
+def _weighted_hvp(problem: LooProblem, probs: torch.Tensor, sample_weight: torch.Tensor,
+                  v: torch.Tensor) -> torch.Tensor:
+    """H₋z v for the objective with per-example weights (0 for the removed point)."""
+    k, c, d = v.shape
+    design = problem.design
+    a = model.times(design, v.reshape(k * c, d).T).reshape(-1, k, c)
+    pa = probs[:, None, :] * a
+    b = (pa - probs[:, None, :] * pa.sum(dim=2, keepdim=True)) * sample_weight[:, None, None]
+    back = model.transposed_times(b.reshape(-1, k * c), design).reshape(k, c, d)
+    return back / sample_weight.sum() + problem.wd * v
+
+
+def _newton_cg_retrain(problem: LooProblem, index: int, start: np.ndarray, tol: float,
+                       max_steps: int = 20):
     """The safe fallback for one removal: Newton steps whose direction solves the exact
-    Hessian of R₋z at the current iterate (full-data HVPs) by conjugate gradients
-    preconditioned with the removal's P_z⁻¹. Returns (delta, grad_norm, steps)."""
+    Hessian of R₋z at the current iterate (conjugate gradients on full-data products).
+    Returns (Δ, steps); the caller certifies the result."""
     from .linalg import conjugate_gradient
 
-    keep = torch.ones(x.shape[0], dtype=torch.bool)
-    keep[index] = False
-    xk, yk = x[keep], y[keep]
-    w = start.clone()
-    gn, steps = math.inf, 0
+    weight = problem.weight
+    y = torch.from_numpy(problem.y)
+    sample_weight = torch.ones(problem.n, dtype=torch.float64)
+    sample_weight[index] = 0.0
+    w = weight + torch.from_numpy(start)
+    steps = 0
     for steps in range(max_steps + 1):
-        grad = model.objective_and_grad(w, xk, yk, wd)[1]
+        grad = model.objective_and_grad(w, problem.design, y, problem.wd, sample_weight)[1]
         gn = float(grad.norm())
-        if gn <= tol or not math.isfinite(gn) or steps == max_steps:
+        if gn <= 0.1 * tol or not math.isfinite(gn) or steps == max_steps:
             break
-        probs = model.probabilities(w, xk)
-        step, _, _ = conjugate_gradient(lambda v: model.hvp(w, xk, wd, v, probs=probs),
-                                        grad[None], rtol=1e-3, max_iter=200,
-                                        precondition=precondition)
-        w = w - step[0]
-    return w - weight, gn, steps
+        probs = model.probabilities(w, problem.design)
+        direction, _, _ = conjugate_gradient(
+            lambda v: _weighted_hvp(problem, probs, sample_weight, v), grad[None], rtol=1e-6,
+            max_iter=500)
+        w = w - direction[0]
+    return (w - weight).numpy(), steps
 
 
-def lbfgs_retrain(weight, x, y, wd, index: int, tol: float, max_iter: int = 2000,
-                  start: torch.Tensor | None = None):
-    """Warm-started full-batch L-BFGS on R₋z for one removal. Returns (delta, grad_norm, iters)."""
+def _lbfgs_retrain(problem: LooProblem, index: int, tol: float, max_iter: int = 2000):
+    """Warm-started full-batch L-BFGS on R₋z for one removal, stopped at ‖∇R₋z‖ ≤ tol.
+    Returns (Δ, iterations); the caller certifies the result."""
     from scipy.optimize import minimize
 
+    weight = problem.weight
+    y = torch.from_numpy(problem.y)
     shape = tuple(weight.shape)
-    sample_weight = torch.ones(x.shape[0], dtype=torch.float64)
+    sample_weight = torch.ones(problem.n, dtype=torch.float64)
     sample_weight[index] = 0.0
     last = {"gn": math.inf}
 
     def fun(flat):
-        loss, grad = model.objective_and_grad(torch.from_numpy(flat).reshape(shape), x, y, wd,
-                                              sample_weight=sample_weight)
+        loss, grad = model.objective_and_grad(torch.from_numpy(flat).reshape(shape),
+                                              problem.design, y, problem.wd, sample_weight)
         last["gn"] = float(grad.norm())
         return float(loss), grad.reshape(-1).numpy()
 
@@ -275,78 +500,21 @@ def lbfgs_retrain(weight, x, y, wd, index: int, tol: float, max_iter: int = 2000
         if last["gn"] <= tol:
             raise StopIteration
 
-    w0 = weight if start is None else start
-    result = minimize(fun, w0.reshape(-1).numpy().copy(), jac=True, method="L-BFGS-B",
+    result = minimize(fun, weight.reshape(-1).numpy().copy(), jac=True, method="L-BFGS-B",
                       callback=callback,
                       options={"maxiter": max_iter, "maxcor": 30, "gtol": 0.0, "ftol": 0.0})
     w = torch.from_numpy(np.asarray(result.x).copy()).reshape(shape)
-    grad = model.objective_and_grad(w, x, y, wd, sample_weight=sample_weight)[1]
-    return w - weight, float(grad.norm()), int(result.nit)
+    return (w - weight).numpy(), int(result.nit)
 
 
-def retrain(method: str, weight, x, y, wd, x_test, y_test, removed: torch.Tensor, tol: float,
-            chunk_size: int, max_steps: int = 10, factor: HessianFactor | None = None,
-            done: dict | None = None, on_chunk=None, update=None, fast_correction: bool = True):
-    """Retrain without each index in ``removed`` [k]; returns a dict of [k] tensors:
-    actual_loss_diff, grad_norm, steps (Newton steps or L-BFGS iterations), fallback (bool).
+def chunk_bounds(n_removals: int, chunk_size: int):
+    """[(lo, hi)] of the fixed chunks that split ``n_removals`` removals."""
+    return [(lo, min(lo + chunk_size, n_removals)) for lo in range(0, n_removals, chunk_size)]
 
-    Work is split into chunks of ``chunk_size`` removals; ``done`` holds results of chunks
-    already finished (resume), and ``on_chunk(results_so_far, n_done)`` is called after each
-    chunk (checkpointing). ``update(advance)`` drives a progress bar. ``fast_correction``
-    takes the first correction of each Newton removal from the float32 :class:`CorrectionPass`.
-    """
-    k = removed.shape[0]
-    out = {
-        "actual_loss_diff": torch.full((k,), math.nan, dtype=torch.float64),
-        "grad_norm": torch.full((k,), math.nan, dtype=torch.float64),
-        "steps": torch.zeros(k, dtype=torch.int64),
-        "fallback": torch.zeros(k, dtype=torch.bool),
-    }
-    n_done = 0
-    if done:
-        n_done = int(done["n_done"])
-        for key in out:
-            out[key][:n_done] = done[key][:n_done]
-        if update:
-            update(advance=n_done)
-    logits0 = x @ weight.T
-    x_active = x[:, factor.active].contiguous() if factor is not None else None
-    grad_r_full = model.objective_and_grad(weight, x, y, wd)[1]
-    stats = {"passes": 0, "correction_passes": 0, "seconds": 0.0}
-    correction = CorrectionPass(logits0, x_active, factor.active) \
-        if method == "newton" and fast_correction else None
-    for lo in range(n_done, k, chunk_size):
-        hi = min(lo + chunk_size, k)
-        chunk = removed[lo:hi]
-        t0 = time.perf_counter()
-        if method == "newton":
-            deltas, norms, steps, passes, precond = newton_chunk(
-                weight, x, y, wd, factor, logits0, grad_r_full, chunk, tol, max_steps, x_active,
-                correction)
-            stats["passes"] += passes["float64"]
-            stats["correction_passes"] += passes["correction"]
-            for i in torch.nonzero(~(norms <= tol))[:, 0].tolist():  # uncertified
-                row = torch.tensor([i])
-                delta, gn, iters = newton_cg_retrain(
-                    weight, x, y, wd, int(chunk[i]), tol, weight + deltas[i],
-                    lambda r, row=row: precond.solve(r, row.expand(r.shape[0])))
-                if gn < norms[i] or not math.isfinite(float(norms[i])):
-                    deltas[i], norms[i] = delta, gn
-                steps[i] += iters
-                out["fallback"][lo + i] = True
-        else:
-            deltas = torch.empty(hi - lo, *weight.shape, dtype=torch.float64)
-            norms = torch.empty(hi - lo, dtype=torch.float64)
-            steps = torch.empty(hi - lo, dtype=torch.int64)
-            for i in range(hi - lo):
-                deltas[i], norms[i], steps[i] = lbfgs_retrain(weight, x, y, wd, int(chunk[i]),
-                                                              tol)
-        out["actual_loss_diff"][lo:hi] = test_loss_change(weight, deltas, x_test, y_test)
-        out["grad_norm"][lo:hi] = norms
-        out["steps"][lo:hi] = steps
-        stats["seconds"] += time.perf_counter() - t0
-        if on_chunk is not None:
-            on_chunk(out, hi)
-        if update:
-            update(advance=hi - lo, status=f"max |grad| {float(out['grad_norm'][:hi].max()):.1e}")
-    return out, stats
+
+def timed_chunk(problem: LooProblem, removed, selected, settings: LooSettings):
+    """:func:`solve_chunk` plus its wall time in the stats."""
+    start = time.perf_counter()
+    results, stats = solve_chunk(problem, removed, selected, settings)
+    stats["seconds"] = time.perf_counter() - start
+    return results, stats

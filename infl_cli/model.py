@@ -18,6 +18,8 @@ index c·d + j is weight[c, j], and the dense Hessian is indexed the same way.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -100,7 +102,35 @@ def objective_and_grad(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w
     return loss, grad + wd * weight
 
 
-def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor, wd: float):
+def certified_probabilities(weight: torch.Tensor, design):
+    """Softmax probabilities of the training inputs from exact logits (integer pixels times
+    integer pieces of W, :meth:`~infl_cli.design.DesignMatrix.exact_matmul`): (W over the
+    active features as a NumPy array, probabilities [n, C], logits [n, C], row_error [n]
+    ≥ ‖p̂_i − p_i‖₁ plus the rounding of p_y − 1, :func:`~infl_cli.bounds.softmax_rounding`)."""
+    from .bounds import softmax_rounding
+
+    if design.scale is None:
+        raise ValueError("certified products need inputs that are integers / scale")
+    w = weight[:, design.active] if weight.shape[1] != design.width else weight
+    w = w.numpy()
+    logits, logit_error = design.exact_matmul(np.ascontiguousarray(w.T))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return w, probs, logits, softmax_rounding(probs, logits, logit_error.max(axis=1))
+
+
+class CertifiedGradient(NamedTuple):
+    """What :func:`certified_gradient` returns (NumPy float64 arrays but ``grad``)."""
+
+    grad: torch.Tensor        # ∇R(W) [C, d_active]
+    probs: np.ndarray         # softmax probabilities [n, C]
+    logits: np.ndarray        # [n, C]
+    bound: float              # ≥ ‖grad − ∇R(W)‖_F, the exact gradient on the exact data
+    row_error: np.ndarray     # [n]: ≥ ‖(computed p_i − e_y) − (exact p_i − e_y)‖₁
+
+
+def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor,
+                       wd: float) -> CertifiedGradient:
     """∇R(W) for the data as exact rationals (integer pixels / scale), with a proven bound on
     the float64 result's error.
 
@@ -111,21 +141,12 @@ def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor, wd: float)
 
         ‖ĝ − ∇R‖_F ≤ (1/n)·Σ_i ‖δr_i‖₁‖x_i‖ + ‖bound of RᵀX‖_F/n + γ_3·‖|RᵀX|/n + wd|W|‖_F.
 
-    ``weight`` is [C, d] or [C, d_active]. Returns (gradient [C, d_active], probabilities
-    [n, C], logits [n, C], bound), all float64 (NumPy arrays but the gradient, a tensor).
+    ``weight`` is [C, d] or [C, d_active]. Returns a :class:`CertifiedGradient`.
     """
-    from .bounds import SAFETY, gamma, softmax_rounding
+    from .bounds import SAFETY, gamma
 
-    if design.scale is None:
-        raise ValueError("a certified gradient needs inputs that are integers / scale")
-    w = weight[:, design.active] if weight.shape[1] != design.width else weight
-    w = w.numpy()
+    w, probs, logits, row_error = certified_probabilities(weight, design)
     n = design.n
-    logits, logit_error = design.exact_matmul(np.ascontiguousarray(w.T))
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=1, keepdims=True)
-    row_error = softmax_rounding(probs, logits, logit_error.max(axis=1))
     r = probs.copy()
     r[np.arange(n), y.numpy()] -= 1.0
     back, back_error = design.exact_rmatmul(r)
@@ -133,7 +154,49 @@ def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor, wd: float)
     bound = SAFETY * (float((row_error * design.row_norms).sum()) / n
                       + float(np.linalg.norm(back_error)) / n
                       + gamma(3) * float(np.linalg.norm(np.abs(back) / n + wd * np.abs(w))))
-    return torch.from_numpy(grad), probs, logits, bound
+    return CertifiedGradient(torch.from_numpy(grad), probs, logits, bound, row_error)
+
+
+def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
+                       g: torch.Tensor):
+    """‖H s_t − g_t‖ for inverse-HVP estimates s and right-hand sides g [T, C, d] (all
+    features), with a proven bound on each value's rounding error: (norms [T], bounds [T]).
+
+    H s = (1/n)·Σ_i b_i x_iᵀ + wd·s with a_i = s x_i and b_i = p_i ⊙ a_i − p_i (p_iᵀ a_i). The
+    products X sᵀ and Bᵀ X are exact integer products (:meth:`DesignMatrix.exact_matmul`), the
+    probabilities those of :func:`certified_gradient`; what rounds is b (at most
+    3‖δp_i‖₁·max|a| from the probabilities, 2·max|δa| from a, γ_{C+3}·2·max|a| in its own
+    arithmetic, per row in 1-norm), combining the pieces, and the final sums: the bound is
+    (1/n)·Σ_i ‖δb_i‖₁‖x_i‖ + ‖bound of BᵀX‖/n + γ_4·(‖BᵀX‖/n + wd‖s‖ + ‖g‖), over the active
+    features, plus 2u·(wd‖s‖ + ‖g‖) on the others (where the residual is wd·s − g).
+    """
+    from .bounds import SAFETY, UNIT_ROUNDOFF, gamma
+
+    _, p, _, row_error = certified_probabilities(weight, design)
+    t, c, _ = s.shape
+    n = design.n
+    active = design.active
+    sa, ga = s[:, :, active].numpy(), g[:, :, active].numpy()
+    a, a_error = design.exact_matmul(np.ascontiguousarray(sa.reshape(t * c, -1).T))
+    a, a_error = a.reshape(n, t, c), a_error.reshape(n, t, c)
+    pa = p[:, None, :] * a
+    b = pa - p[:, None, :] * pa.sum(axis=2, keepdims=True)
+    a_max = np.abs(a).max(axis=2)  # [n, T]
+    b_error = (3 * row_error[:, None] * a_max + 2 * a_error.max(axis=2)
+               + 2 * gamma(c + 3) * a_max)  # ‖δb_i‖₁ per row and test point
+    back, back_error = design.exact_rmatmul(b.reshape(n, t * c))
+    back, back_error = back.reshape(t, c, -1), back_error.reshape(t, c, -1)
+    residual = back / n + wd * sa - ga
+    outside = wd * s[:, :, ~active].numpy() - g[:, :, ~active].numpy()
+    norms = np.sqrt(np.square(residual).sum(axis=(1, 2)) + np.square(outside).sum(axis=(1, 2)))
+    flat = lambda v: np.linalg.norm(v.reshape(t, -1), axis=1)  # noqa: E731
+    bound = SAFETY * ((b_error * design.row_norms[:, None]).sum(axis=0) / n
+                      + flat(back_error) / n
+                      + gamma(4) * (flat(back) / n + wd * flat(sa) + flat(ga))
+                      + 2 * UNIT_ROUNDOFF * (wd * flat(s[:, :, ~active].numpy())
+                                             + flat(g[:, :, ~active].numpy()))
+                      + gamma(s[0].numel() + 1) * norms)
+    return norms, bound
 
 
 def train_point_grads(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -1,28 +1,47 @@
-"""The five stages as functions over a work folder; the CLI is a thin layer on top.
+"""The stages as functions over a work folder; the CLI is a thin layer on top.
 
 Each stage reads its inputs' artifacts, refuses inputs made from another model or data,
 computes, and writes its own artifact atomically. Later stages take the dataset, data
-folder and weight decay recorded by ``train``.
+folder and weight decay recorded by ``train``. Every stage works on a set of test points
+(:class:`TestChoice`): ``ihvp`` defaults to test index 8, ``score`` to every test point its
+inverse-HVPs hold, ``loo`` to every test point its scores hold.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import artifacts as art
+from . import chunks
 from . import ihvp as ihvp_mod
 from . import loo as loo_mod
-from . import model, plot, score, train
+from . import model, score, selection, train
 from .data import Dataset, load_dataset
 from .errors import InflError, Interrupted
-from .linalg import HessianFactor
 from .progress import progress_bar
 
 SOLVER_PRIORITY = ("exact", "cg", "lissa")  # most accurate first
+DEFAULT_TEST = 8  # the paper's test point
+
+
+@dataclass
+class TestChoice:
+    """Test points asked for on the command line: ``-t`` indices, or a ``--test-sample`` of
+    that many drawn with ``seed``; neither means the stage's default."""
+
+    indices: list | None = None
+    sample: int | None = None
+    seed: int = 0
+
+    def resolve(self, n_test: int, default: list[int], available: list[int] | None = None,
+                source: str = "") -> list[int]:
+        return selection.resolve_test_indices(self.indices, self.sample, self.seed, n_test,
+                                              default, available, source)
 
 
 def _resolve_data_dir(data_dir: Path | None) -> str | None:
@@ -85,17 +104,6 @@ def load_model(workdir: Path, data: Dataset | None = None):
     return tensors["weight"], record, data
 
 
-def check_test_indices(indices: list[int], data: Dataset) -> list[int]:
-    if not indices:
-        raise InflError("give at least one --test-index")
-    bad = [i for i in indices if not 0 <= i < data.n_test]
-    if bad:
-        raise InflError(f"test index {bad[0]} out of range: {data.name} has {data.n_test} "
-                        f"test points (0..{data.n_test - 1})")
-    if len(set(indices)) != len(indices):
-        raise InflError("--test-index values repeat")
-    return list(indices)
-
 
 # ----------------------------------------------------------------------------------- ihvp
 
@@ -116,17 +124,22 @@ def validate_ihvp(solver: str, lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSet
     _validate_cg(cg)
 
 
-def run_ihvp(workdir: Path, solver: str, test_indices: list[int],
+def ihvp_tests(tests: TestChoice | None, data: Dataset) -> list[int]:
+    return (tests or TestChoice()).resolve(data.n_test, [DEFAULT_TEST])
+
+
+def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
              lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings | None = None,
              loaded=None) -> dict:
     cg = cg or ihvp_mod.CgSettings()
     validate_ihvp(solver, lissa, cg)
     weight, mrec, data = loaded or load_model(workdir)
-    idx = check_test_indices(test_indices, data)
+    idx = ihvp_tests(tests, data)
     wd = mrec["settings"]["wd"]
     sel = torch.tensor(idx, dtype=torch.int64)
     rhs = model.test_point_grads(weight, data.x_test[sel], data.y_test[sel])
-    est, report = ihvp_mod.solve(solver, weight, data.x_train, wd, rhs, lissa, cg)
+    est, report = ihvp_mod.solve(solver, weight, data.x_train, wd, rhs, lissa, cg,
+                                 design=data.design)
     record = {
         "stage": "ihvp",
         "settings": ihvp_settings(solver, idx, lissa, cg),
@@ -164,28 +177,45 @@ def _validate_cg(s: ihvp_mod.CgSettings) -> None:
 
 # ---------------------------------------------------------------------------------- score
 
-def run_score(workdir: Path, solver: str, loaded=None) -> dict:
-    weight, mrec, data = loaded or load_model(workdir)
+def score_tests(workdir: Path, solver: str, tests: TestChoice | None, data: Dataset):
+    """(ihvp tensors, ihvp record, chosen test indices): by default every test point the
+    inverse-HVPs hold."""
     tensors, irec = art.load_artifact(workdir / art.ihvp_name(solver), "ihvp",
                                       hint=f"infl ihvp --solver {solver}")
+    have = tensors["test_indices"].tolist()
+    chosen = (tests or TestChoice()).resolve(data.n_test, have, have, art.ihvp_name(solver))
+    return tensors, irec, chosen
+
+
+def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
+              loaded=None) -> dict:
+    weight, mrec, data = loaded or load_model(workdir)
+    tensors, irec, chosen = score_tests(workdir, solver, tests, data)
     if irec["inputs"]["model"] != mrec["fingerprint"]:
         raise InflError(f"{art.ihvp_name(solver)} was computed for another model than "
                         f"{art.MODEL}; rerun `infl ihvp --solver {solver}`")
+    have = tensors["test_indices"].tolist()
+    rows = torch.tensor([have.index(t) for t in chosen])
     start = time.perf_counter()
     with progress_bar("score", total=1) as update:
         influence, predicted = score.influence_scores(
-            weight, data.x_train, data.y_train, mrec["settings"]["wd"], tensors["ihvp"])
+            weight, data.x_train, data.y_train, mrec["settings"]["wd"], tensors["ihvp"][rows])
         update()
     record = {
         "stage": "score",
-        "settings": {"solver": solver},
+        "settings": score_settings(solver, chosen),
         "inputs": {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
         "n_train": data.n_train,
         "seconds": time.perf_counter() - start,
     }
     return art.save_artifact(workdir / art.scores_name(solver),
                              {"influence": influence, "predicted_loss_diff": predicted,
-                              "test_indices": tensors["test_indices"]}, record)
+                              "test_indices": torch.tensor(chosen, dtype=torch.int64)},
+                             record)
+
+
+def score_settings(solver: str, test_indices: list[int]) -> dict:
+    return {"solver": solver, "test_indices": list(test_indices)}
 
 
 def available_scores(workdir: Path) -> list[str]:
@@ -201,151 +231,239 @@ def load_scores(workdir: Path, solver: str, model_fp: str):
     return tensors, rec
 
 
-def _row(tensors, test_index: int, name: str) -> int:
-    indices = tensors["test_indices"].tolist()
-    if test_index not in indices:
-        raise InflError(f"{name} has no scores for test index {test_index} (it has {indices})")
-    return indices.index(test_index)
+def score_rows(tensors, test_indices: list[int], name: str) -> list[int]:
+    """Rows of a scores artifact for these test indices (each must be there)."""
+    have = tensors["test_indices"].tolist()
+    missing = [t for t in test_indices if t not in have]
+    if missing:
+        raise InflError(f"{name} has no scores for test index {missing[0]} (it has "
+                        f"{', '.join(map(str, have[:12]))}{', …' if len(have) > 12 else ''})")
+    return [have.index(t) for t in test_indices]
+
+
+def most_accurate_scores(workdir: Path, solver: str | None) -> str:
+    if solver is not None:
+        return solver
+    have = available_scores(workdir)
+    if not have:
+        raise InflError(f"no scores in {workdir}; run `infl score` first")
+    return have[0]
 
 
 # ------------------------------------------------------------------------------------ loo
 
-def loo_settings(solver, test_index, k, method, tol, chunk_size, max_steps) -> dict:
-    return {"solver": solver, "test_index": test_index, "k": k, "method": method, "tol": tol,
-            "chunk_size": chunk_size, "max_steps": max_steps}
+def loo_settings(solver: str, test_indices: list[int], select: str, k: int, seed: int,
+                 settings: loo_mod.LooSettings) -> dict:
+    """What a LOO artifact is made with (the seed only matters to ``--select random``)."""
+    return {"solver": solver, "test_indices": list(test_indices), "select": select,
+            "k": None if select == "all" else k, "seed": seed if select == "random" else None,
+            "method": settings.method, "tol": settings.tol, "rel_error": settings.rel_error,
+            "chunk_size": settings.chunk_size, "max_steps": settings.max_steps}
 
 
-def resolve_loo_choice(workdir: Path, solver: str | None, test_index: int | None):
-    """The scores artifact that picks the points (most accurate available by default) and
-    the test index (its first by default)."""
-    if solver is None:
-        have = available_scores(workdir)
-        if not have:
-            raise InflError(f"no scores in {workdir}; run `infl score` first")
-        solver = have[0]
-    if test_index is None:
-        path = workdir / art.scores_name(solver)
-        if not path.is_file():
-            raise InflError(f"{path} not found; run `infl score --solver {solver}` first")
-        with_indices = art.load_artifact(path, "score")[0]["test_indices"]
-        test_index = int(with_indices[0])
-    return solver, test_index
+def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1) -> None:
+    if settings.method not in loo_mod.METHODS:
+        raise InflError(f"unknown method {settings.method!r}; choose one of: "
+                        f"{', '.join(loo_mod.METHODS)}")
+    if select not in selection.SELECTIONS:
+        raise InflError(f"unknown selection {select!r}; choose one of: "
+                        f"{', '.join(selection.SELECTIONS)}")
+    if select != "all" and k < 1:
+        raise InflError(f"-k must be ≥ 1, got {k}")
+    if settings.chunk_size < 1 or settings.max_steps < 1:
+        raise InflError("--chunk-size and --max-steps must be ≥ 1")
+    if not settings.tol > 0:
+        raise InflError(f"--tol must be > 0, got {settings.tol}")
+    if not 0 <= settings.rel_error < 1:
+        raise InflError(f"--rel-error must be in [0, 1) (0: stop at --tol), "
+                        f"got {settings.rel_error}")
 
 
-def validate_loo(k: int, method: str, tol: float, chunk_size: int, max_steps: int) -> None:
-    if method not in loo_mod.METHODS:
-        raise InflError(f"unknown method {method!r}; choose one of: {', '.join(loo_mod.METHODS)}")
-    if k < 1 or chunk_size < 1 or max_steps < 1:
-        raise InflError("--num, --chunk-size and --max-steps must be ≥ 1")
-    if not tol > 0:
-        raise InflError(f"--tol must be > 0, got {tol}")
-
-
-def run_loo(workdir: Path, solver: str | None, test_index: int | None, k: int, method: str,
-            tol: float, chunk_size: int, max_steps: int = 10, loaded=None) -> dict:
-    validate_loo(k, method, tol, chunk_size, max_steps)
-    weight, mrec, data = loaded or load_model(workdir)
-    solver, test_index = resolve_loo_choice(workdir, solver, test_index)
-    check_test_indices([test_index], data)
+def plan_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
+             seed: int, settings: loo_mod.LooSettings, mrec: dict, data: Dataset):
+    """Everything that decides a LOO run, before any retraining: (settings record, inputs,
+    test indices, train indices [K], selected [T, K])."""
+    solver = most_accurate_scores(workdir, solver)
     stensors, srec = load_scores(workdir, solver, mrec["fingerprint"])
-    row = _row(stensors, test_index, art.scores_name(solver))
-    k = min(k, data.n_train)
-    removed = score.top_k_by_magnitude(stensors["influence"][row], k)
-    settings = loo_settings(solver, test_index, k, method, tol, chunk_size, max_steps)
+    have = stensors["test_indices"].tolist()
+    chosen = (tests or TestChoice()).resolve(data.n_test, have, have, art.scores_name(solver))
+    rows = score_rows(stensors, chosen, art.scores_name(solver))
+    selection.check_selection(select, k, data.n_train)
+    train_idx, selected = selection.select_removals(select, k, stensors["influence"][rows], seed)
+    record = loo_settings(solver, chosen, select, k, seed, settings)
     inputs = {"model": mrec["fingerprint"], "scores": srec["fingerprint"]}
-    partial_path = workdir / art.LOO_PARTIAL
-    done = None
-    if partial_path.is_file():
-        ptensors, prec = art.load_artifact(partial_path)
-        if prec.get("settings") == settings and prec.get("inputs") == inputs and \
-                torch.equal(ptensors["train_indices"], removed):
-            done = dict(ptensors, n_done=prec["n_done"])
+    return record, inputs, chosen, train_idx, selected
 
-    saved = {"n": int(done["n_done"]) if done else 0}
 
-    def checkpoint(out, n_done):
-        art.save_artifact(partial_path, {"train_indices": removed, **out},
-                          {"stage": "loo-partial", "settings": settings, "inputs": inputs,
-                           "n_done": n_done})
-        saved["n"] = n_done
+def build_problem(weight, mrec, data: Dataset, test_indices: list[int],
+                  settings: loo_mod.LooSettings) -> loo_mod.LooProblem:
+    """The LOO problem of a model (its factored Hessian, with a progress bar)."""
+    sel = torch.tensor(test_indices, dtype=torch.int64)
+    c = weight.shape[0]
+    with progress_bar("loo: Hessian blocks", total=c * (c - 1) // 2) as update:
+        return loo_mod.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
+                                  data.x_test[sel], data.y_test[sel],
+                                  build_factor=settings.method == "newton", on_block=update)
 
-    wd = mrec["settings"]["wd"]
+
+def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
+            seed: int, settings: loo_mod.LooSettings, loaded=None, runner=None) -> dict:
+    """Retrain without every selected training point, certified; writes loo.safetensors.
+
+    ``runner(problem_factory, store, settings, update)`` solves the store's open chunks
+    (default: :func:`~infl_cli.chunks.run_in_process`; a cluster runner ships chunks to
+    workers) and returns facts for the record (workers, seconds)."""
+    validate_loo(settings, select, k)
+    weight, mrec, data = loaded or load_model(workdir)
+    record_settings, inputs, chosen, train_idx, selected = plan_loo(
+        workdir, solver, tests, select, k, seed, settings, mrec, data)
+    store = chunks.PartialResults(workdir / art.LOO_PARTIAL, train_idx, chosen, selected,
+                                  settings.chunk_size, record_settings, inputs)
+    total = len(train_idx)
     start = time.perf_counter()
-    factor = None
-    factor_seconds = 0.0
-    if method == "newton":
-        c = weight.shape[0]
-        with progress_bar("loo: Hessian blocks", total=c * (c - 1) // 2) as update:
-            # a float32 preconditioner is enough: every removal is certified in float64
-            factor = HessianFactor(weight, data.x_train, wd, on_block=update,
-                                   dtype=torch.float32, explicit_inverse=True)
-        factor_seconds = time.perf_counter() - start
+    built = {}
+
+    def problem():
+        """Built on first use: a rerun with every chunk saved needs no Hessian."""
+        if "problem" not in built:
+            t0 = time.perf_counter()
+            built["problem"] = build_problem(weight, mrec, data, chosen, settings)
+            built["seconds"] = time.perf_counter() - t0
+        return built["problem"]
+
+    run_facts = {"workers": 1, "seconds": 0.0}
     try:
-        with progress_bar(f"loo ({method}) points", total=k) as update:
-            out, stats = loo_mod.retrain(method, weight, data.x_train, data.y_train, wd,
-                                         data.x_test[test_index], data.y_test[test_index],
-                                         removed, tol, chunk_size, max_steps, factor, done,
-                                         checkpoint, update)
+        with progress_bar(f"loo ({settings.method}) removals", total=total) as update:
+            update(advance=store.n_done)
+            if store.pending():
+                if runner is None:
+                    run_facts = chunks.run_in_process(problem(), store, settings, update)
+                else:
+                    run_facts = runner(problem, store, settings, update)
     except (KeyboardInterrupt, Interrupted):
-        raise Interrupted(f"interrupted; {saved['n']} of {k} removals are saved in "
-                          f"{partial_path}; rerun the same command to continue") from None
-    record = {
-        "stage": "loo",
-        "settings": settings,
-        "inputs": inputs,
-        "test_index": test_index,
-        "max_grad_norm": float(out["grad_norm"].max()),
-        "certified": int((out["grad_norm"] <= tol).sum()),
-        "fallbacks": int(out["fallback"].sum()),
-        "data_passes": stats["passes"],
-        "correction_passes": stats["correction_passes"],
-        "factor_seconds": factor_seconds,
-        "seconds": time.perf_counter() - start,
-        "resumed_from": int(done["n_done"]) if done else 0,
-    }
-    result = art.save_artifact(workdir / art.LOO, {
-        "train_indices": removed, "test_index": torch.tensor([test_index]), **out}, record)
-    partial_path.unlink(missing_ok=True)
-    if record["certified"] < k:
-        raise InflError(f"{k - record['certified']} of {k} removals did not reach gradient norm "
-                        f"≤ {tol:g} (max {record['max_grad_norm']:.2e}); see {art.LOO}")
+        raise Interrupted(f"interrupted; {store.n_done} of {total} removals are saved in "
+                          f"{store.path}; rerun the same command to continue") from None
+    record = _loo_record(store, record_settings, inputs, settings, built.get("problem"), mrec)
+    record.update(factor_seconds=built.get("seconds", 0.0), workers=run_facts["workers"],
+                  seconds=time.perf_counter() - start, resumed_from=store.resumed_from,
+                  removals_per_second=(run_facts.get("solved", 0) / run_facts["seconds"]
+                                       if run_facts.get("seconds") else None))
+    result = art.save_artifact(workdir / art.LOO, store.final_tensors(), record)
+    store.discard()
+    if record["certified"] < total:
+        raise InflError(f"{total - record['certified']} of {total} removals did not reach "
+                        f"gradient norm ≤ {settings.tol:g} (max bound "
+                        f"{record['max_grad_norm_bound']:.2e}); see {art.LOO}")
     return result
+
+
+def _loo_record(store: chunks.PartialResults, record_settings: dict, inputs: dict,
+                settings: loo_mod.LooSettings, problem, mrec: dict) -> dict:
+    a = store.arrays
+    grad_bound = a["grad_norm"] + a["grad_rounding"]  # proven upper bounds on ‖∇R₋z‖
+    sel = store.selected
+    actual, bound = a["actual_loss_diff"], a["actual_error_bound"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(sel, bound / np.abs(actual), np.nan)
+    within = np.where(sel, bound <= settings.rel_error * np.abs(actual), False)
+    below = np.argwhere(sel & ~within)
+    worst = sorted(below.tolist(), key=lambda tk: -ratio[tk[0], tk[1]])[:10]
+    return {
+        "stage": "loo",
+        "settings": record_settings,
+        "inputs": inputs,
+        "test_indices": store.test_indices.tolist(),
+        "n_removals": int(len(store.train_indices)),
+        "certified": int((grad_bound <= settings.tol).sum()),
+        "max_grad_norm": float(np.nanmax(a["grad_norm"])),
+        "max_grad_norm_bound": float(np.nanmax(grad_bound)),
+        "pairs_selected": int(sel.sum()),
+        "pairs_within_target": int(within.sum()),
+        "max_error_bound": float(np.nanmax(np.where(sel, bound, np.nan))),
+        "worst_bound_ratio": float(np.nanmax(ratio)),
+        "below_target": [{"test_index": int(store.test_indices[t]),
+                          "train_index": int(store.train_indices[j]),
+                          "actual_change": float(actual[t, j]),
+                          "error_bound": float(bound[t, j])} for t, j in worst],
+        "baseline_error": problem.baseline_error.tolist() if problem is not None else None,
+        "train_grad_norm_certified": mrec.get("grad_norm_certified"),
+        "fallbacks": int(a["fallback"].sum()),
+        "float64_passes": int(store.stats["float64_passes"]),
+        "float32_passes": int(store.stats["float32_passes"]),
+        "chunk_seconds": float(store.stats["chunk_seconds"]),
+    }
 
 
 # ----------------------------------------------------------------------------------- plot
 
 def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None) -> dict:
+    """Figures of predicted against actual change and ``metrics.json`` (see :mod:`plot`)."""
+    from . import plot
+
     ltensors, lrec = art.load_artifact(workdir / art.LOO, "loo", hint="infl loo")
     mrec = art.read_record(workdir / art.MODEL)
     if lrec["inputs"]["model"] != mrec["fingerprint"]:
         raise InflError(f"{art.LOO} was computed for another model than {art.MODEL}; "
                         "rerun `infl loo`")
     solvers = list(solvers) if solvers else [lrec["settings"]["solver"]]
-    test_index = int(lrec["test_index"])
-    actual = ltensors["actual_loss_diff"].numpy()
-    order_idx = ltensors["train_indices"]
-    panels, metrics = [], {"test_index": test_index, "k": int(actual.shape[0]),
-                           "loo": {"settings": lrec["settings"],
-                                   "max_grad_norm": lrec["max_grad_norm"],
-                                   "seconds": lrec["seconds"]},
-                           "model": {key: mrec.get(key) for key in
-                                     ("settings", "grad_norm", "train_loss", "test_accuracy")},
-                           "panels": {}}
-    for solver in solvers:
-        stensors, srec = load_scores(workdir, solver, lrec["inputs"]["model"])
-        row = _row(stensors, test_index, art.scores_name(solver))
-        predicted = stensors["predicted_loss_diff"][row, order_idx].numpy()
-        m = plot.agreement(actual, predicted)
-        irec = art.read_record(workdir / art.ihvp_name(solver)) \
-            if (workdir / art.ihvp_name(solver)).is_file() else {}
-        m["ihvp"] = irec.get("report", {})
-        metrics["panels"][solver] = m
-        panels.append({"solver": solver, "actual": actual, "predicted": predicted,
-                       "pearson_r": m["pearson_r"], "test_index": test_index})
-    png = Path(out) if out else workdir / "fig2_middle.png"
+    test_indices = ltensors["test_indices"].tolist()
+    select = lrec["settings"]["select"]
+    png = Path(out) if out else workdir / plot.default_figure_name(select, len(test_indices))
     if png.suffix.lower() != ".png":
         raise InflError(f"--out must end in .png (a .pdf copy is written beside it), got {png}")
-    plot.draw(panels, png, png.with_suffix(".pdf"), art.atomic_write)
-    metrics["figure"] = str(png)
+    train_idx = ltensors["train_indices"]
+    panels = {}
+    for solver in solvers:
+        stensors, srec = load_scores(workdir, solver, lrec["inputs"]["model"])
+        rows = score_rows(stensors, test_indices, art.scores_name(solver))
+        irec = art.read_record(workdir / art.ihvp_name(solver)) \
+            if (workdir / art.ihvp_name(solver)).is_file() else {}
+        panels[solver] = {"predicted": stensors["predicted_loss_diff"][rows][:, train_idx].numpy(),
+                          "ihvp": irec.get("report", {})}
+    loo_view = plot.LooView(test_indices=test_indices, train_indices=train_idx.numpy(),
+                            actual=ltensors["actual_loss_diff"].numpy(),
+                            bound=ltensors["actual_error_bound"].numpy(),
+                            selected=ltensors["selected"].numpy(), select=select)
+    metrics = plot.make_figures(loo_view, panels, png, art.atomic_write)
+    metrics["loo"] = {key: lrec.get(key) for key in (
+        "settings", "max_grad_norm_bound", "pairs_selected", "pairs_within_target",
+        "worst_bound_ratio", "max_error_bound", "baseline_error", "seconds")}
+    metrics["model"] = {key: mrec.get(key) for key in (
+        "settings", "grad_norm", "grad_norm_certified", "train_loss", "test_accuracy")}
     art.write_json(workdir / art.METRICS, metrics)
     return metrics
+
+
+# ----------------------------------------------------------------------------------- show
+
+def run_show(workdir: Path, test_index: int | None, count: int, solver: str | None,
+             out: Path | None) -> dict:
+    """The explanation of one test prediction as images (see :mod:`explain`); by default of
+    the first test point scored. Writes only the image: it takes no lock."""
+    from . import explain
+
+    if count < 1:
+        raise InflError(f"-n must be ≥ 1, got {count}")
+    weight, mrec, data = load_model(workdir)
+    solver = most_accurate_scores(workdir, solver)
+    stensors, _ = load_scores(workdir, solver, mrec["fingerprint"])
+    if test_index is None:
+        test_index = int(stensors["test_indices"][0])
+    if not 0 <= test_index < data.n_test:
+        raise InflError(f"test index {test_index} out of range: the test set has "
+                        f"{data.n_test} points (0..{data.n_test - 1})")
+    row = score_rows(stensors, [test_index], art.scores_name(solver))[0]
+    predicted = stensors["predicted_loss_diff"][row].numpy()
+    actual = None
+    if (workdir / art.LOO).is_file():
+        ltensors, lrec = art.load_artifact(workdir / art.LOO, "loo")
+        lt = ltensors["test_indices"].tolist()
+        if lrec["inputs"]["model"] == mrec["fingerprint"] and test_index in lt:
+            t = lt.index(test_index)
+            actual = (ltensors["train_indices"].numpy(), ltensors["actual_loss_diff"][t].numpy(),
+                      ltensors["actual_error_bound"][t].numpy())
+    png = Path(out) if out else workdir / f"explain-{test_index}.png"
+    if png.suffix.lower() != ".png":
+        raise InflError(f"--out must end in .png, got {png}")
+    return explain.explain(weight, data, test_index, predicted, actual, count, solver, png,
+                           art.atomic_write)

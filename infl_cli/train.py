@@ -136,7 +136,7 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
     where the proven bound ‖ĝ‖ + (rounding bound) stops falling. Returns a dict with the
     weight and the certified figures."""
     x = design
-    grad, probs, _, rounding = model.certified_gradient(w, design, y, wd)
+    grad, probs, _, rounding, _ = model.certified_gradient(w, design, y, wd)
     best = {"weight": w, "grad_norm_certified": float(grad.norm()) + rounding,
             "grad_rounding": rounding, "polish_steps": 0}
     for step in range(1, max_steps + 1):
@@ -147,7 +147,7 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
                                              -grad[None], rtol=1e-6, max_iter=200,
                                              precondition=precondition)
         w = w + direction[0]
-        grad, probs, _, rounding = model.certified_gradient(w, design, y, wd)
+        grad, probs, _, rounding, _ = model.certified_gradient(w, design, y, wd)
         bound = float(grad.norm()) + rounding
         if not bound < 0.5 * best["grad_norm_certified"]:
             break

@@ -1,7 +1,9 @@
 """Every stage through the CLI on mnist-tiny; bad input fails cleanly."""
 
 import json
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -40,7 +42,12 @@ def test_stages_write_documented_artifacts(workdir):
     assert scores["influence"].shape == (2, 1000)
     assert torch.allclose(scores["predicted_loss_diff"], -scores["influence"] / 1000)
     loo = load_file(str(workdir / "loo.safetensors"))
-    assert loo["train_indices"].shape == (40,) and float(loo["grad_norm"].max()) <= 1e-8
+    assert loo["train_indices"].shape == (40,) and loo["test_indices"].tolist() == [8]
+    for key in ("actual_loss_diff", "actual_error_bound", "selected"):
+        assert loo[key].shape == (1, 40), key
+    assert bool(loo["selected"].all()) and loo["steps"].dtype == torch.int64
+    assert float((loo["grad_norm"] + loo["grad_rounding"]).max()) <= 1e-8
+    assert bool((loo["actual_error_bound"] <= 0.01 * loo["actual_loss_diff"].abs()).all())
     cg = load_file(str(workdir / "scores-cg.safetensors"))["influence"][0]
     assert loo["train_indices"].tolist() == cg.abs().topk(40).indices.tolist()
     metrics = json.loads((workdir / "metrics.json").read_text())
@@ -49,6 +56,27 @@ def test_stages_write_documented_artifacts(workdir):
     assert (workdir / "fig2_middle.png").stat().st_size > 10_000
     assert (workdir / "fig2_middle.pdf").is_file()
     assert not list(workdir.glob(".*tmp")) and not (workdir / "loo.partial.safetensors").exists()
+    assert not (workdir / ".infl.lock").exists()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in workdir.iterdir():  # as a plain open() would make them (issue: were 0600)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+def test_show_draws_the_extremes_of_the_predicted_change(workdir):
+    from infl_cli import stages
+
+    result = stages.run_show(workdir, 8, 3, None, workdir / "explain-test.png")
+    predicted = load_file(str(workdir / "scores-cg.safetensors"))["predicted_loss_diff"][0]
+    helpful = [r["train_index"] for r in result["rows"] if r["kind"] == "helpful"]
+    harmful = [r["train_index"] for r in result["rows"] if r["kind"] == "harmful"]
+    assert helpful == predicted.topk(3).indices.tolist()
+    assert harmful == (-predicted).topk(3).indices.tolist()
+    assert all(r["actual_change"] is not None for r in result["rows"])  # all in LOO's top 40
+    assert (workdir / "explain-test.png").stat().st_size > 10_000
+    proc = infl("show", "-w", workdir, "-n", 2)
+    assert proc.returncode == 0 and (workdir / "explain-8.png").is_file()
+    assert str(helpful[0]) in proc.stderr and str(harmful[0]) in proc.stderr
 
 
 def test_help_shows_defaults():
@@ -77,10 +105,21 @@ def test_run_skips_up_to_date_stages(tmp_path):
 
 
 def test_missing_inputs_fail_cleanly(tmp_path):
-    for stage in ("ihvp", "score", "loo", "plot"):
+    for stage in ("ihvp", "score", "loo", "plot", "show"):
         proc = infl(stage, "-w", tmp_path / "empty")
         assert_clean_failure(proc)
         assert "not found" in proc.stderr or "no scores" in proc.stderr
+    assert not (tmp_path / "empty").exists()  # and no folder was left behind
+
+
+def test_show_before_score_fails_cleanly(tmp_path):
+    assert infl("train", "-w", tmp_path, "--dataset", "mnist-tiny").returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = infl("show", "-w", tmp_path)
+    assert_clean_failure(proc)
+    assert "no scores" in proc.stderr and "infl score" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_mismatched_inputs_are_refused(workdir, tmp_path):
@@ -129,6 +168,18 @@ def test_bad_train_input(tmp_path, args, message):
     (["loo", "-t", "3", "--solver", "cg"], "no scores for test index 3"),
     (["loo", "--method", "sgd"], "unknown method"),
     (["plot", "--out", "fig.jpg"], "must end in .png"),
+    (["ihvp", "--test-sample", "0"], "--test-sample must be between 1 and 200"),
+    (["ihvp", "--test-sample", "201"], "--test-sample must be between 1 and 200"),
+    (["ihvp", "-t", "8", "--test-sample", "3"], "not both"),
+    (["score", "-t", "5"], "no scores for test index 5"),
+    (["loo", "--select", "random", "-k", "1001"], "-k must be between 1 and 1000"),
+    (["loo", "--select", "bogus"], "unknown selection"),
+    (["loo", "-t", "5000"], "out of range"),
+    (["loo", "--rel-error", "1.5"], "--rel-error must be in [0, 1)"),
+    (["show", "-t", "5000"], "out of range"),
+    (["show", "-t", "3", "--solver", "cg"], "no scores for test index 3"),
+    (["show", "-n", "0"], "-n must be ≥ 1"),
+    (["show", "--out", "x.jpg"], "must end in .png"),
 ])
 def test_bad_stage_input(workdir, args, message):
     before = sorted(p.name for p in workdir.iterdir())

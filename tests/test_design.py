@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from infl_cli.design import DesignMatrix, weighted_grams
 

@@ -2,142 +2,139 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from infl_cli import loo, model, score, train
+from infl_cli import bounds, loo, model, score, selection, stages, train
 from infl_cli.errors import Interrupted
 from infl_cli.linalg import HessianFactor
 
 WD = 0.01
+TESTS = [8, 3, 60]
 
 
 @pytest.fixture(scope="module")
 def fitted(tiny):
     w, _ = train.fit(tiny, WD, 1e-11)
-    factor = HessianFactor(w, tiny.x_train, WD)
-    s = factor.solve(model.test_point_grads(w, tiny.x_test[8:9], tiny.y_test[8:9]))
+    factor = HessianFactor(w, tiny.design, WD)
+    s = factor.solve(model.test_point_grads(w, tiny.x_test[TESTS], tiny.y_test[TESTS]))
     influence, predicted = score.influence_scores(w, tiny.x_train, tiny.y_train, WD, s)
-    return w, factor, influence[0], predicted[0]
+    problem = loo.LooProblem(w, tiny.design, tiny.y_train, WD, tiny.x_test[TESTS],
+                             tiny.y_test[TESTS])
+    return w, problem, influence, predicted
 
 
-def _retrain(tiny, w, factor, removed, method="newton", **kw):
-    return loo.retrain(method, w, tiny.x_train, tiny.y_train, WD, tiny.x_test[8],
-                       tiny.y_test[8], removed, 1e-8, kw.pop("chunk_size", 8), factor=factor,
-                       **kw)
+def _solve(problem, removed, **kw):
+    removed = np.asarray(removed)
+    selected = kw.pop("selected", np.ones((len(problem.y_test), len(removed)), dtype=bool))
+    return loo.solve_chunk(problem, removed, selected, loo.LooSettings(**kw))
+
+
+def _reference(tiny, w, z, tol=1e-13):
+    """Ŵ₋z from scratch (no warm start), polished to its certified floor, and the test losses'
+    changes f_t(Ŵ₋z) − f_t(Ŵ) with their own error bound (the reference is not exact)."""
+    keep = torch.ones(tiny.n_train, dtype=torch.bool)
+    keep[z] = False
+    sub = type(tiny)(tiny.name, tiny.x_train[keep], tiny.y_train[keep], tiny.x_test,
+                     tiny.y_test, "sub", tiny.pixel_scale)
+    w_z, info = train.fit(sub, WD, tol)
+    x_t, y_t = tiny.x_test[TESTS], tiny.y_test[TESTS]
+    change = (model.cross_entropy(w_z, x_t, y_t) - model.cross_entropy(w, x_t, y_t)).numpy()
+    p = model.probabilities(w_z, x_t)
+    p[torch.arange(len(TESTS)), y_t] -= 1
+    grad_f = (p.norm(dim=1) * x_t.norm(dim=1)).numpy()
+    r = bounds.radius(info["grad_norm_certified"], WD)
+    own = bounds.test_loss_error(grad_f, r, x_t.norm(dim=1).numpy())
+    return change, own + 1e-14 * (1 + np.abs(change))  # + rounding of the two float64 losses
+
+
+def test_every_error_bound_holds_against_tight_retraining(tiny, fitted):
+    """Top and random removals, each solved by the certified iteration at three precisions:
+    the certified bound always covers the distance to a from-scratch retraining certified to
+    ‖∇‖ ≲ 1e-13 (whose own error bound is added), and the default precision meets 1 %."""
+    w, problem, influence, _ = fitted
+    top = score.top_k_by_magnitude(influence[0], 3).tolist()
+    random = np.random.default_rng(0).choice(tiny.n_train, 3, replace=False).tolist()
+    removed = top + random
+    references = [_reference(tiny, w, z) for z in removed]
+    for settings in ({}, {"rel_error": 0.0}, {"rel_error": 0.0, "tol": 1e-5, "max_steps": 1,
+                                              "fast_correction": False}):
+        out, _ = _solve(problem, removed, **settings)
+        for i, (ref, ref_bound) in enumerate(references):
+            gap = np.abs(out["actual_loss_diff"][:, i] - ref)
+            assert (gap <= out["actual_error_bound"][:, i] + ref_bound).all(), (settings, i, gap)
+        if not settings:
+            assert (out["actual_error_bound"] <= 0.01 * np.abs(out["actual_loss_diff"])).all()
+            assert (out["grad_norm"] + out["grad_rounding"] <= 1e-8).all()
 
 
 def test_newton_loo_equals_independent_retraining(tiny, fitted):
-    w, factor, influence, _ = fitted
-    removed = score.top_k_by_magnitude(influence, 6)
-    out, _ = _retrain(tiny, w, factor, removed)
-    assert float(out["grad_norm"].max()) <= 1e-8
+    w, problem, influence, _ = fitted
+    removed = score.top_k_by_magnitude(influence[0], 4).numpy()
+    out, stats = _solve(problem, removed)
+    assert stats["float32_passes"] == 1 and stats["float64_passes"] >= 1
     for i, z in enumerate(removed.tolist()):
-        keep = torch.ones(tiny.n_train, dtype=torch.bool)
-        keep[z] = False
-        sub = type(tiny)(tiny.name, tiny.x_train[keep], tiny.y_train[keep], tiny.x_test,
-                         tiny.y_test, "sub", tiny.pixel_scale)
-        w_z, info = train.fit(sub, WD, 1e-11)  # from scratch, no warm start
-        truth = (model.cross_entropy(w_z, tiny.x_test[8:9], tiny.y_test[8:9])
-                 - model.cross_entropy(w, tiny.x_test[8:9], tiny.y_test[8:9]))[0]
-        assert math.isclose(float(out["actual_loss_diff"][i]), float(truth), rel_tol=1e-6,
-                            abs_tol=1e-9)
+        truth, truth_bound = _reference(tiny, w, z, tol=1e-11)
+        gap = np.abs(out["actual_loss_diff"][:, i] - truth)
+        assert (gap <= out["actual_error_bound"][:, i] + truth_bound).all()
+        assert (gap <= 1e-4 * np.abs(truth) + 1e-9).all()  # and the bounds are not vacuous
 
 
 def test_lbfgs_method_agrees_with_newton(tiny, fitted):
-    w, factor, influence, _ = fitted
-    removed = score.top_k_by_magnitude(influence, 2)
-    newton, _ = _retrain(tiny, w, factor, removed)
-    lbfgs, _ = _retrain(tiny, w, None, removed, method="lbfgs")
-    assert torch.allclose(newton["actual_loss_diff"], lbfgs["actual_loss_diff"], rtol=1e-4,
-                          atol=1e-7)
+    w, problem, influence, _ = fitted
+    removed = score.top_k_by_magnitude(influence[0], 2).numpy()
+    newton, _ = _solve(problem, removed)
+    lbfgs, _ = _solve(problem, removed, method="lbfgs")
+    gap = np.abs(newton["actual_loss_diff"] - lbfgs["actual_loss_diff"])
+    assert (gap <= newton["actual_error_bound"] + lbfgs["actual_error_bound"]).all()
+    assert (lbfgs["grad_norm"] + lbfgs["grad_rounding"] <= 1e-8).all()
 
 
 def test_predicted_matches_actual_on_tiny(tiny, fitted):
-    w, factor, influence, predicted = fitted
-    removed = score.top_k_by_magnitude(influence, 100)
-    out, _ = _retrain(tiny, w, factor, removed, chunk_size=50)
-    assert float(out["grad_norm"].max()) <= 1e-8
-    actual = out["actual_loss_diff"]
-    r = torch.corrcoef(torch.stack([actual, predicted[removed]]))[0, 1]
+    w, problem, influence, predicted = fitted
+    removed = score.top_k_by_magnitude(influence[0], 100).numpy()
+    out, _ = _solve(problem, removed, chunk_size=50)
+    actual = torch.from_numpy(out["actual_loss_diff"][0])
+    r = torch.corrcoef(torch.stack([actual, predicted[0][removed]]))[0, 1]
     assert r > 0.99, r
 
 
-def test_chunked_resume_equals_one_run(tiny, fitted):
-    w, factor, influence, _ = fitted
-    removed = score.top_k_by_magnitude(influence, 12)
-    whole, _ = _retrain(tiny, w, factor, removed, chunk_size=4)
-    saved = {}
-
-    def checkpoint(out, n_done):
-        if n_done == 4:
-            saved.update({k: v.clone() for k, v in out.items()}, n_done=n_done)
-
-    _retrain(tiny, w, factor, removed[:4], chunk_size=4, on_chunk=checkpoint)
-    resumed, _ = _retrain(tiny, w, factor, removed, chunk_size=4, done=saved)
-    for key in whole:
-        assert torch.equal(whole[key], resumed[key]), key
-
-
-def test_interrupted_loo_stage_resumes_to_identical_artifact(tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    from infl_cli import ihvp as ihvp_mod
-    from infl_cli import loo as loo_mod
-    from infl_cli import stages
-
-    def prepare(w):
-        stages.run_train(w, "mnist-tiny", None, WD, 1e-10, 5000)
-        stages.run_ihvp(w, "cg", [8], ihvp_mod.LissaSettings())
-        stages.run_score(w, "cg")
-
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    for w in (whole, cut):
-        prepare(w)
-    stages.run_loo(whole, None, None, 12, "newton", 1e-8, 4)
-
-    real = loo_mod.newton_chunk
-    calls = {"n": 0}
-
-    def interrupting(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(loo_mod, "newton_chunk", interrupting)
-    with pytest.raises(Interrupted, match="8 of 12 removals are saved"):
-        stages.run_loo(cut, None, None, 12, "newton", 1e-8, 4)
-    assert (cut / "loo.partial.safetensors").is_file() and not (cut / "loo.safetensors").exists()
-    monkeypatch.setattr(loo_mod, "newton_chunk", real)
-    record = stages.run_loo(cut, None, None, 12, "newton", 1e-8, 4)
-    assert record["resumed_from"] == 8
-    assert not (cut / "loo.partial.safetensors").exists()
-    a, b = load_file(str(whole / "loo.safetensors")), load_file(str(cut / "loo.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def test_correction_pass_is_accurate_and_only_saves_passes(tiny, fitted):
+    """The float32 delta-form gradient is accurate relative to the change it measures, and
+    runs with and without it agree within their certified bounds."""
+    w, problem, influence, _ = fitted
+    removed = score.top_k_by_magnitude(influence[0], 6).numpy()
+    xz = problem.design.rows(removed)
+    base, base_error = problem.base_gradient(removed, xz)
+    deltas = -problem.factor.solve(torch.from_numpy(base)).numpy() * (tiny.n_train - 1) / \
+        tiny.n_train  # about the first Newton step
+    exact, rounding = problem.gradient(removed, xz, deltas, base, base_error, True)
+    fast, _ = problem.gradient(removed, xz, deltas, base, base_error, False)
+    change = np.linalg.norm((exact - base).reshape(6, -1), axis=1)
+    assert (np.linalg.norm((fast - exact).reshape(6, -1), axis=1) / change).max() < 1e-5
+    assert (rounding < 1e-10).all()  # the rounding bound is far below any --tol
+    out_fast, stats_fast = _solve(problem, removed)
+    out_slow, stats_slow = _solve(problem, removed, fast_correction=False)
+    assert stats_fast["float64_passes"] <= stats_slow["float64_passes"]
+    gap = np.abs(out_fast["actual_loss_diff"] - out_slow["actual_loss_diff"])
+    assert (gap <= out_fast["actual_error_bound"] + out_slow["actual_error_bound"]).all()
 
 
-def test_correction_pass_equals_float64_gradient(tiny, fitted):
-    """The float32 delta-form pass is accurate relative to the change it measures."""
-    w, factor, influence, _ = fitted
-    x, y, n = tiny.x_train, tiny.y_train, tiny.n_train
-    removed = score.top_k_by_magnitude(influence, 6)
-    grad_full = model.objective_and_grad(w, x, y, WD)[1]
-    at_hat = (n * grad_full[None] - model.train_point_grads(w, x[removed], y[removed], WD)) / (n - 1)
-    deltas = -factor.solve(at_hat) * (n - 1) / n  # about the first Newton step
-    logits0 = x @ w.T
-    exact = loo.loo_gradients(w, x, y, WD, logits0, removed, deltas)
-    correction = loo.CorrectionPass(logits0, x[:, factor.active], factor.active)
-    fast = correction(w, x, WD, removed, deltas, at_hat)
-    change = (exact - at_hat).flatten(1).norm(dim=1)
-    err = (fast - exact).flatten(1).norm(dim=1)
-    assert float((err / change).max()) < 1e-5
-    # and the Newton run with it certifies every removal, in fewer float64 passes
-    out_fast, stats_fast = _retrain(tiny, w, factor, removed)
-    out_slow, stats_slow = _retrain(tiny, w, factor, removed, fast_correction=False)
-    assert bool((out_fast["grad_norm"] <= 1e-8).all()) and stats_fast["correction_passes"] > 0
-    assert stats_fast["passes"] <= stats_slow["passes"]
-    assert torch.allclose(out_fast["actual_loss_diff"], out_slow["actual_loss_diff"], atol=1e-9)
+def test_delta_pass_equals_direct_gradient(tiny, fitted):
+    """The delta-form pass equals ∇R₋z computed directly (weighted objective) at Ŵ + Δ."""
+    w, problem, influence, _ = fitted
+    removed = np.array([5, 77])
+    xz = problem.design.rows(removed)
+    base, base_error = problem.base_gradient(removed, xz)
+    deltas = 1e-3 * np.random.default_rng(2).standard_normal((2, 10, problem.design.width))
+    grad, _ = problem.gradient(removed, xz, deltas, base, base_error, True)
+    for i, z in enumerate(removed):
+        weights = torch.ones(tiny.n_train, dtype=torch.float64)
+        weights[z] = 0
+        direct = model.objective_and_grad(problem.weight + torch.from_numpy(deltas[i]),
+                                          problem.design, tiny.y_train, WD, weights)[1]
+        assert np.allclose(grad[i], direct.numpy(), rtol=0, atol=1e-13)
 
 
 def test_secant_direction_satisfies_the_secant_equation():
@@ -166,3 +163,155 @@ def test_secant_direction_satisfies_the_secant_equation():
     bad = history + [(s_last, -y_last)]
     assert torch.allclose(loo._secant_direction(g, rows, bad, apply_p),
                           loo._secant_direction(g, rows, history, apply_p))
+
+
+def test_selections(fitted):
+    _, _, influence, _ = fitted
+    train_idx, selected = selection.select_removals("top", 5, influence[:2], seed=0)
+    tops = [score.top_k_by_magnitude(influence[i], 5).tolist() for i in range(2)]
+    assert train_idx[:5].tolist() == tops[0]
+    assert sorted(train_idx.tolist()) == sorted(set(tops[0] + tops[1]))
+    for i in range(2):
+        assert sorted(train_idx[selected[i]].tolist()) == sorted(tops[i])
+    first, sel = selection.select_removals("random", 30, influence, seed=4)
+    again, _ = selection.select_removals("random", 30, influence, seed=4)
+    other, _ = selection.select_removals("random", 30, influence, seed=5)
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert len(set(first.tolist())) == 30 and sel.all() and sel.shape == (3, 30)
+    every, sel = selection.select_removals("all", 0, influence, seed=0)
+    assert np.array_equal(every, np.arange(influence.shape[1])) and sel.all()
+    assert selection.sample_test_indices(200, 5, 1) == selection.sample_test_indices(200, 5, 1)
+
+
+def _prepare(work):
+    stages.run_train(work, "mnist-tiny", None, WD, 1e-10, 5000)
+    from infl_cli import ihvp as ihvp_mod
+
+    stages.run_ihvp(work, "cg", stages.TestChoice([8, 3]), ihvp_mod.LissaSettings())
+    stages.run_score(work, "cg")
+
+
+@pytest.fixture(scope="module")
+def stage_work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("stage")
+    _prepare(work)
+    return work
+
+
+def _artifact(work):
+    from safetensors.torch import load_file
+
+    return load_file(str(work / "loo.safetensors"))
+
+
+def test_multi_test_loo_equals_single_test_runs(stage_work, tmp_path):
+    """One run for tests 8 and 3 retrains the union once; each test point's own top-k equal
+    its single-test run's, within both runs' certified bounds."""
+    import shutil
+
+    settings = loo.LooSettings(chunk_size=7)
+    both = stages.run_loo(stage_work, None, stages.TestChoice([8, 3]), "top", 12, 0, settings)
+    joint = _artifact(stage_work)
+    assert joint["actual_loss_diff"].shape == (2, both["n_removals"])
+    assert 12 < both["n_removals"] <= 24 and joint["selected"].sum(1).tolist() == [12, 12]
+    for row, t in enumerate([8, 3]):
+        single = tmp_path / f"single{t}"
+        shutil.copytree(stage_work, single)
+        stages.run_loo(single, None, stages.TestChoice([t]), "top", 12, 0, settings)
+        alone = _artifact(single)
+        mine = joint["selected"][row]
+        position = {int(j): i for i, j in enumerate(joint["train_indices"].tolist())}
+        assert sorted(joint["train_indices"][mine].tolist()) == \
+            sorted(alone["train_indices"].tolist())
+        at = torch.tensor([position[int(j)] for j in alone["train_indices"]])
+        gap = (joint["actual_loss_diff"][row, at] - alone["actual_loss_diff"][0]).abs()
+        assert bool((gap <= joint["actual_error_bound"][row, at]
+                     + alone["actual_error_bound"][0]).all())
+
+
+@pytest.mark.parametrize("select, k", [("random", 25), ("all", 0)])
+def test_random_and_all_selections_run_and_certify(stage_work, tmp_path, select, k):
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(stage_work, work)
+    record = stages.run_loo(work, None, stages.TestChoice([8]), select, k, 3,
+                            loo.LooSettings(chunk_size=100 if select == "all" else 10))
+    out = _artifact(work)
+    n = 25 if select == "random" else 1000
+    assert out["train_indices"].shape == (n,) and bool(out["selected"].all())
+    assert record["certified"] == n and record["pairs_selected"] == n
+    bound, actual = out["actual_error_bound"], out["actual_loss_diff"]
+    assert bool(torch.isfinite(bound).all())
+    # the relative target holds except at the float64 floor, where the bound is tiny anyway
+    missed = bound > 0.01 * actual.abs()
+    assert bool((bound[missed] < 1e-9).all()), (int(missed.sum()), float(bound[missed].max()))
+
+
+def test_interrupted_loo_stage_resumes_to_identical_artifact(tmp_path, monkeypatch):
+    from infl_cli import chunks
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for w in (whole, cut):
+        _prepare(w)
+    settings = loo.LooSettings(chunk_size=4)
+    stages.run_loo(whole, None, stages.TestChoice([8]), "top", 12, 0, settings)
+
+    real = chunks.timed_chunk
+    calls = {"n": 0}
+
+    def interrupting(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(chunks, "timed_chunk", interrupting)
+    with pytest.raises(Interrupted, match="8 of 12 removals are saved"):
+        stages.run_loo(cut, None, stages.TestChoice([8]), "top", 12, 0, settings)
+    assert (cut / "loo.partial.safetensors").is_file() and not (cut / "loo.safetensors").exists()
+    monkeypatch.setattr(chunks, "timed_chunk", real)
+    record = stages.run_loo(cut, None, stages.TestChoice([8]), "top", 12, 0, settings)
+    assert record["resumed_from"] == 8
+    assert not (cut / "loo.partial.safetensors").exists()
+    a, b = _artifact(whole), _artifact(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_partial_from_other_settings_is_not_reused(stage_work, tmp_path):
+    """A checkpoint made with other settings (here another --rel-error) is started over."""
+    import shutil
+
+    from infl_cli import chunks
+
+    work = tmp_path / "w"
+    shutil.copytree(stage_work, work)
+    plan = stages.plan_loo(work, None, stages.TestChoice([8]), "top", 6, 0, loo.LooSettings(),
+                           __import__("infl_cli.artifacts", fromlist=["x"]).read_record(
+                               work / "model.safetensors"), tiny_data())
+    record, inputs, tests, train_idx, selected = plan
+    store = chunks.PartialResults(work / "p.safetensors", train_idx, tests, selected, 3, record,
+                                  inputs)
+    store.arrays["done"][:3] = True
+    store.save()
+    again = chunks.PartialResults(work / "p.safetensors", train_idx, tests, selected, 3, record,
+                                  inputs)
+    assert again.resumed_from == 3 and len(again.pending()) == 1
+    other = dict(record, rel_error=0.5)
+    fresh = chunks.PartialResults(work / "p.safetensors", train_idx, tests, selected, 3, other,
+                                  inputs)
+    assert fresh.resumed_from == 0 and len(fresh.pending()) == 2
+
+
+def tiny_data():
+    from infl_cli.data import load_dataset
+
+    return load_dataset("mnist-tiny")
+
+
+def test_bound_pieces():
+    assert math.isclose(bounds.gamma(10), 10 * 2.0 ** -53 / (1 - 10 * 2.0 ** -53))
+    assert bounds.test_loss_error(2.0, 0.1, 3.0) == pytest.approx(2 * 0.1 + 0.25 * 9 * 0.01)
+    absolute, relative = bounds.ihvp_error(np.array([1e-3]), np.array([2.0]), 0.01)
+    assert absolute[0] == pytest.approx(0.1) and relative[0] == pytest.approx(0.1 / 1.9)
+    assert math.isinf(bounds.ihvp_error(np.array([1.0]), np.array([1.0]), 0.01)[1][0])

@@ -75,7 +75,7 @@ def test_certified_gradient_bound_holds_against_extended_precision(tiny):
     torch.manual_seed(1)
     design = DesignMatrix(tiny.x_train, scale=255.0)
     w = 0.05 * torch.randn(10, design.width, dtype=torch.float64)
-    grad, probs, _, bound = model.certified_gradient(w, design, tiny.y_train, 0.01)
+    grad, probs, _, bound, _ = model.certified_gradient(w, design, tiny.y_train, 0.01)
     if np.finfo(np.longdouble).eps >= 1e-18:
         pytest.skip("no extended precision on this platform")
     x = np.rint(tiny.x_train.numpy()[:, design.active.numpy()] * 255).astype(np.longdouble) / 255

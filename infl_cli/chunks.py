@@ -1,0 +1,128 @@
+"""Chunked, resumable leave-one-out: the partial artifact and the in-process runner.
+
+The K removals are cut into fixed chunks of ``chunk_size`` in ``train_indices`` order; a chunk
+is solved by :func:`~infl_cli.loo.solve_chunk`, a pure function, so its result does not depend
+on when, where or in which order it runs. :class:`PartialResults` holds the results of the
+chunks finished so far and a per-removal ``done`` mask in ``loo.partial.safetensors``,
+rewritten atomically after every chunk; a rerun with the same settings and inputs loads it and
+solves only the chunks still open, so nothing is lost or solved twice, whichever chunks
+finished first. Memory is bounded by one chunk's work plus the [T, K] result arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifacts as art
+from .loo import LooSettings, chunk_bounds, timed_chunk
+
+RESULT_KEYS = ("actual_loss_diff", "actual_error_bound", "grad_norm", "grad_rounding", "steps",
+               "fallback")
+
+
+class PartialResults:
+    """The results of a LOO run, chunk by chunk, and their checkpoint on disk."""
+
+    def __init__(self, path: Path, train_indices: np.ndarray, test_indices: list[int],
+                 selected: np.ndarray, chunk_size: int, settings: dict, inputs: dict):
+        self.path = Path(path)
+        self.train_indices = np.asarray(train_indices, dtype=np.int64)
+        self.test_indices = np.asarray(test_indices, dtype=np.int64)
+        self.selected = np.asarray(selected, dtype=bool)
+        self.settings, self.inputs = settings, inputs
+        self.chunks = chunk_bounds(len(self.train_indices), chunk_size)
+        t, k = self.selected.shape
+        self.arrays = {
+            "actual_loss_diff": np.full((t, k), np.nan),
+            "actual_error_bound": np.full((t, k), np.nan),
+            "grad_norm": np.full(k, np.nan),
+            "grad_rounding": np.full(k, np.nan),
+            "steps": np.zeros(k, dtype=np.int64),
+            "fallback": np.zeros(k, dtype=bool),
+            "done": np.zeros(k, dtype=bool),
+        }
+        self.stats = {"float64_passes": 0, "float32_passes": 0, "chunk_seconds": 0.0}
+        self.resumed_from = self._load()
+
+    def _identity(self) -> dict:
+        return {"train_indices": torch.from_numpy(self.train_indices),
+                "test_indices": torch.from_numpy(self.test_indices),
+                "selected": torch.from_numpy(self.selected)}
+
+    def _load(self) -> int:
+        """Take over the finished chunks of a checkpoint made for this very run."""
+        if not self.path.is_file():
+            return 0
+        try:
+            tensors, record = art.load_artifact(self.path, "loo-partial")
+        except Exception:  # unreadable: it is only a cache, start over
+            return 0
+        if record.get("settings") != self.settings or record.get("inputs") != self.inputs:
+            return 0
+        if any(key not in tensors or not torch.equal(tensors[key], value)
+               for key, value in self._identity().items()):
+            return 0
+        for key in self.arrays:
+            self.arrays[key] = tensors[key].numpy().copy()
+        self.stats.update(record.get("stats", {}))
+        return self.n_done
+
+    @property
+    def n_done(self) -> int:
+        return int(self.arrays["done"].sum())
+
+    def pending(self):
+        """(chunk index, lo, hi) of the chunks not finished yet."""
+        done = self.arrays["done"]
+        return [(i, lo, hi) for i, (lo, hi) in enumerate(self.chunks) if not done[lo:hi].all()]
+
+    def chunk_inputs(self, lo: int, hi: int):
+        """(removals, selected) of the chunk [lo, hi)."""
+        return self.train_indices[lo:hi], self.selected[:, lo:hi]
+
+    def put(self, lo: int, hi: int, results: dict, stats: dict) -> None:
+        for key in RESULT_KEYS:
+            self.arrays[key][..., lo:hi] = results[key]
+        self.arrays["done"][lo:hi] = True
+        for key in ("float64_passes", "float32_passes"):
+            self.stats[key] += int(stats.get(key, 0))
+        self.stats["chunk_seconds"] += float(stats.get("seconds", 0.0))
+
+    def save(self) -> None:
+        tensors = {**self._identity(),
+                   **{key: torch.from_numpy(np.ascontiguousarray(value))
+                      for key, value in self.arrays.items()}}
+        art.save_artifact(self.path, tensors, {"stage": "loo-partial", "settings": self.settings,
+                                               "inputs": self.inputs, "stats": self.stats,
+                                               "n_done": self.n_done})
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def final_tensors(self) -> dict:
+        """The tensors of ``loo.safetensors`` (see the README's schema)."""
+        out = self._identity()
+        for key in RESULT_KEYS:
+            out[key] = torch.from_numpy(np.ascontiguousarray(self.arrays[key]))
+        return out
+
+
+def run_in_process(problem, store: PartialResults, settings: LooSettings, update=None) -> dict:
+    """Solve the store's open chunks one after the other in this process, checkpointing after
+    each. ``update(advance, status)`` drives a progress bar. Returns run facts for the record."""
+    start = time.perf_counter()
+    solved = 0
+    for _, lo, hi in store.pending():
+        removed, selected = store.chunk_inputs(lo, hi)
+        results, stats = timed_chunk(problem, removed, selected, settings)
+        store.put(lo, hi, results, stats)
+        store.save()
+        solved += hi - lo
+        if update is not None:
+            worst = np.nanmax(store.arrays["grad_norm"])
+            update(advance=hi - lo, status=f"max |grad| {worst:.1e}")
+    return {"workers": 1, "solved": solved, "seconds": time.perf_counter() - start}

@@ -1,0 +1,88 @@
+"""``infl show``: one test prediction explained by the training images that drive it.
+
+As in Koh & Liang's Figures 1 and 4: the test image, with its label and the predicted class,
+beside the n most *helpful* training images (removing one would raise the test loss the most:
+the largest predicted change) and the n most *harmful* (removing one would lower it the most:
+the most negative predicted change). Each training image is captioned with its index, its
+label, the predicted change and, where ``infl loo`` retrained without it for this test point,
+the actual change with its certified error bound.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import model
+
+SIDE = 28  # MNIST images are 28 × 28
+
+
+def rank(predicted: np.ndarray, count: int):
+    """(helpful, harmful): indices of the ``count`` largest and most negative predicted
+    changes, in that order."""
+    order = np.argsort(predicted, kind="stable")
+    return order[::-1][:count], order[:count]
+
+
+def explain(weight, data, test_index: int, predicted: np.ndarray, actual, count: int,
+            solver: str, png: Path, write) -> dict:
+    """Draw the explanation of test point ``test_index`` into ``png``; ``actual`` is
+    (train indices, actual changes, error bounds) from the LOO artifact, or None. Returns
+    the figure's path, the test point's facts and one row per training image shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(count, len(predicted) // 2)
+    x_t = data.x_test[test_index]
+    probs = model.probabilities(weight, x_t[None])[0]
+    label = int(data.y_test[test_index])
+    test = {"test_index": test_index, "label": label, "predicted_class": int(probs.argmax()),
+            "probability_of_label": float(probs[label]),
+            "loss": float(-np.log(float(probs[label])))}
+    lookup = {}
+    if actual is not None:
+        lookup = {int(j): (float(a), float(b)) for j, a, b in zip(*actual)}
+    helpful, harmful = rank(predicted, count)
+    rows = []
+    for kind, indices in (("helpful", helpful), ("harmful", harmful)):
+        for position, j in enumerate(indices.tolist(), start=1):
+            a, b = lookup.get(j, (None, None))
+            rows.append({"kind": kind, "rank": position, "train_index": j,
+                         "label": int(data.y_train[j]), "predicted_change": float(predicted[j]),
+                         "actual_change": a, "error_bound": b})
+
+    fig = plt.figure(figsize=(3.0 + 1.3 * count, 4.4))
+    # columns: the test image, a narrow one for the row labels, then the training images
+    grid = fig.add_gridspec(2, count + 2, width_ratios=[1.7, 0.45] + [1] * count, wspace=0.2,
+                            hspace=0.65)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(x_t.reshape(SIDE, SIDE).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title(f"test {test_index}\nlabel {label}, predicted {test['predicted_class']}\n"
+                 f"p(label) = {test['probability_of_label']:.3f}", fontsize=9)
+    ax.axis("off")
+    for row_index, kind in enumerate(("helpful", "harmful")):
+        label_ax = fig.add_subplot(grid[row_index, 1])
+        label_ax.axis("off")
+        label_ax.text(0.5, 0.5, "helpful\n(removal raises\nthe test loss)" if kind == "helpful"
+                      else "harmful\n(removal lowers\nthe test loss)", rotation=90,
+                      ha="center", va="center", fontsize=7, transform=label_ax.transAxes)
+        chosen = [r for r in rows if r["kind"] == kind]
+        for col, r in enumerate(chosen, start=2):
+            sub = fig.add_subplot(grid[row_index, col])
+            sub.imshow(data.x_train[r["train_index"]].reshape(SIDE, SIDE).numpy(), cmap="gray_r",
+                       vmin=0, vmax=1)
+            caption = f"#{r['train_index']} label {r['label']}\npred {r['predicted_change']:+.2e}"
+            if r["actual_change"] is not None:
+                caption += f"\nactual {r['actual_change']:+.2e}"
+            sub.set_title(caption, fontsize=6.5)
+            sub.set_xticks([])
+            sub.set_yticks([])
+    fig.suptitle(f"Training images that most affect test {test_index} (predicted change in test "
+                 f"loss on removal, {solver} scores)", fontsize=9)
+    write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
+    plt.close(fig)
+    return {"figure": str(png), "test": test, "rows": rows, "solver": solver}
