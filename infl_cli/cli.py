@@ -89,6 +89,13 @@ CHUNK = typer.Option(50, "--chunk-size", help="Removals solved together (and che
 MAX_STEPS = typer.Option(10, "--max-steps",
                          help="Newton steps before a removal falls back to Newton-CG on its "
                               "exact Hessian.")
+CLUSTER = typer.Option(None, "--cluster",
+                       help="Solve the LOO chunks on Dask: local:N (a local cluster of N "
+                            "one-thread worker processes) or tcp://HOST:PORT (a running "
+                            "scheduler); needs pip install -e '.\\[cluster]'.")
+CLUSTER_TIMEOUT = typer.Option(10.0, "--cluster-timeout",
+                               help="Seconds to reach the scheduler (or start the local "
+                                    "cluster) before giving up.")
 PLOT_SOLVERS = typer.Option(None, "--solver",
                             help="Panels to draw, repeatable \\[default: the scores LOO used].")
 OUT = typer.Option(None, "--out", "-o",
@@ -220,7 +227,8 @@ def _report_loo(rec):
         "Newton-CG fallbacks": rec["fallbacks"],
         "float64 passes (certifying)": rec["float64_passes"],
         "float32 correction passes": rec["float32_passes"],
-        "workers": rec["workers"],
+        "workers": rec["workers"] if not rec.get("cluster") else
+        f"{rec['workers']} ({rec['cluster']}; scatter {rec['scatter_seconds']:.1f} s)",
         "removals per second": rec["removals_per_second"] or "–",
         "Hessian seconds": rec["factor_seconds"], "seconds": rec["seconds"]})
     _table("loo", rows)
@@ -305,13 +313,28 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, select: str = SELECT, num: int = NUM,
             method: str = METHOD, tol: float = LOO_TOL, rel_error: float = REL_ERROR,
-            chunk_size: int = CHUNK, max_steps: int = MAX_STEPS):
+            chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
+            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT):
     """Retrain without each selected training point, certified: writes loo.safetensors."""
     settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
     stages.validate_loo(settings, select, num)
+    _check_cluster(cluster, cluster_timeout)
     with _writing(workdir):
         _report_loo(stages.run_loo(workdir, solver, _tests(test_index, test_sample, seed),
-                                   select, num, seed or 0, settings))
+                                   select, num, seed or 0, settings, cluster=cluster,
+                                   cluster_timeout=cluster_timeout))
+
+
+def _check_cluster(cluster, timeout) -> None:
+    """A bad --cluster fails before anything runs (and Dask is imported only with it)."""
+    if cluster is None:
+        return
+    from . import cluster as cluster_mod
+
+    cluster_mod.parse(cluster)
+    if not timeout > 0:
+        raise InflError(f"--cluster-timeout must be > 0, got {timeout}")
+    cluster_mod.check_available()
 
 
 @app.command("plot")
@@ -343,6 +366,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, select: str = SELECT,
             num: int = NUM, method: str = METHOD, tol: float = LOO_TOL,
             rel_error: float = REL_ERROR, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
+            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
             out: Optional[Path] = OUT):
     """All stages in order, skipping those whose artifact is up to date, then `show` for the
     first test point."""
@@ -354,14 +378,15 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     stages.validate_train(wd, train_tol)
     stages.validate_ihvp(solver, lissa, cg)
     stages.validate_loo(settings, select, num)
+    _check_cluster(cluster, cluster_timeout)
     with _writing(workdir):
         _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver,
                  _tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
-                 settings, out)
+                 settings, out, cluster, cluster_timeout)
 
 
 def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver, tests, seed,
-             lissa, cg, select, num, settings, out):
+             lissa, cg, select, num, settings, out, cluster=None, cluster_timeout=None):
     from .data import load_dataset
 
     times = {}
@@ -399,7 +424,8 @@ def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solv
     stage("loo", workdir / art.LOO,
           stages.loo_settings(solver, chosen, select, num, seed, settings),
           {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
-          lambda: stages.run_loo(workdir, solver, fixed, select, num, seed, settings, loaded),
+          lambda: stages.run_loo(workdir, solver, fixed, select, num, seed, settings, loaded,
+                                 cluster=cluster, cluster_timeout=cluster_timeout),
           _report_loo)
     start = time.perf_counter()
     _report_plot(stages.run_plot(workdir, [solver], out))

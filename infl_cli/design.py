@@ -117,9 +117,11 @@ class DesignMatrix:
 
     # ------------------------------------------------------------------------ products
     def matmul(self, v: np.ndarray) -> np.ndarray:
-        """X·v for v [width, m] (its dtype picks the arithmetic): [n, m]."""
+        """X·v for v [width, m] (its dtype picks the arithmetic): [n, m]. Dense products go
+        through torch's MKL, whose results do not depend on the number of threads."""
         dtype = v.dtype.type
-        out = self.core_array(dtype) @ np.ascontiguousarray(v[self.core])
+        core = torch.from_numpy(self.core_array(dtype))
+        out = torch.mm(core, torch.from_numpy(np.ascontiguousarray(v[self.core]))).numpy()
         out += self.rim_matrix(dtype) @ np.ascontiguousarray(v[self.rim])
         return out
 
@@ -127,7 +129,8 @@ class DesignMatrix:
         """rᵀ·X for r [n, m]: [m, width] (float64 accumulation for float64 r)."""
         dtype = r.dtype.type
         out = np.empty((r.shape[1], self.width), dtype=dtype)
-        out[:, self.core] = r.T @ self.core_array(dtype)
+        core = torch.from_numpy(self.core_array(dtype))
+        out[:, self.core] = torch.mm(torch.from_numpy(r).T, core).numpy()
         out[:, self.rim] = (self.rim_matrix(dtype).T @ r).T
         return out
 

@@ -174,7 +174,13 @@ class HessianFactor:
         xa = (x if in_active else x[:, self.active]).to(self.dtype)  # [K, d_a]
         da = xa.shape[1]
         gx = (self.inverse.reshape(n_red * c, da) @ xa.T).reshape(n_red, c, k)
-        red = torch.einsum("rck,kmc->kmr", gx, f.to(self.dtype)).to(torch.float64)
+        # Σ_c gx[r, c, k]·f[k, m, c] as an explicit sum over the C classes: torch's einsum
+        # sends it to a batched GEMM whose bits depend on the number of threads
+        fs = f.to(self.dtype)
+        red = torch.zeros(k, m, n_red, dtype=self.dtype)
+        for cls in range(c):
+            red.addcmul_(gx[:, cls, :].T[:, None, :], fs[:, :, cls, None])
+        red = red.to(torch.float64)
         if in_active:
             return red.reshape(k, m, c, da)
         out = f[:, :, :, None] * x[:, None, None, :] / self.wd

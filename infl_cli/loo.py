@@ -121,7 +121,7 @@ class LooProblem:
         xt = x_test[:, self.design.active] if x_test.shape[1] != self.design.width else x_test
         self.x_test = xt.to(torch.float64).numpy()
         self.y_test = y_test.numpy().astype(np.int64)
-        logits = self.x_test @ self.weight.numpy().T  # [T, C]
+        logits = np.einsum("td,cd->tc", self.x_test, self.weight.numpy())  # [T, C]
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         self.p_test = p / p.sum(axis=1, keepdims=True)
@@ -221,31 +221,34 @@ def delta_pass(design, p0: np.ndarray, deltas: np.ndarray, dtype):
     One pass over the rows in blocks (:meth:`~infl_cli.design.DesignMatrix.blocks`): per block
     the products u = X_b Δᵀ and the back-projection δPᵀ X_b are a dense GEMM over the core
     columns plus a sparse product over the rim, in ``dtype``; block results accumulate in
-    float64. ``p0`` [n, C] holds the probabilities at Ŵ (in ``dtype`` for speed)."""
+    float64. The result does not depend on the number of threads. ``p0`` [n, C] holds the probabilities at Ŵ (in ``dtype`` for speed)."""
     k, c, width = deltas.shape
     kc = k * c
     v = deltas.reshape(kc, width).T
-    v_core = np.ascontiguousarray(v[design.core], dtype=dtype)
+    v_core = torch.from_numpy(np.ascontiguousarray(v[design.core], dtype=dtype))
     v_rim = np.ascontiguousarray(v[design.rim], dtype=dtype)
-    acc_core = np.zeros((kc, design.core.size))
+    acc_core = torch.zeros((kc, design.core.size), dtype=torch.float64)
     acc_rim = np.zeros((design.rim.size, kc))
     dp_sq = np.zeros(k)
     for lo, hi, x_core, x_rim in design.blocks(dtype):
-        u = x_core @ v_core
-        u += x_rim @ v_rim
+        # dense products through torch's MKL, whose results do not depend on the number of
+        # threads (OpenBLAS's do: a chunk must give the same bits in-process and on a
+        # one-thread cluster worker); the rim's sparse products are single-threaded
+        xc = torch.from_numpy(x_core)
+        u = torch.mm(xc, v_core)
+        u += torch.from_numpy(x_rim @ v_rim)
         # elementwise in torch, in place: vectorised and on both cores (2-3x NumPy here)
-        m = torch.special.expm1(torch.from_numpy(u), out=torch.from_numpy(u)).view(hi - lo, k, c)
+        m = torch.special.expm1(u, out=u).view(hi - lo, k, c)
         p = torch.from_numpy(p0[lo:hi])
         s = torch.einsum("bkc,bc->bk", m, p)  # ⟨p_j, m_j⟩
         m.sub_(s[:, :, None]).mul_(p[:, None, :]).div_(s.add_(1.0)[:, :, None])
-        dp = u.reshape(hi - lo, k, c)  # m, now δp, is a view of u
+        dp = u.numpy()  # m, now δp, is a view of u
         if dtype == np.float64:
-            dp_sq += np.einsum("bkc,bkc->k", dp, dp)
-        flat = u
-        acc_core += flat.T @ x_core
-        acc_rim += x_rim.T @ flat
+            dp_sq += np.einsum("bkc,bkc->k", dp.reshape(hi - lo, k, c), dp.reshape(hi - lo, k, c))
+        acc_core += torch.mm(u.T, xc)
+        acc_rim += x_rim.T @ dp
     change = np.empty((kc, width))
-    change[:, design.core] = acc_core
+    change[:, design.core] = acc_core.numpy()
     change[:, design.rim] = acc_rim.T
     return change.reshape(k, c, width), np.sqrt(dp_sq)
 

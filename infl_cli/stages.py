@@ -307,13 +307,19 @@ def build_problem(weight, mrec, data: Dataset, test_indices: list[int],
 
 
 def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
-            seed: int, settings: loo_mod.LooSettings, loaded=None, runner=None) -> dict:
+            seed: int, settings: loo_mod.LooSettings, loaded=None, cluster: str | None = None,
+            cluster_timeout: float | None = None) -> dict:
     """Retrain without every selected training point, certified; writes loo.safetensors.
 
-    ``runner(problem_factory, store, settings, update)`` solves the store's open chunks
-    (default: :func:`~infl_cli.chunks.run_in_process`; a cluster runner ships chunks to
-    workers) and returns facts for the record (workers, seconds)."""
+    The open chunks are solved in this process, or with ``cluster`` (``local:N`` or
+    ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.cluster`)."""
     validate_loo(settings, select, k)
+    runner = None
+    if cluster is not None:
+        from . import cluster as cluster_mod
+
+        cluster_mod.parse(cluster)
+        cluster_mod.check_available()
     weight, mrec, data = loaded or load_model(workdir)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
@@ -322,6 +328,13 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     total = len(train_idx)
     start = time.perf_counter()
     built = {}
+    if cluster is not None:
+        s = mrec["settings"]
+        runner = cluster_mod.ClusterRunner(
+            cluster, lambda: cluster_mod.ProblemRecipe(
+                s["dataset"], s["data_dir"], mrec["inputs"]["data"], weight, s["wd"], chosen,
+                f"{mrec['fingerprint']}:{','.join(map(str, chosen))}"),
+            cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
 
     def problem():
         """Built on first use: a rerun with every chunk saved needs no Hessian."""
@@ -347,7 +360,8 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     record.update(factor_seconds=built.get("seconds", 0.0), workers=run_facts["workers"],
                   seconds=time.perf_counter() - start, resumed_from=store.resumed_from,
                   removals_per_second=(run_facts.get("solved", 0) / run_facts["seconds"]
-                                       if run_facts.get("seconds") else None))
+                                       if run_facts.get("seconds") else None),
+                  cluster=cluster, scatter_seconds=run_facts.get("scatter_seconds"))
     result = art.save_artifact(workdir / art.LOO, store.final_tensors(), record)
     store.discard()
     if record["certified"] < total:

@@ -1,9 +1,22 @@
-"""Benchmark: the whole pipeline, IHVP solvers and LOO methods side by side in one run.
+"""Benchmark: the pipeline, the IHVP solvers, the LOO methods and the study targets.
 
-    python tests/benchmarks/bench.py --data-dir ../shared/mnist [--lbfgs-sample 5] [--repeats 3]
+    python tests/benchmarks/bench.py --data-dir ../shared/mnist [--sections run,ihvp,loo,study]
+        [--repeats 3] [--lbfgs-sample 5] [--all-sample 5000]
+
+Sections (all by default):
+
+* ``run``: ``infl run`` (test 8, top 500) ``--repeats`` times in child processes: medians of
+  the seconds per stage, wall clock, peak memory, R and the certification figures;
+* ``ihvp``: every IHVP solver against the exact solve (relative error, residual, proven
+  bound, Pearson R on the run's 500 points), medians of ``--repeats``;
+* ``loo``: certified Newton against warm-started L-BFGS per removal (``--lbfgs-sample``);
+* ``study``: the complete study on the run's model: 20 sampled test points × top 100
+  (union retrained once), 500 random removals for test 8, and ``--select all`` measured on
+  its first ``--all-sample`` removals and extrapolated to all 55,000 (in a child process, so
+  that its peak memory is its own).
 
 Prints rich tables and writes JSON (default ``artifacts/bench/bench.json``). Not a test:
-timings are medians of ``--repeats`` runs (3) on whatever machine runs it.
+timings depend on the machine and its load; compare ratios measured in one run.
 """
 
 from __future__ import annotations
@@ -11,22 +24,26 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import infl_cli  # noqa: F401  (sets the thread-wait defaults before NumPy and torch load)
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
-console = Console(width=150)
+console = Console(width=160)
+SECTIONS = ("run", "ihvp", "loo", "study")
 
 
-def table(title, rows, columns):
+def table(title, rows, columns=("quantity", "value")):
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
@@ -35,106 +52,238 @@ def table(title, rows, columns):
     console.print(t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default="../shared/mnist")
-    ap.add_argument("--dataset", default="mnist")
-    ap.add_argument("--workdir", default="artifacts/bench")
-    ap.add_argument("--lbfgs-sample", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="runs of `infl run` and of each iterative solver; medians are reported")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    work = Path(args.workdir)
-    result = {}
+def infl(*args) -> float:
+    """Run ``infl ARGS`` in a child process; returns its wall time (exits on failure)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "infl_cli", *map(str, args)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"infl {args[0]} failed: {proc.stderr.strip().splitlines()[-1]}")
+    return time.perf_counter() - start
 
-    # 1. the whole `infl run`, each in a child process so that its peak memory is its own;
-    #    timings on a shared machine are noisy, so it runs --repeats times and medians count
+
+def child_peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+
+
+def bench_run(args, work: Path) -> dict:
+    """``infl run`` --repeats times from scratch; medians."""
     runs = []
     for i in range(args.repeats):
         for f in work.glob("*.safetensors"):
             f.unlink()
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "infl_cli", "run", "-w", str(work),
-                               "--dataset", args.dataset, "--data-dir", args.data_dir,
-                               "--no-download"], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"infl run failed: {proc.stderr.strip().splitlines()[-1]}")
+        wall = infl("run", "-w", work, "--dataset", args.dataset, "--data-dir", args.data_dir,
+                    "--no-download")
         lrec = art.read_record(work / art.LOO)
         runs.append({"wall_seconds": wall,
                      **{f"{k} (s)": v for k, v in
                         json.loads((work / "timings.json").read_text()).items()},
                      "loo: Hessian factor (s)": lrec["factor_seconds"]})
         console.print(f"infl run {i + 1}/{args.repeats}: {wall:.1f} s")
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
     mrec = art.read_record(work / art.MODEL)
     metrics = json.loads((work / art.METRICS).read_text())
-    result["run"] = {**{key: statistics.median(r[key] for r in runs) for key in runs[0]},
-                     "repeats": args.repeats,
-                     "wall_seconds_all": [r["wall_seconds"] for r in runs],
-                     "peak_rss_gb (max over runs)": peak_gb,
-                     "train: ‖∇R‖": mrec["grad_norm"],
-                     "loo: max ‖∇R₋z‖": lrec["max_grad_norm"],
-                     "pearson_r": metrics["panels"]["lissa"]["pearson_r"],
-                     "spearman_rho": metrics["panels"]["lissa"]["spearman_rho"]}
-    table("infl run", [[k, v] for k, v in result["run"].items()], ["quantity", "value"])
+    out = {**{key: statistics.median(r[key] for r in runs) for key in runs[0]},
+           "repeats": args.repeats, "wall_seconds_all": [r["wall_seconds"] for r in runs],
+           "peak_rss_gb (max over runs)": child_peak_gb(),
+           "train: certified ‖∇R‖ ≤": mrec["grad_norm_certified"],
+           "loo: max ‖∇R₋z‖ ≤": lrec["max_grad_norm_bound"],
+           "loo: pairs within 1 %": f"{lrec['pairs_within_target']} of {lrec['pairs_selected']}",
+           "loo: worst bound / |change|": lrec["worst_bound_ratio"],
+           "pearson_r": metrics["panels"]["lissa"]["pearson_r"],
+           "spearman_rho": metrics["panels"]["lissa"]["spearman_rho"]}
+    table("infl run (medians)", list(out.items()))
+    return out
 
-    # 2. IHVP solvers against the exact solve, and their Pearson R on the same LOO points
+
+def bench_ihvp(args, work: Path) -> dict:
     weight, mrec, data = stages.load_model(work)
     wd = mrec["settings"]["wd"]
     ltensors, _ = art.load_artifact(work / art.LOO)
-    removed, actual = ltensors["train_indices"], ltensors["actual_loss_diff"].numpy()
-    t = int(lrec["test_index"])
+    removed, actual = ltensors["train_indices"], ltensors["actual_loss_diff"][0].numpy()
+    t = int(ltensors["test_indices"][0])
     rhs = model.test_point_grads(weight, data.x_test[t:t + 1], data.y_test[t:t + 1])
     solver_runs = [("exact", "exact", {}),
-            ("cg (default: subspace-preconditioned)", "cg", {"cg_settings": ihvp.CgSettings()}),
-            ("cg --cg-rank 0 (plain)", "cg", {"cg_settings": ihvp.CgSettings(rank=0)}),
-            ("lissa (default)", "lissa", {"lissa_settings": ihvp.LissaSettings()}),
-            ("lissa --preset paper", "lissa", {"lissa_settings": ihvp.LissaSettings.paper()})]
-    estimates, rows, result["ihvp"] = {}, [], {}
+                   ("cg (default: subspace-preconditioned)", "cg",
+                    {"cg_settings": ihvp.CgSettings()}),
+                   ("cg --cg-rank 0 (plain)", "cg", {"cg_settings": ihvp.CgSettings(rank=0)}),
+                   ("lissa (default)", "lissa", {"lissa_settings": ihvp.LissaSettings()}),
+                   ("lissa --preset paper", "lissa",
+                    {"lissa_settings": ihvp.LissaSettings.paper()})]
+    estimates, rows, out = {}, [], {}
     for label, solver, settings in solver_runs:
         seconds = []
-        for _ in range(1 if solver == "exact" else args.repeats):  # exact: 26 s, once
-            est, rep = ihvp.solve(solver, weight, data.x_train, wd, rhs, **settings)
+        for _ in range(1 if solver == "exact" else args.repeats):
+            est, rep = ihvp.solve(solver, weight, data.x_train, wd, rhs, design=data.design,
+                                  **settings)
             seconds.append(rep["seconds"])
-        rep["seconds"] = statistics.median(seconds)
         estimates[label] = est
         reference = estimates["exact"]
         err = float((est - reference).norm() / reference.norm())
         _, predicted = score.influence_scores(weight, data.x_train, data.y_train, wd, est)
         r = plot.agreement(actual, predicted[0, removed].numpy())["pearson_r"]
-        result["ihvp"][label] = {"seconds": rep["seconds"], "iterations": rep["iterations"],
-                                 "hvps": rep["hvps"], "relative_error_vs_exact": err,
-                                 "relative_residual": rep["relative_residual"][0],
-                                 "pearson_r": r}
-        rows.append([label, rep["seconds"], rep["iterations"], rep["hvps"], err,
-                     rep["relative_residual"][0], r])
-    table("IHVP solvers (test index %d)" % t, rows,
+        out[label] = {"seconds": statistics.median(seconds), "iterations": rep["iterations"],
+                      "hvps": rep["hvps"], "relative_error_vs_exact": err,
+                      "relative_residual": rep["relative_residual"][0],
+                      "error_bound_relative": rep["error_bound_relative"][0], "pearson_r": r}
+        rows.append([label, out[label]["seconds"], rep["iterations"], rep["hvps"], err,
+                     rep["relative_residual"][0], rep["error_bound_relative"][0], r])
+    table(f"IHVP solvers (test index {t})", rows,
           ["solver", "seconds", "iterations", "HVPs", "rel. error vs exact", "residual",
-           "Pearson R (top 500)"])
+           "proven bound", "Pearson R (top 500)"])
+    return out
 
-    # 3. LOO: certified Newton (from the run) vs warm-started L-BFGS on a sample of its points
-    sample = removed[:args.lbfgs_sample]
-    t0 = time.perf_counter()
-    out, _ = loo.retrain("lbfgs", weight, data.x_train, data.y_train, wd, data.x_test[t],
-                         data.y_test[t], sample, lrec["settings"]["tol"], 1)
-    lbfgs_per_point = (time.perf_counter() - t0) / len(sample)
-    newton_total = result["run"]["loo (s)"]  # median over the runs, Hessian included
-    newton_per_point = newton_total / len(removed)
-    diff = float((out["actual_loss_diff"] - ltensors["actual_loss_diff"][:len(sample)])
-                 .abs().max())
-    result["loo"] = {
-        "newton_seconds_per_point": newton_per_point,
-        "newton_seconds_total": newton_total, "newton_points": len(removed),
-        "newton_max_grad_norm": lrec["max_grad_norm"],
+
+def bench_loo(args, work: Path, run: dict | None) -> dict:
+    """Certified Newton (from the run) against warm-started L-BFGS on a sample of its points,
+    each certified by the same float64 pass."""
+    weight, mrec, data = stages.load_model(work)
+    ltensors, lrec = art.load_artifact(work / art.LOO)
+    t = int(ltensors["test_indices"][0])
+    problem = loo.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
+                             data.x_test[t:t + 1], data.y_test[t:t + 1], build_factor=False)
+    sample = ltensors["train_indices"][:args.lbfgs_sample].numpy()
+    settings = loo.LooSettings(method="lbfgs", tol=lrec["settings"]["tol"])
+    start = time.perf_counter()
+    out, _ = loo.solve_chunk(problem, sample, np.ones((1, len(sample)), bool), settings)
+    lbfgs_per_point = (time.perf_counter() - start) / len(sample)
+    newton_total = run["loo (s)"] if run else lrec["seconds"]
+    newton_per_point = newton_total / lrec["n_removals"]
+    newton = ltensors["actual_loss_diff"][0, :len(sample)].numpy()
+    gap = np.abs(out["actual_loss_diff"][0] - newton)
+    result = {
+        "newton_seconds_per_point (Hessian included)": newton_per_point,
+        "newton_points": lrec["n_removals"],
+        "newton_max_grad_norm_bound": lrec["max_grad_norm_bound"],
         "lbfgs_seconds_per_point": lbfgs_per_point, "lbfgs_points": len(sample),
-        "lbfgs_max_grad_norm": float(out["grad_norm"].max()),
+        "lbfgs_max_grad_norm_bound": float((out["grad_norm"] + out["grad_rounding"]).max()),
         "speedup_per_point": lbfgs_per_point / newton_per_point,
-        "max_abs_diff_actual_loss_change": diff,
+        "max |newton − lbfgs| actual change": float(gap.max()),
+        "within both certified bounds": bool((gap <= out["actual_error_bound"][0]
+                                              + ltensors["actual_error_bound"][0, :len(sample)]
+                                              .numpy()).all()),
     }
-    table("LOO retraining", [[k, v] for k, v in result["loo"].items()], ["quantity", "value"])
+    table("LOO retraining", list(result.items()))
+    return result
+
+
+def bench_study(args, work: Path) -> dict:
+    out = {}
+    # a. 20 sampled test points, top 100 each: one retraining per removal of the union
+    multi = work.parent / "bench-multi"
+    shutil.rmtree(multi, ignore_errors=True)
+    multi.mkdir(parents=True)
+    shutil.copy(work / art.MODEL, multi / art.MODEL)
+    base = ["-w", multi, "--test-sample", 20, "--seed", 0]
+    t_ihvp = infl("ihvp", *base)
+    infl("score", "-w", multi)
+    t_loo = infl("loo", "-w", multi, "-k", 100)
+    infl("plot", "-w", multi)
+    lrec = art.read_record(multi / art.LOO)
+    m = json.loads((multi / art.METRICS).read_text())["panels"]["lissa"]
+    per_test = sorted(m["per_test"], key=lambda p: p["pearson_r"])
+    out["multi"] = {"test points": 20, "union removals": lrec["n_removals"],
+                    "ihvp (20 test points, LiSSA) wall s": t_ihvp, "loo wall s": t_loo,
+                    "loo seconds (stage)": lrec["seconds"],
+                    "Hessian seconds": lrec["factor_seconds"],
+                    "seconds per removal (Hessian included)": lrec["seconds"] / lrec["n_removals"],
+                    "pairs within 1 %": f"{lrec['pairs_within_target']} of {lrec['pairs_selected']}",
+                    "median R": m["median_pearson_r"], "worst R": m["worst_pearson_r"],
+                    "worst test": m["worst_test_index"], "median ρ": m["median_spearman_rho"],
+                    "worst ρ": m["worst_spearman_rho"],
+                    "three lowest R": [(p["test_index"], round(p["pearson_r"], 7))
+                                       for p in per_test[:3]]}
+    table("20 test points × top 100", list(out["multi"].items()))
+    # b. 500 random removals for test 8
+    rand = work.parent / "bench-random"
+    shutil.rmtree(rand, ignore_errors=True)
+    shutil.copytree(work, rand)
+    (rand / art.LOO).unlink()
+    t_rand = infl("loo", "-w", rand, "--select", "random", "-k", 500, "-t", 8)
+    infl("plot", "-w", rand)
+    lrec = art.read_record(rand / art.LOO)
+    m = json.loads((rand / art.METRICS).read_text())["panels"]["lissa"]
+    out["random"] = {"removals": 500, "loo wall s": t_rand,
+                     "pairs within 1 %": f"{lrec['pairs_within_target']} of {lrec['pairs_selected']}",
+                     "worst bound / |change|": lrec["worst_bound_ratio"],
+                     "smallest |change|": float(np.min(np.abs(art.load_artifact(
+                         rand / art.LOO)[0]["actual_loss_diff"].numpy()))),
+                     "pearson_r": m["pearson_r"], "spearman_rho": m["spearman_rho"],
+                     "bands": [(b["band"], b["k"], round(b["pearson_r"], 6),
+                                round(b["spearman_rho"], 6)) for b in m["bands"]]}
+    table("500 random removals, test 8", list(out["random"].items()))
+    # c. --select all on a sample, in a child process (its own peak memory)
+    proc = subprocess.run([sys.executable, __file__, "--all-sample-child", str(work),
+                           "--all-sample", str(args.all_sample)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"all-sample failed: {proc.stderr[-2000:]}")
+    out["all"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    table(f"--select all, measured on {args.all_sample} removals", list(out["all"].items()))
+    return out
+
+
+def all_sample_child(work: Path, count: int) -> None:
+    """The first ``count`` removals of ``--select all`` for test 8 with the stage's defaults;
+    prints JSON with the per-removal cost and its extrapolation."""
+    weight, mrec, data = stages.load_model(work)
+    settings = loo.LooSettings()
+    plan = stages.plan_loo(work, None, stages.TestChoice([8]), "all", 0, 0, settings, mrec, data)
+    _, _, tests, train_idx, selected = plan
+    start = time.perf_counter()
+    problem = stages.build_problem(weight, mrec, data, tests, settings)
+    factor = time.perf_counter() - start
+    actual, bound, passes = [], [], [0, 0]
+    start = time.perf_counter()
+    for lo, hi in loo.chunk_bounds(count, settings.chunk_size):
+        res, stats = loo.solve_chunk(problem, train_idx[lo:hi], selected[:, lo:hi], settings)
+        actual.append(res["actual_loss_diff"][0])
+        bound.append(res["actual_error_bound"][0])
+        passes[0] += stats["float64_passes"]
+        passes[1] += stats["float32_passes"]
+    seconds = time.perf_counter() - start
+    actual, bound = np.concatenate(actual), np.concatenate(bound)
+    per = seconds / count
+    within = bound <= 0.01 * np.abs(actual)
+    print(json.dumps({
+        "sample removals": count, "Hessian seconds": factor, "solve seconds": seconds,
+        "seconds per removal": per, "float64 passes": passes[0], "float32 passes": passes[1],
+        "within 1 %": int(within.sum()), "not within 1 % (float64 floor)": int((~within).sum()),
+        "largest bound among those": float(bound[~within].max()) if (~within).any() else 0.0,
+        "median |change|": float(np.median(np.abs(actual))),
+        "extrapolated minutes, all 55,000": (factor + per * data.n_train) / 60,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="../shared/mnist")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--workdir", default="artifacts/bench")
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--lbfgs-sample", type=int, default=5)
+    ap.add_argument("--all-sample", type=int, default=5000)
+    ap.add_argument("--all-sample-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of `infl run` and of each iterative solver; medians are reported")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.all_sample_child:
+        return all_sample_child(Path(args.all_sample_child), args.all_sample)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    work = Path(args.workdir)
     out_path = Path(args.out) if args.out else work / "bench.json"
+    result = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    if "run" in sections or not (work / art.LOO).is_file():
+        result["run"] = bench_run(args, work)
+    if "ihvp" in sections:
+        result["ihvp"] = bench_ihvp(args, work)
+    if "loo" in sections:
+        result["loo"] = bench_loo(args, work, result.get("run"))
+    if "study" in sections:
+        result["study"] = bench_study(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
