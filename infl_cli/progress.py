@@ -44,6 +44,9 @@ class _LineProgress:
         self.completed, self.status = 0.0, ""
         self.start = time.monotonic()
         self.last = self.start
+        # the ETA extrapolates from the first advance on: set-up before it (a Hessian, a
+        # resumed checkpoint) is not part of the rate
+        self.rate_from: tuple[float, float] | None = None
         try:
             self.interval = float(os.environ.get(INTERVAL_ENV, 10))
         except ValueError:
@@ -51,10 +54,13 @@ class _LineProgress:
 
     def update(self, advance: float = 1, status: str | None = None,
                completed: float | None = None):
+        before = self.completed
         self.completed = completed if completed is not None else self.completed + advance
         if status is not None:
             self.status = status
         now = time.monotonic()
+        if self.rate_from is None and self.completed > before:
+            self.rate_from = (now, self.completed)
         if now - self.last >= self.interval:
             self.last = now
             self._line(eta=True)
@@ -68,8 +74,10 @@ class _LineProgress:
         parts = [f"{self.description}: {done}"]
         if self.status:
             parts.append(self.status)
-        if eta and self.total and self.completed > 0:
-            rest = elapsed * (self.total - self.completed) / self.completed
+        since, done_then = self.rate_from or (0.0, 0.0)
+        if eta and self.total and self.rate_from and self.completed > done_then:
+            rest = (time.monotonic() - since) * (self.total - self.completed) / (
+                self.completed - done_then)
             parts.append(f"{_clock(elapsed)} elapsed, eta {_clock(rest)}")
         else:
             parts.append(f"{_clock(elapsed)} elapsed" + ("" if eta else ", done"))

@@ -163,3 +163,21 @@ def test_colour_follows_no_color_on_a_terminal(tmp_path, no_color):
     assert code == 1 and "error:" in output and "--wd must be > 0" in output
     colour = re.search(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;)[0-9;]*m", output)
     assert (colour is None) == no_color, repr(output)
+
+
+def test_log_eta_leaves_out_the_set_up_before_the_first_advance(monkeypatch, capsys):
+    """A 10 s set-up (say, a Hessian) before the first chunk must not inflate the ETA."""
+    from infl_cli import progress
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setenv(progress.INTERVAL_ENV, "0")
+    lines = []
+    monkeypatch.setattr(progress.console, "print", lambda text, **kw: lines.append(text))
+    bar = progress._LineProgress("loo removals", 500)
+    bar.update(advance=0)
+    clock["now"] += 10.0  # set-up
+    bar.update(advance=50)  # the first chunk: no rate yet, no ETA
+    clock["now"] += 2.0
+    bar.update(advance=50)  # 50 more in 2 s: 400 left take 16 s
+    assert "eta" not in lines[-2] and lines[-1].endswith("0:00:12 elapsed, eta 0:00:16"), lines
