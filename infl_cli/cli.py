@@ -190,7 +190,8 @@ def _report_ihvp(rec):
     r = rec["report"]
     tests = rec["settings"]["test_indices"]
     _table(f"ihvp ({rec['settings']['solver']})", {
-        "test points": ", ".join(map(str, tests)) if len(tests) <= 6 else f"{len(tests)}",
+        **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
+           if len(tests) <= 6 else {"test points": len(tests)}),
         "relative residual ‖Hs−g‖/‖g‖": _listing(r["relative_residual"]),
         "relative error ‖s−s*‖/‖s*‖ ≤ (proven: λ_min ≥ wd)": _listing(r["error_bound_relative"]),
         "iterations": r["iterations"], "HVPs": r["hvps"], "seconds": r["seconds"],
@@ -203,7 +204,8 @@ def _report_ihvp(rec):
 def _report_score(rec):
     tests = rec["settings"]["test_indices"]
     _table(f"score ({rec['settings']['solver']})", {
-        "test points": ", ".join(map(str, tests)) if len(tests) <= 6 else f"{len(tests)}",
+        **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
+           if len(tests) <= 6 else {"test points": len(tests)}),
         "n_train": rec["n_train"], "seconds": rec["seconds"]})
 
 
@@ -211,7 +213,8 @@ def _report_loo(rec):
     s = rec["settings"]
     tests = rec["test_indices"]
     rows = {
-        "test points": ", ".join(map(str, tests)) if len(tests) <= 6 else f"{len(tests)}",
+        **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
+           if len(tests) <= 6 else {"test points": len(tests)}),
         "selection": s["select"] + ("" if s["k"] is None else f", k = {s['k']}"),
         "removals (union)": rec["n_removals"], "method": s["method"],
         f"certified ‖∇R₋z‖ ≤ {s['tol']:g}": f"{rec['certified']} of {rec['n_removals']}",

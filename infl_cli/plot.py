@@ -156,6 +156,7 @@ def _scatter(ax, actual, predicted, bound, log_axes: bool, small: bool = False) 
         thr = _symlog_threshold(actual)
         ax.set_xscale("symlog", linthresh=thr)
         ax.set_yscale("symlog", linthresh=thr)
+        ax.tick_params(axis="x", labelrotation=60)  # decade labels crowd around 0
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal" if not log_axes else "auto")
