@@ -1,7 +1,8 @@
 """Benchmark: the pipeline, the IHVP solvers, the LOO methods and the study targets.
 
-    python tests/benchmarks/bench.py --data-dir ../shared/mnist [--sections run,ihvp,loo,study]
-        [--repeats 3] [--lbfgs-sample 5] [--all-sample 5000]
+    python tests/benchmarks/bench.py --data-dir ../shared/mnist
+        [--sections run,ihvp,loo,study,cluster] [--repeats 3] [--lbfgs-sample 5]
+        [--all-sample 5000] [--cluster-sample 2000]
 
 Sections (all by default):
 
@@ -13,7 +14,11 @@ Sections (all by default):
 * ``study``: the complete study on the run's model: 20 sampled test points × top 100
   (union retrained once), 500 random removals for test 8, and ``--select all`` measured on
   its first ``--all-sample`` removals and extrapolated to all 55,000 (in a child process, so
-  that its peak memory is its own).
+  that its peak memory is its own);
+* ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
+  against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
+  time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
+  scheduling), and whether the two artifacts are identical (needs the ``cluster`` extra).
 
 Prints rich tables and writes JSON (default ``artifacts/bench/bench.json``). Not a test:
 timings depend on the machine and its load; compare ratios measured in one run.
@@ -33,6 +38,7 @@ from pathlib import Path
 
 import infl_cli  # noqa: F401  (sets the thread-wait defaults before NumPy and torch load)
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -40,7 +46,7 @@ from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
-SECTIONS = ("run", "ihvp", "loo", "study")
+SECTIONS = ("run", "ihvp", "loo", "study", "cluster")
 
 
 def table(title, rows, columns=("quantity", "value")):
@@ -222,6 +228,43 @@ def bench_study(args, work: Path) -> dict:
     return out
 
 
+def bench_cluster(args, work: Path) -> dict:
+    """In-process against local:2 on the same random removals (fresh folders, same model)."""
+    runs, tensors = {}, {}
+    for name, extra in (("in-process (2 threads)", []), ("local:2 (2 × 1 thread)",
+                                                        ["--cluster", "local:2"])):
+        folder = work.parent / ("bench-cluster-" + ("local2" if extra else "inprocess"))
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(work, folder)
+        (folder / art.LOO).unlink()
+        wall = infl("loo", "-w", folder, "--select", "random", "-k", args.cluster_sample,
+                    "-t", 8, *extra)
+        rec = art.read_record(folder / art.LOO)
+        tensors[name] = art.load_artifact(folder / art.LOO)[0]
+        solve = rec["n_removals"] / rec["removals_per_second"]  # after the scatter, to the end
+        ideal = rec["chunk_seconds"] / rec["workers"]  # the chunks' own time, spread evenly
+        runs[name] = {
+            "removals": rec["n_removals"], "workers": rec["workers"], "wall s": wall,
+            "stage s": rec["seconds"], "Hessian s (driver)": rec["factor_seconds"],
+            "scatter s": rec["scatter_seconds"] or 0.0,
+            "cluster start, connect s": rec["seconds"] - rec["factor_seconds"]
+            - (rec["scatter_seconds"] or 0.0) - solve,
+            "solve phase s": solve, "chunk compute s (sum)": rec["chunk_seconds"],
+            "chunk compute s per removal": rec["chunk_seconds"] / rec["n_removals"],
+            "worker setup + scheduling s": solve - ideal,
+            "throughput, solve phase (removals/s)": rec["removals_per_second"],
+            "throughput, whole stage (removals/s)": rec["n_removals"] / rec["seconds"],
+            "pairs within 1 %": f"{rec['pairs_within_target']} of {rec['pairs_selected']}"}
+    a, b = tensors.values()
+    same = set(a) == set(b) and all(torch.equal(a[key], b[key]) for key in a)
+    out = {**runs, "identical tensors": same}
+    names = list(runs)
+    table(f"{args.cluster_sample} random removals, test 8: in-process vs local:2",
+          [(key, runs[names[0]][key], runs[names[1]][key]) for key in runs[names[0]]]
+          + [("identical tensors", same, same)], columns=("quantity", *names))
+    return out
+
+
 def all_sample_child(work: Path, count: int) -> None:
     """The first ``count`` removals of ``--select all`` for test 8 with the stage's defaults;
     prints JSON with the per-removal cost and its extrapolation."""
@@ -262,6 +305,7 @@ def main() -> None:
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--lbfgs-sample", type=int, default=5)
     ap.add_argument("--all-sample", type=int, default=5000)
+    ap.add_argument("--cluster-sample", type=int, default=2000)
     ap.add_argument("--all-sample-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of `infl run` and of each iterative solver; medians are reported")
@@ -284,6 +328,8 @@ def main() -> None:
         result["loo"] = bench_loo(args, work, result.get("run"))
     if "study" in sections:
         result["study"] = bench_study(args, work)
+    if "cluster" in sections:
+        result["cluster"] = bench_cluster(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
