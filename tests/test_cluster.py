@@ -1,17 +1,15 @@
 """LOO on a Dask cluster (mnist-tiny): the same tensors as in-process, whatever happens."""
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_clean_failure, infl
+from conftest import REPO, assert_clean_failure, copy_work, infl, start_infl, wait_for
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
@@ -19,30 +17,16 @@ psutil = pytest.importorskip("psutil")
 LOO = ["-k", 60, "--chunk-size", 3]
 
 
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    w = tmp_path_factory.mktemp("scored")
-    for args in (["train", "--dataset", "mnist-tiny"], ["ihvp", "--solver", "cg"],
-                 ["score", "--solver", "cg"]):
-        proc = infl(*args, "-w", w)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return w
-
 
 @pytest.fixture(scope="module")
-def in_process(scored, tmp_path_factory):
+def in_process(scored_tiny, tmp_path_factory):
     """The reference: the same LOO solved in this machine's own process."""
     w = tmp_path_factory.mktemp("in_process")
-    shutil.copytree(scored, w, dirs_exist_ok=True)
+    shutil.copytree(scored_tiny, w, dirs_exist_ok=True)
     proc = infl("loo", "-w", w, *LOO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load_file(str(w / "loo.safetensors"))
 
-
-def _copy(scored, tmp_path):
-    work = tmp_path / "work"
-    shutil.copytree(scored, work)
-    return work
 
 
 def _same(work, reference):
@@ -52,34 +36,20 @@ def _same(work, reference):
         assert torch.equal(got[key], reference[key]), key
 
 
-def _start(*args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        env=dict(os.environ, COLUMNS="200"))
 
 
-def _wait_for(path, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-def test_local_cluster_gives_the_in_process_tensors(scored, in_process, tmp_path):
-    work = _copy(scored, tmp_path)
+def test_local_cluster_gives_the_in_process_tensors(scored_tiny, in_process, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
     proc = infl("loo", "-w", work, *LOO, "--cluster", "local:2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 (local:2" in proc.stderr  # the table names the workers
     _same(work, in_process)
 
 
-def test_a_killed_worker_changes_nothing(scored, in_process, tmp_path):
-    work = _copy(scored, tmp_path)
-    proc = _start("loo", "-w", work, *LOO, "--cluster", "local:2")
-    _wait_for(work / "loo.partial.safetensors", proc)
+def test_a_killed_worker_changes_nothing(scored_tiny, in_process, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
+    proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2")
+    wait_for(work / "loo.partial.safetensors", proc)
     driver = psutil.Process(proc.pid)
     # the nannies run inside the driver; the workers are its spawned child processes
     workers = [c for c in driver.children(recursive=True)
@@ -92,10 +62,10 @@ def test_a_killed_worker_changes_nothing(scored, in_process, tmp_path):
     _same(work, in_process)
 
 
-def test_interrupted_driver_resumes(scored, in_process, tmp_path):
-    work = _copy(scored, tmp_path)
-    proc = _start("loo", "-w", work, *LOO, "--cluster", "local:2")
-    _wait_for(work / "loo.partial.safetensors", proc)
+def test_interrupted_driver_resumes(scored_tiny, in_process, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
+    proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2")
+    wait_for(work / "loo.partial.safetensors", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -114,8 +84,8 @@ def test_interrupted_driver_resumes(scored, in_process, tmp_path):
     ("127.0.0.1:8786", "must be local:N or tcp://HOST:PORT"),
     ("tcp://127.0.0.1:9", "could not reach a Dask scheduler at tcp://127.0.0.1:9 within 3 s"),
 ])
-def test_bad_cluster_fails_in_one_line(scored, tmp_path, spec, message):
-    work = _copy(scored, tmp_path)
+def test_bad_cluster_fails_in_one_line(scored_tiny, tmp_path, spec, message):
+    work = copy_work(scored_tiny, tmp_path)
     before = sorted(p.name for p in work.iterdir())
     proc = infl("loo", "-w", work, *LOO, "--cluster", spec, "--cluster-timeout", 3)
     assert_clean_failure(proc)
@@ -124,10 +94,10 @@ def test_bad_cluster_fails_in_one_line(scored, tmp_path, spec, message):
     assert sorted(p.name for p in work.iterdir()) == before
 
 
-def test_missing_extra_fails_in_one_line(scored, tmp_path):
+def test_missing_extra_fails_in_one_line(scored_tiny, tmp_path):
     """Without Dask installed (simulated: the module is blocked), --cluster says what to
     install; and the default path never imports Dask at all."""
-    work = _copy(scored, tmp_path)
+    work = copy_work(scored_tiny, tmp_path)
     before = sorted(p.name for p in work.iterdir())
     code = ("import sys; sys.modules['distributed'] = None; sys.argv = ['infl', 'loo', '-w', "
             f"{str(work)!r}, '--cluster', 'local:2']; from infl_cli.cli import main; main()")

@@ -3,7 +3,6 @@
 import os
 import pty
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,44 +10,13 @@ import time
 
 import pytest
 
-from conftest import REPO, assert_clean_failure, infl
+from conftest import REPO, assert_clean_failure, copy_work, infl, start_infl, wait_for
 
 LONG_LISSA = ["ihvp", "--depth", "200000", "--stop-tol", "0", "--batch-size", "1000"]
 
 
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory):
-    """A work folder with model, CG inverse-HVP and scores for test 8."""
-    w = tmp_path_factory.mktemp("scored")
-    for args in (["train", "--dataset", "mnist-tiny"], ["ihvp", "--solver", "cg"],
-                 ["score", "--solver", "cg"]):
-        proc = infl(*args, "-w", w)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return w
 
 
-def _copy(scored, tmp_path):
-    work = tmp_path / "work"
-    shutil.copytree(scored, work)
-    return work
-
-
-def _start(*args):
-    """``python -m infl_cli ARGS`` in its own process group with the default SIGINT handler
-    (a background child of a non-interactive shell would otherwise ignore SIGINT)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        env=dict(os.environ, COLUMNS="200"))
-
-
-def _wait_for(path, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def _no_leftovers(work):
@@ -57,10 +25,10 @@ def _no_leftovers(work):
     assert ".infl.lock" not in names, names
 
 
-def test_ctrl_c_saves_finished_chunks_and_rerun_continues(scored, tmp_path):
-    work = _copy(scored, tmp_path)
-    proc = _start("loo", "-w", work, "-k", 24, "--chunk-size", 3)
-    _wait_for(work / "loo.partial.safetensors", proc)
+def test_ctrl_c_saves_finished_chunks_and_rerun_continues(scored_tiny, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
+    proc = start_infl("loo", "-w", work, "-k", 24, "--chunk-size", 3)
+    wait_for(work / "loo.partial.safetensors", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -75,10 +43,10 @@ def test_ctrl_c_saves_finished_chunks_and_rerun_continues(scored, tmp_path):
     assert (work / "loo.safetensors").is_file() and not (work / "loo.partial.safetensors").exists()
 
 
-def test_sigterm_is_an_interrupt_too(scored, tmp_path):
-    work = _copy(scored, tmp_path)
-    proc = _start(*LONG_LISSA, "-w", work)
-    _wait_for(work / ".infl.lock", proc)
+def test_sigterm_is_an_interrupt_too(scored_tiny, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
+    proc = start_infl(*LONG_LISSA, "-w", work)
+    wait_for(work / ".infl.lock", proc)
     time.sleep(1.0)  # well inside the LiSSA loop
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -89,11 +57,11 @@ def test_sigterm_is_an_interrupt_too(scored, tmp_path):
     _no_leftovers(work)
 
 
-def test_second_writer_is_refused_and_readers_are_not(scored, tmp_path):
-    work = _copy(scored, tmp_path)
-    proc = _start(*LONG_LISSA, "-w", work)
+def test_second_writer_is_refused_and_readers_are_not(scored_tiny, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
+    proc = start_infl(*LONG_LISSA, "-w", work)
     try:
-        _wait_for(work / ".infl.lock", proc)
+        wait_for(work / ".infl.lock", proc)
         before = sorted(p.name for p in work.iterdir())
         second = infl("score", "--solver", "cg", "-w", work)
         assert_clean_failure(second)
@@ -106,8 +74,8 @@ def test_second_writer_is_refused_and_readers_are_not(scored, tmp_path):
         proc.communicate()
 
 
-def test_stale_lock_is_taken_over_with_a_warning(scored, tmp_path):
-    work = _copy(scored, tmp_path)
+def test_stale_lock_is_taken_over_with_a_warning(scored_tiny, tmp_path):
+    work = copy_work(scored_tiny, tmp_path)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True)
     dead_pid = int(gone.stdout)
