@@ -92,6 +92,12 @@ class PartialResults:
             self.stats[key] += int(stats.get(key, 0))
         self.stats["chunk_seconds"] += float(stats.get("seconds", 0.0))
 
+    def finish(self, lo: int, hi: int, results: dict, stats: dict) -> str:
+        """Record a solved chunk and checkpoint it; returns the progress status text."""
+        self.put(lo, hi, results, stats)
+        self.save()
+        return f"max |grad| {np.nanmax(self.arrays['grad_norm']):.1e}"
+
     def save(self) -> None:
         tensors = {**self._identity(),
                    **{key: torch.from_numpy(np.ascontiguousarray(value))
@@ -119,10 +125,8 @@ def run_in_process(problem, store: PartialResults, settings: LooSettings, update
     for _, lo, hi in store.pending():
         removed, selected = store.chunk_inputs(lo, hi)
         results, stats = timed_chunk(problem, removed, selected, settings)
-        store.put(lo, hi, results, stats)
-        store.save()
+        status = store.finish(lo, hi, results, stats)
         solved += hi - lo
         if update is not None:
-            worst = np.nanmax(store.arrays["grad_norm"])
-            update(advance=hi - lo, status=f"max |grad| {worst:.1e}")
+            update(advance=hi - lo, status=status)
     return {"workers": 1, "solved": solved, "seconds": time.perf_counter() - start}

@@ -321,23 +321,11 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
     """Retrain without each selected training point, certified: writes loo.safetensors."""
     settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
     stages.validate_loo(settings, select, num)
-    _check_cluster(cluster, cluster_timeout)
+    stages.validate_cluster(cluster, cluster_timeout)
     with _writing(workdir):
         _report_loo(stages.run_loo(workdir, solver, _tests(test_index, test_sample, seed),
                                    select, num, seed or 0, settings, cluster=cluster,
                                    cluster_timeout=cluster_timeout))
-
-
-def _check_cluster(cluster, timeout) -> None:
-    """A bad --cluster fails before anything runs (and Dask is imported only with it)."""
-    if cluster is None:
-        return
-    from . import cluster as cluster_mod
-
-    cluster_mod.parse(cluster)
-    if not timeout > 0:
-        raise InflError(f"--cluster-timeout must be > 0, got {timeout}")
-    cluster_mod.check_available()
 
 
 @app.command("plot")
@@ -381,7 +369,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     stages.validate_train(wd, train_tol)
     stages.validate_ihvp(solver, lissa, cg)
     stages.validate_loo(settings, select, num)
-    _check_cluster(cluster, cluster_timeout)
+    stages.validate_cluster(cluster, cluster_timeout)
     with _writing(workdir):
         _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver,
                  _tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,

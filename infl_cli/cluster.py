@@ -28,7 +28,6 @@ import re
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import loo
@@ -169,11 +168,10 @@ class ClusterRunner:
                 except Exception as exc:
                     raise InflError(f"a LOO chunk failed on the cluster "
                                     f"({type(exc).__name__}: {exc})") from None
-                store.put(lo, hi, results, stats)
-                store.save()
+                status = store.finish(lo, hi, results, stats)
                 solved += hi - lo
-                update(advance=hi - lo, status=f"max |grad| {np.nanmax(store.arrays['grad_norm']):.1e}"
-                       f", {len(client.scheduler_info()['workers'])} workers")
+                update(advance=hi - lo,
+                       status=f"{status}, {len(client.scheduler_info()['workers'])} workers")
             seconds = time.perf_counter() - start
             return {"workers": workers, "solved": solved, "seconds": seconds,
                     "scatter_seconds": scatter_seconds, "cluster": self.spec}

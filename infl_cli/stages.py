@@ -279,6 +279,18 @@ def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1)
                         f"got {settings.rel_error}")
 
 
+def validate_cluster(cluster: str | None, timeout: float | None) -> None:
+    """A bad ``--cluster`` fails before anything runs (Dask is imported only with one)."""
+    if cluster is None:
+        return
+    from . import cluster as cluster_mod
+
+    cluster_mod.parse(cluster)
+    if timeout is not None and not timeout > 0:
+        raise InflError(f"--cluster-timeout must be > 0, got {timeout}")
+    cluster_mod.check_available()
+
+
 def plan_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
              seed: int, settings: loo_mod.LooSettings, mrec: dict, data: Dataset):
     """Everything that decides a LOO run, before any retraining: (settings record, inputs,
@@ -314,12 +326,8 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     The open chunks are solved in this process, or with ``cluster`` (``local:N`` or
     ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.cluster`)."""
     validate_loo(settings, select, k)
+    validate_cluster(cluster, cluster_timeout)
     runner = None
-    if cluster is not None:
-        from . import cluster as cluster_mod
-
-        cluster_mod.parse(cluster)
-        cluster_mod.check_available()
     weight, mrec, data = loaded or load_model(workdir)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
@@ -329,6 +337,8 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     start = time.perf_counter()
     built = {}
     if cluster is not None:
+        from . import cluster as cluster_mod
+
         s = mrec["settings"]
         runner = cluster_mod.ClusterRunner(
             cluster, lambda: cluster_mod.ProblemRecipe(
