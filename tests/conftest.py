@@ -1,9 +1,26 @@
+"""Shared helpers and fixtures.
+
+``infl(...)`` runs the command line *in this process*, through the same ``cli.main()`` that the
+console script calls (its error handling, one-line messages and exit codes), with stdout and
+stderr captured: no interpreter and torch start-up per call. ``infl_process(...)`` and
+``start_infl(...)`` start a real ``python -m infl_cli`` process, for the tests where the
+process itself is under test (signals and exit 130, the lock between two processes, a
+terminal, the cluster, the module entry point).
+
+The expensive fixture, ``tiny_work``, is made once per test session: the mnist-tiny model,
+the CG and LiSSA inverse-HVPs for test points 8 and 3, and both sets of scores, each made by
+its own CLI stage. Tests that write into a work folder take a private copy (:func:`copy_work`).
+"""
+
+import contextlib
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,14 +29,61 @@ import torch
 from infl_cli.data import load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
+FAST_LISSA = ["--depth", "600", "--batch-size", "200"]
 
 
-def infl(*args, cwd=None, env_extra=None):
-    """Run ``python -m infl_cli ARGS`` and return the CompletedProcess (text, captured)."""
+@dataclass
+class Outcome:
+    """What a finished command left: like ``subprocess.CompletedProcess``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def infl(*args, env_extra=None) -> Outcome:
+    """Run ``infl ARGS`` in this process through :func:`infl_cli.cli.main`.
+
+    sys.argv, the environment (``COLUMNS=200`` plus ``env_extra``), the signal handlers that
+    ``main`` installs and the progress console (made afresh on the captured stderr, exactly as
+    at a real start-up) are restored afterwards."""
+    from infl_cli import cli, progress
+
+    env = {"COLUMNS": "200", **(env_extra or {})}
+    saved_env = {key: os.environ.get(key) for key in env}
+    saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_argv, saved_console = sys.argv, progress.console
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ.update(env)
+        sys.argv = ["infl", *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            progress.console = cli.console = progress._make_console()
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        progress.console = cli.console = saved_console
+        for s, handler in saved_handlers.items():
+            signal.signal(s, handler)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def infl_process(*args, env_extra=None) -> Outcome:
+    """Run ``python -m infl_cli ARGS`` as a real process (text, captured)."""
     env = dict(os.environ, COLUMNS="200")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "infl_cli", *map(str, args)], cwd=cwd or REPO,
+    proc = subprocess.run([sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=600)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
 def start_infl(*args):
@@ -41,18 +105,28 @@ def wait_for(path, proc, timeout=180):
         time.sleep(0.05)
 
 
-def copy_work(src, tmp_path):
+def copy_work(src, tmp_path, name="work"):
     """A private copy of a shared work folder."""
-    work = tmp_path / "work"
+    work = tmp_path / name
     shutil.copytree(src, work)
     return work
 
 
-def assert_clean_failure(proc):
-    """Non-zero exit, an error line, and no traceback."""
+def listing(folder):
+    """The names in a folder, sorted (to show that a failed command wrote nothing)."""
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def assert_clean_failure(proc, message=None, one_line=True):
+    """Non-zero exit, an error line (containing ``message``), no traceback; by default the
+    error is the only line on stderr."""
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert "error" in proc.stderr.lower(), proc.stderr
+    if message is not None:
+        assert message in proc.stderr, proc.stderr
+    if one_line:
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +146,24 @@ def small_problem(tiny):
 
 
 @pytest.fixture(scope="session")
-def scored_tiny(tmp_path_factory):
-    """A work folder with the mnist-tiny model, the CG inverse-HVP and scores for test 8,
-    made through the CLI (copy it before writing: see :func:`copy_work`)."""
-    w = tmp_path_factory.mktemp("scored")
-    for args in (["train", "--dataset", "mnist-tiny"], ["ihvp", "--solver", "cg"],
-                 ["score", "--solver", "cg"]):
+def tiny_work(tmp_path_factory):
+    """The session's work folder on mnist-tiny, each stage run alone through the CLI: the
+    model (wd 0.01), inverse-HVPs for test points 8 and 3 by CG and by a short LiSSA, and the
+    scores of both. Read-only: copy it before writing (:func:`copy_work`)."""
+    w = tmp_path_factory.mktemp("tiny_work")
+    for args in (["train", "--dataset", "mnist-tiny"],
+                 ["ihvp", "--solver", "cg", "-t", 8, "-t", 3],
+                 ["ihvp", "-t", 8, "-t", 3, *FAST_LISSA],
+                 ["score", "--solver", "cg"], ["score"]):
         proc = infl(*args, "-w", w)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
     return w
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_work):
+    """(weight [10, 784], model record) of the session's trained mnist-tiny model."""
+    from infl_cli import artifacts as art
+
+    tensors, record = art.load_artifact(tiny_work / art.MODEL, "train")
+    return tensors["weight"], record

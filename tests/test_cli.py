@@ -3,31 +3,23 @@
 import json
 import os
 import re
+import shutil
 import stat
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_clean_failure, infl
-
-FAST_LISSA = ["--depth", "600", "--batch-size", "200"]
+from conftest import assert_clean_failure, copy_work, infl, infl_process, listing
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """Each stage run on its own, in order, on the bundled subset."""
-    w = tmp_path_factory.mktemp("work")
-    steps = [
-        ["train", "-w", w, "--dataset", "mnist-tiny"],
-        ["ihvp", "-w", w, "-t", 8, "-t", 3, *FAST_LISSA],
-        ["ihvp", "-w", w, "--solver", "cg", "-t", 8],
-        ["score", "-w", w],
-        ["score", "-w", w, "--solver", "cg"],
-        ["loo", "-w", w, "--num", 40, "--solver", "cg"],
-        ["plot", "-w", w, "--solver", "cg", "--solver", "lissa"],
-    ]
-    for args in steps:
+def workdir(tiny_work, tmp_path_factory):
+    """Each stage run on its own, in order, on the bundled subset: the session's train, ihvp
+    (LiSSA and CG for tests 8 and 3) and score, then loo and plot here."""
+    w = copy_work(tiny_work, tmp_path_factory.mktemp("cli"))
+    for args in (["loo", "-w", w, "--num", 40, "--solver", "cg", "-t", 8],
+                 ["plot", "-w", w, "--solver", "cg", "--solver", "lissa"]):
         proc = infl(*args)
         assert proc.returncode == 0, (args, proc.stderr[-3000:])
     return w
@@ -91,10 +83,21 @@ def test_help_shows_defaults():
     assert "[default: 500]" in loo_help and "[default: 1e-08]" in loo_help
 
 
-def test_run_skips_up_to_date_stages(tmp_path):
-    args = ["run", "-w", tmp_path, "--dataset", "mnist-tiny", "--num", 20, *FAST_LISSA]
-    first = infl(*args)
+def test_run_log_is_readable_and_a_rerun_skips_every_stage(tmp_path):
+    """`infl run` with its output not on a terminal: full descriptions as plain lines, no
+    redraws, no escape codes; a second identical run skips every stage and rewrites nothing."""
+    args = ["run", "-w", tmp_path, "--dataset", "mnist-tiny", "--num", 20]
+    first = infl(*args, env_extra={"INFL_PROGRESS_INTERVAL": "0.2", "COLUMNS": ""})
     assert first.returncode == 0, first.stderr[-3000:]
+    log = first.stderr
+    assert "\x1b[" not in log and "…" not in log and "\r" not in log
+    lissa = [line for line in log.splitlines() if line.startswith("ihvp lissa (scale")]
+    assert lissa, log
+    assert re.fullmatch(r"ihvp lissa \(scale [\d.]+, batch 500\): \d+/10000, repeat 1, "
+                        r"change [\d.e+-]+, \d:\d\d:\d\d elapsed, (eta \d:\d\d:\d\d|done)",
+                        lissa[-1]), lissa[-1]
+    assert lissa[-1].endswith(", done")
+    assert any(line.startswith("train: log10 |grad| reduced: ") for line in log.splitlines())
     before = (tmp_path / "loo.safetensors").stat().st_mtime_ns
     second = infl(*args)
     assert second.returncode == 0 and second.stderr.count("up to date") == 4
@@ -112,21 +115,17 @@ def test_missing_inputs_fail_cleanly(tmp_path):
     assert not (tmp_path / "empty").exists()  # and no folder was left behind
 
 
-def test_show_before_score_fails_cleanly(tmp_path):
-    assert infl("train", "-w", tmp_path, "--dataset", "mnist-tiny").returncode == 0
-    before = sorted(p.name for p in tmp_path.iterdir())
+def test_show_before_score_fails_cleanly(tiny_work, tmp_path):
+    shutil.copy(tiny_work / "model.safetensors", tmp_path)  # a trained model, nothing more
+    before = listing(tmp_path)
     proc = infl("show", "-w", tmp_path)
     assert_clean_failure(proc)
     assert "no scores" in proc.stderr and "infl score" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert listing(tmp_path) == before
 
 
 def test_mismatched_inputs_are_refused(workdir, tmp_path):
-    import shutil
-
-    other = tmp_path / "other"
-    shutil.copytree(workdir, other)
+    other = copy_work(workdir, tmp_path, "other")
     proc = infl("train", "-w", other, "--dataset", "mnist-tiny", "--wd", "0.02")
     assert proc.returncode == 0, proc.stderr
     for args in (["score", "-w", other], ["loo", "-w", other, "--num", 5], ["plot", "-w", other]):
@@ -149,9 +148,7 @@ def test_mismatched_inputs_are_refused(workdir, tmp_path):
 ])
 def test_bad_train_input(tmp_path, args, message):
     proc = infl(*args, "-w", tmp_path)
-    assert_clean_failure(proc)
-    assert message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert_clean_failure(proc, message)
     assert not list(tmp_path.iterdir())
 
 
@@ -165,7 +162,7 @@ def test_bad_train_input(tmp_path, args, message):
     (["ihvp", "--check-every", "0"], "--check-every must be"),
     (["ihvp", "--solver", "cg", "--cg-rank", "-1"], "--cg-rank must be"),
     (["ihvp", "--solver", "cg", "--cg-rtol", "0"], "--cg-rtol must be"),
-    (["loo", "-t", "3", "--solver", "cg"], "no scores for test index 3"),
+    (["loo", "-t", "5", "--solver", "cg"], "no scores for test index 5"),
     (["loo", "--method", "sgd"], "unknown method"),
     (["plot", "--out", "fig.jpg"], "must end in .png"),
     (["ihvp", "--test-sample", "0"], "--test-sample must be between 1 and 200"),
@@ -177,21 +174,31 @@ def test_bad_train_input(tmp_path, args, message):
     (["loo", "-t", "5000"], "out of range"),
     (["loo", "--rel-error", "1.5"], "--rel-error must be in [0, 1)"),
     (["show", "-t", "5000"], "out of range"),
-    (["show", "-t", "3", "--solver", "cg"], "no scores for test index 3"),
+    (["show", "-t", "5", "--solver", "cg"], "no scores for test index 5"),
     (["show", "-n", "0"], "-n must be ≥ 1"),
     (["show", "--out", "x.jpg"], "must end in .png"),
 ])
 def test_bad_stage_input(workdir, args, message):
-    before = sorted(p.name for p in workdir.iterdir())
+    before = listing(workdir)
     proc = infl(*args, "-w", workdir)
-    assert_clean_failure(proc)
-    assert message in proc.stderr, proc.stderr
-    assert sorted(p.name for p in workdir.iterdir()) == before
+    assert_clean_failure(proc, message)
+    assert listing(workdir) == before
 
 
-def test_module_entry_point_and_download_error(tmp_path):
+def test_download_error_says_where_it_looked(tmp_path):
     # no network in CI: the download fails and says where it looked
     proc = infl("train", "-w", tmp_path, "--data-dir", tmp_path / "nothing",
                 env_extra={"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"})
     assert_clean_failure(proc)
     assert "MNIST" in proc.stderr and "--data-dir" in proc.stderr
+
+
+def test_module_entry_point_in_a_real_process(tmp_path):
+    """`python -m infl_cli` is the same program: help on stdout, a bad input as one line on
+    stderr with exit 1, nothing written."""
+    helped = infl_process("--help")
+    assert helped.returncode == 0 and "train" in helped.stdout and "loo" in helped.stdout
+    proc = infl_process("train", "--dataset", "cifar", "-w", tmp_path)
+    assert proc.returncode == 1
+    assert_clean_failure(proc, "unknown dataset")
+    assert not list(tmp_path.iterdir())

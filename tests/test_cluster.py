@@ -1,6 +1,5 @@
 """LOO on a Dask cluster (mnist-tiny): the same tensors as in-process, whatever happens."""
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,24 +8,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_clean_failure, copy_work, infl, start_infl, wait_for
+from conftest import (REPO, assert_clean_failure, copy_work, infl, infl_process, listing,
+                      start_infl, wait_for)
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
 
-LOO = ["-k", 60, "--chunk-size", 3]
-
+LOO = ["-t", 8, "-k", 60, "--chunk-size", 3]
 
 
 @pytest.fixture(scope="module")
-def in_process(scored_tiny, tmp_path_factory):
+def in_process(tiny_work, tmp_path_factory):
     """The reference: the same LOO solved in this machine's own process."""
-    w = tmp_path_factory.mktemp("in_process")
-    shutil.copytree(scored_tiny, w, dirs_exist_ok=True)
+    w = copy_work(tiny_work, tmp_path_factory.mktemp("in_process"))
     proc = infl("loo", "-w", w, *LOO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load_file(str(w / "loo.safetensors"))
-
 
 
 def _same(work, reference):
@@ -36,18 +33,17 @@ def _same(work, reference):
         assert torch.equal(got[key], reference[key]), key
 
 
-
-
-def test_local_cluster_gives_the_in_process_tensors(scored_tiny, in_process, tmp_path):
-    work = copy_work(scored_tiny, tmp_path)
-    proc = infl("loo", "-w", work, *LOO, "--cluster", "local:2")
+def test_local_cluster_gives_the_in_process_tensors(tiny_work, in_process, tmp_path):
+    work = copy_work(tiny_work, tmp_path)
+    proc = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 (local:2" in proc.stderr  # the table names the workers
     _same(work, in_process)
 
 
-def test_a_killed_worker_changes_nothing(scored_tiny, in_process, tmp_path):
-    work = copy_work(scored_tiny, tmp_path)
+@pytest.mark.slow
+def test_a_killed_worker_changes_nothing(tiny_work, in_process, tmp_path):
+    work = copy_work(tiny_work, tmp_path)
     proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2")
     wait_for(work / "loo.partial.safetensors", proc)
     driver = psutil.Process(proc.pid)
@@ -62,15 +58,16 @@ def test_a_killed_worker_changes_nothing(scored_tiny, in_process, tmp_path):
     _same(work, in_process)
 
 
-def test_interrupted_driver_resumes(scored_tiny, in_process, tmp_path):
-    work = copy_work(scored_tiny, tmp_path)
+@pytest.mark.slow
+def test_interrupted_driver_resumes(tiny_work, in_process, tmp_path):
+    work = copy_work(tiny_work, tmp_path)
     proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2")
     wait_for(work / "loo.partial.safetensors", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "removals are saved in" in err.strip().splitlines()[-1]
-    again = infl("loo", "-w", work, *LOO, "--cluster", "local:2")
+    again = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2")
     assert again.returncode == 0, again.stderr[-2000:]
     _same(work, in_process)
 
@@ -84,28 +81,23 @@ def test_interrupted_driver_resumes(scored_tiny, in_process, tmp_path):
     ("127.0.0.1:8786", "must be local:N or tcp://HOST:PORT"),
     ("tcp://127.0.0.1:9", "could not reach a Dask scheduler at tcp://127.0.0.1:9 within 3 s"),
 ])
-def test_bad_cluster_fails_in_one_line(scored_tiny, tmp_path, spec, message):
-    work = copy_work(scored_tiny, tmp_path)
-    before = sorted(p.name for p in work.iterdir())
+def test_bad_cluster_fails_in_one_line(tiny_work, tmp_path, spec, message):
+    work = copy_work(tiny_work, tmp_path)
+    before = listing(work)
     proc = infl("loo", "-w", work, *LOO, "--cluster", spec, "--cluster-timeout", 3)
-    assert_clean_failure(proc)
-    assert message in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert sorted(p.name for p in work.iterdir()) == before
+    assert_clean_failure(proc, message)
+    assert listing(work) == before
 
 
-def test_missing_extra_fails_in_one_line(scored_tiny, tmp_path):
+def test_missing_extra_fails_in_one_line(tiny_work, tmp_path, monkeypatch):
     """Without Dask installed (simulated: the module is blocked), --cluster says what to
-    install; and the default path never imports Dask at all."""
-    work = copy_work(scored_tiny, tmp_path)
-    before = sorted(p.name for p in work.iterdir())
-    code = ("import sys; sys.modules['distributed'] = None; sys.argv = ['infl', 'loo', '-w', "
-            f"{str(work)!r}, '--cluster', 'local:2']; from infl_cli.cli import main; main()")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-    assert_clean_failure(proc)
-    assert "pip install -e '.[cluster]'" in proc.stderr and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in work.iterdir()) == before
+    install; and the default path never imports Dask at all (a fresh process tells)."""
+    work = copy_work(tiny_work, tmp_path)
+    before = listing(work)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    proc = infl("loo", "-w", work, "--cluster", "local:2")
+    assert_clean_failure(proc, "pip install -e '.[cluster]'")
+    assert listing(work) == before
     code = ("import sys; from infl_cli import cli, stages, chunks, loo; "
             "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

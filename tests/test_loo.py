@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import copy_work
 from infl_cli import bounds, loo, model, score, selection, stages, train
 from infl_cli.errors import Interrupted
 from infl_cli.linalg import HessianFactor
@@ -15,8 +16,9 @@ TESTS = [8, 3, 60]
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny):
-    w, _ = train.fit(tiny, WD, 1e-11)
+def fitted(tiny, tiny_model):
+    w, record = tiny_model
+    assert record["settings"]["wd"] == WD
     factor = HessianFactor(w, tiny.design, WD)
     s = factor.solve(model.test_point_grads(w, tiny.x_test[TESTS], tiny.y_test[TESTS]))
     influence, predicted = score.influence_scores(w, tiny.x_train, tiny.y_train, WD, s)
@@ -183,19 +185,10 @@ def test_selections(fitted):
     assert selection.sample_test_indices(200, 5, 1) == selection.sample_test_indices(200, 5, 1)
 
 
-def _prepare(work):
-    stages.run_train(work, "mnist-tiny", None, WD, 1e-10, 5000)
-    from infl_cli import ihvp as ihvp_mod
-
-    stages.run_ihvp(work, "cg", stages.TestChoice([8, 3]), ihvp_mod.LissaSettings())
-    stages.run_score(work, "cg")
-
-
-@pytest.fixture(scope="module")
-def stage_work(tmp_path_factory):
-    work = tmp_path_factory.mktemp("stage")
-    _prepare(work)
-    return work
+@pytest.fixture
+def stage_work(tiny_work, tmp_path):
+    """A private copy of the session's work folder: model, CG scores for tests 8 and 3."""
+    return copy_work(tiny_work, tmp_path, "stage")
 
 
 def _artifact(work):
@@ -207,16 +200,13 @@ def _artifact(work):
 def test_multi_test_loo_equals_single_test_runs(stage_work, tmp_path):
     """One run for tests 8 and 3 retrains the union once; each test point's own top-k equal
     its single-test run's, within both runs' certified bounds."""
-    import shutil
-
     settings = loo.LooSettings(chunk_size=7)
     both = stages.run_loo(stage_work, None, stages.TestChoice([8, 3]), "top", 12, 0, settings)
     joint = _artifact(stage_work)
     assert joint["actual_loss_diff"].shape == (2, both["n_removals"])
     assert 12 < both["n_removals"] <= 24 and joint["selected"].sum(1).tolist() == [12, 12]
     for row, t in enumerate([8, 3]):
-        single = tmp_path / f"single{t}"
-        shutil.copytree(stage_work, single)
+        single = copy_work(stage_work, tmp_path, f"single{t}")
         stages.run_loo(single, None, stages.TestChoice([t]), "top", 12, 0, settings)
         alone = _artifact(single)
         mine = joint["selected"][row]
@@ -230,11 +220,8 @@ def test_multi_test_loo_equals_single_test_runs(stage_work, tmp_path):
 
 
 @pytest.mark.parametrize("select, k", [("random", 25), ("all", 0)])
-def test_random_and_all_selections_run_and_certify(stage_work, tmp_path, select, k):
-    import shutil
-
-    work = tmp_path / "w"
-    shutil.copytree(stage_work, work)
+def test_random_and_all_selections_run_and_certify(stage_work, select, k):
+    work = stage_work
     record = stages.run_loo(work, None, stages.TestChoice([8]), select, k, 3,
                             loo.LooSettings(chunk_size=100 if select == "all" else 10))
     out = _artifact(work)
@@ -248,12 +235,10 @@ def test_random_and_all_selections_run_and_certify(stage_work, tmp_path, select,
     assert bool((bound[missed] < 1e-9).all()), (int(missed.sum()), float(bound[missed].max()))
 
 
-def test_interrupted_loo_stage_resumes_to_identical_artifact(tmp_path, monkeypatch):
+def test_interrupted_loo_stage_resumes_to_identical_artifact(tiny_work, tmp_path, monkeypatch):
     from infl_cli import chunks
 
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    for w in (whole, cut):
-        _prepare(w)
+    whole, cut = copy_work(tiny_work, tmp_path, "whole"), copy_work(tiny_work, tmp_path, "cut")
     settings = loo.LooSettings(chunk_size=4)
     stages.run_loo(whole, None, stages.TestChoice([8]), "top", 12, 0, settings)
 
@@ -278,17 +263,14 @@ def test_interrupted_loo_stage_resumes_to_identical_artifact(tmp_path, monkeypat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_partial_from_other_settings_is_not_reused(stage_work, tmp_path):
+def test_partial_from_other_settings_is_not_reused(stage_work, tiny):
     """A checkpoint made with other settings (here another --rel-error) is started over."""
-    import shutil
-
+    from infl_cli import artifacts as art
     from infl_cli import chunks
 
-    work = tmp_path / "w"
-    shutil.copytree(stage_work, work)
+    work = stage_work
     plan = stages.plan_loo(work, None, stages.TestChoice([8]), "top", 6, 0, loo.LooSettings(),
-                           __import__("infl_cli.artifacts", fromlist=["x"]).read_record(
-                               work / "model.safetensors"), tiny_data())
+                           art.read_record(work / art.MODEL), tiny)
     record, inputs, tests, train_idx, selected = plan
     store = chunks.PartialResults(work / "p.safetensors", train_idx, tests, selected, 3, record,
                                   inputs)
@@ -301,12 +283,6 @@ def test_partial_from_other_settings_is_not_reused(stage_work, tmp_path):
     fresh = chunks.PartialResults(work / "p.safetensors", train_idx, tests, selected, 3, other,
                                   inputs)
     assert fresh.resumed_from == 0 and len(fresh.pending()) == 2
-
-
-def tiny_data():
-    from infl_cli.data import load_dataset
-
-    return load_dataset("mnist-tiny")
 
 
 def test_bound_pieces():

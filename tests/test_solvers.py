@@ -9,11 +9,9 @@ from infl_cli.linalg import HessianFactor, SubspacePreconditioner, conjugate_gra
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny):
-    from infl_cli import train
-
-    w, info = train.fit(tiny, 0.01, 1e-10)
-    assert info["grad_norm"] <= 1e-10
+def fitted(tiny, tiny_model):
+    w, record = tiny_model
+    assert record["settings"]["wd"] == 0.01 and record["grad_norm"] <= 1e-10
     rhs = model.test_point_grads(w, tiny.x_test[[8, 3]], tiny.y_test[[8, 3]])
     exact = torch.linalg.solve(model.hessian(w, tiny.x_train, 0.01),
                                rhs.reshape(2, -1).T).T.reshape(rhs.shape)
