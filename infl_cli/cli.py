@@ -18,7 +18,7 @@ from . import ihvp as ihvp_mod
 from . import loo as loo_mod
 from . import selection, stages
 from .data import DATASETS
-from .errors import InflError, Interrupted
+from .errors import BadInput, InflError, Interrupted
 from .lock import workdir_lock
 from .progress import console
 
@@ -27,7 +27,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "(Koh & Liang 2017) and check it by leave-one-out retraining.")
 
 WORKDIR = typer.Option(Path("artifacts"), "--workdir", "-w", help="Work folder for artifacts.")
-DATASET = typer.Option("mnist", "--dataset", help=f"Dataset: {' | '.join(DATASETS)}.")
+DATASET = typer.Option("mnist", "--dataset",
+                       help=f"Dataset: {' | '.join(DATASETS)} | PATH.npz (X_train, y_train, "
+                            "X_test, y_test, optional class_names).")
+BIAS = typer.Option(False, "--bias/--no-bias",
+                    help="Append a constant feature 1 (an intercept), regularised like the "
+                         "weights.")
 DATA_DIR = typer.Option(None, "--data-dir",
                         help="Folder holding MNIST/raw/ (default: $INFL_DATA_DIR, else a per-user "
                              "cache folder; downloaded there when missing).")
@@ -75,8 +80,9 @@ LOO_SOLVER = typer.Option(None, "--solver",
 SELECT = typer.Option("top", "--select",
                       help="Training points retrained without: top (the k largest |I| of each "
                            "test point) | random (k drawn with --seed) | all.")
-NUM = typer.Option(500, "--num", "-k", help="Training points per test point (top) or in all "
-                                            "(random); not used by --select all.")
+NUM = typer.Option(None, "--num", "-k",
+                   help="Training points per test point (top) or in all (random); not used by "
+                        "--select all \\[default: 500, or n when the training set is smaller].")
 METHOD = typer.Option("newton", "--method", help="Retraining: newton (batched, certified) | lbfgs.")
 LOO_TOL = typer.Option(1e-8, "--tol",
                        help="Every retraining must reach ‖∇R₋z‖ ≤ this (certified, rounding "
@@ -114,7 +120,7 @@ SHOW_OUT = typer.Option(None, "--out", "-o",
 def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail,
                     stop_tol, check_every):
     if preset not in ihvp_mod.PRESETS:
-        raise InflError(f"unknown preset {preset!r}; choose one of: {', '.join(ihvp_mod.PRESETS)}")
+        raise BadInput(f"unknown preset {preset!r}; choose one of: {', '.join(ihvp_mod.PRESETS)}")
     s = ihvp_mod.LissaSettings.paper() if preset == "paper" else ihvp_mod.LissaSettings()
     if scale is not None:
         if scale.strip().lower() == "auto":
@@ -123,7 +129,7 @@ def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, av
             try:
                 s.scale = float(scale)
             except ValueError:
-                raise InflError(f"--scale must be 'auto' or a number, got {scale!r}") from None
+                raise BadInput(f"--scale must be 'auto' or a number, got {scale!r}") from None
     for name, value in (("damping", damping), ("depth", depth), ("batch_size", batch_size),
                         ("repeats", repeats), ("seed", seed), ("average_tail", average_tail),
                         ("stop_tol", stop_tol), ("check_every", check_every)):
@@ -176,9 +182,15 @@ def _writing(workdir: Path):
 
 
 def _report_train(rec):
-    _table("train", {"dataset": rec["settings"]["dataset"], "n_train": rec["n_train"],
+    _table("train", {"dataset": rec["settings"]["dataset"]
+                     + (" (+ bias feature)" if rec["settings"].get("bias") else ""),
+                     "n_train": rec["n_train"],
+                     "classes × features": f"{rec.get('n_classes', 10)} × "
+                                           f"{rec.get('n_features', 784)}",
                      "train loss": rec["train_loss"], "‖∇R‖ (float64)": rec["grad_norm"],
-                     "‖∇R‖ ≤ (certified, exact gradient)": rec.get("grad_norm_certified", "–"),
+                     "‖∇R‖ ≤ (certified)": rec.get("grad_norm_certified", "–"),
+                     "rounding model": rec.get("rounding_model", "–"),
+                     "floor: rounding bound of ‖∇R‖": rec.get("grad_rounding", "–"),
                      "train accuracy": rec["train_accuracy"],
                      "test accuracy": rec["test_accuracy"],
                      "L-BFGS iterations": rec["lbfgs_iterations"],
@@ -261,22 +273,23 @@ def _report_plot(metrics):
 
 def _report_show(result):
     t = result["test"]
-    rows = [(r["kind"], r["rank"], r["train_index"], r["label"], r["predicted_change"],
+    rows = [(r["kind"], r["rank"], r["train_index"], r["label_name"], r["predicted_change"],
              "–" if r["actual_change"] is None else
              f"{r['actual_change']:.6g} ± {r['error_bound']:.1e}") for r in result["rows"]]
-    _columns(f"test {t['test_index']}: label {t['label']}, predicted {t['predicted_class']} "
-             f"(p(label) = {t['probability_of_label']:.3f}); {result['figure']}",
+    figure = f"; {result['figure']}" if result["figure"] else ""
+    _columns(f"test {t['test_index']}: label {t['label_name']}, predicted {t['predicted_name']} "
+             f"(p(label) = {t['probability_of_label']:.3f}){figure}",
              ["", "rank", "train index", "label", "predicted change", "actual change"], rows)
 
 
 @app.command("train")
 def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
               data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
-              max_iter: int = MAX_ITER, download: bool = DOWNLOAD):
+              max_iter: int = MAX_ITER, download: bool = DOWNLOAD, bias: bool = BIAS):
     """Fit the model (float64 L-BFGS, then Newton) and write model.safetensors."""
     with _writing(workdir):
         _report_train(stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                       download))
+                                       download, bias=bias))
 
 
 @app.command("ihvp")
@@ -314,7 +327,7 @@ def _loo_settings(method, tol, rel_error, chunk_size, max_steps) -> loo_mod.LooS
 @app.command("loo")
 def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
-            seed: Optional[int] = SEED, select: str = SELECT, num: int = NUM,
+            seed: Optional[int] = SEED, select: str = SELECT, num: Optional[int] = NUM,
             method: str = METHOD, tol: float = LOO_TOL, rel_error: float = REL_ERROR,
             chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
             cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT):
@@ -347,7 +360,8 @@ def show_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = SHOW_TEST,
 @app.command("run")
 def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
-            max_iter: int = MAX_ITER, download: bool = DOWNLOAD, solver: str = SOLVER,
+            max_iter: int = MAX_ITER, download: bool = DOWNLOAD, bias: bool = BIAS,
+            solver: str = SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
@@ -355,7 +369,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
             check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, select: str = SELECT,
-            num: int = NUM, method: str = METHOD, tol: float = LOO_TOL,
+            num: Optional[int] = NUM, method: str = METHOD, tol: float = LOO_TOL,
             rel_error: float = REL_ERROR, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
             cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
             out: Optional[Path] = OUT):
@@ -371,19 +385,20 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     stages.validate_loo(settings, select, num)
     stages.validate_cluster(cluster, cluster_timeout)
     with _writing(workdir):
-        _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver,
+        _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver,
                  _tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
                  settings, out, cluster, cluster_timeout)
 
 
-def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solver, tests, seed,
-             lissa, cg, select, num, settings, out, cluster=None, cluster_timeout=None):
+def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver, tests,
+             seed, lissa, cg, select, num, settings, out, cluster=None, cluster_timeout=None):
     from .data import load_dataset
 
     times = {}
     t0 = time.perf_counter()
-    data = load_dataset(dataset, data_dir, download)
+    data = load_dataset(dataset, data_dir, download, bias)
     chosen = stages.ihvp_tests(tests, data)
+    num = selection.resolve_k(num, data.n_train)
     selection.check_selection(select, num, data.n_train)
     times["load data"] = time.perf_counter() - t0
 
@@ -399,10 +414,10 @@ def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, solv
         return rec
 
     mrec = stage("train", workdir / art.MODEL,
-                 stages.train_settings(dataset, data_dir, wd, train_tol),
+                 stages.train_settings(dataset, data_dir, wd, train_tol, bias),
                  {"data": data.fingerprint},
                  lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                          download, data=data), _report_train)
+                                          download, data=data, bias=bias), _report_train)
     loaded = stages.load_model(workdir, data)
     fixed = stages.TestChoice(chosen)
     irec = stage("ihvp", workdir / art.ihvp_name(solver),
@@ -448,7 +463,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except InflError as exc:
-        _fail(str(exc), 1)
+        _fail(str(exc), exc.EXIT_CODE)
     except Interrupted as exc:
         _fail(str(exc), Interrupted.EXIT_CODE)
     except (typer.Abort, KeyboardInterrupt):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from . import loo
-from .errors import InflError
+from .errors import BadInput, InflError
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler, and for a LocalCluster to start
 _ADDRESS = re.compile(r"^(tcp|tls)://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})$")
@@ -46,12 +46,12 @@ def parse(spec: str) -> tuple[str, object]:
     if local:
         n = int(local.group(1))
         if n < 1:
-            raise InflError(f"--cluster local:N needs N ≥ 1 worker processes, got {spec!r}")
+            raise BadInput(f"--cluster local:N needs N ≥ 1 worker processes, got {spec!r}")
         return "local", n
     address = _ADDRESS.match(spec)
     if address and 0 < int(address.group(3)) < 65536:
         return "address", spec
-    raise InflError(f"--cluster must be local:N or tcp://HOST:PORT (a Dask scheduler), "
+    raise BadInput(f"--cluster must be local:N or tcp://HOST:PORT (a Dask scheduler), "
                     f"got {spec!r}")
 
 
@@ -76,26 +76,22 @@ class ProblemRecipe:
     """How a worker rebuilds the LOO problem: the data (checked by fingerprint), the model
     and the test points; the factored Hessian comes separately (scattered)."""
 
-    dataset: str
-    data_dir: str | None
+    settings: dict  # the model's training settings: dataset, data folder, bias, wd
     data_fingerprint: str
     weight: torch.Tensor
-    wd: float
     test_indices: list
     key: str  # identifies the problem (model fingerprint, test points) across tasks
 
     def build(self, factor) -> loo.LooProblem:
-        from pathlib import Path
+        from .data import recorded_dataset
 
-        from .data import load_dataset
-
-        data = load_dataset(self.dataset, Path(self.data_dir) if self.data_dir else None,
-                            download=False)
+        data = recorded_dataset(self.settings, download=False)
         if data.fingerprint != self.data_fingerprint:
-            raise InflError(f"the data a worker found at {self.data_dir or self.dataset} "
-                            "differ from those the model was trained on")
+            raise InflError(f"the data a worker found at "
+                            f"{self.settings['data_dir'] or self.settings['dataset']} differ "
+                            "from those the model was trained on")
         sel = torch.tensor(self.test_indices, dtype=torch.int64)
-        return loo.LooProblem(self.weight, data.design, data.y_train, self.wd,
+        return loo.LooProblem(self.weight, data.design, data.y_train, self.settings["wd"],
                               data.x_test[sel], data.y_test[sel], factor=factor)
 
 

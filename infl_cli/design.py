@@ -12,6 +12,12 @@ over the core and a sparse pass for the rim's rows (:func:`weighted_grams`).
 
 Columns are addressed in *active order* (the original order of the active pixels), so callers
 see an ordinary [n, d_active] matrix. Arrays are NumPy; float32 copies are made on first use.
+
+**Certified products** (:meth:`DesignMatrix.certified_matmul`, :meth:`~DesignMatrix.certified_rmatmul`)
+return a value and a proven bound on its error. For inputs that are integers / scale (pixels)
+the products are exact integer sums, so the bound is tiny and relative to the result; for
+general real features it is the standard model, |fl(Σ_k a_k b_k) − Σ_k a_k b_k| ≤ γ_m·Σ_k |a_k b_k|
+for m terms in any summation order (Higham, ch. 3), about m·1.1e-16 of the terms' size.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import math
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .bounds import SAFETY, gamma
 
 RIM_DENSITY = 0.10  # a column non-zero in at most this fraction of rows goes to the rim
 BLOCK_ROWS = 4096   # rows per block in blocked passes (bounded temporaries, short sums)
@@ -35,8 +43,9 @@ class DesignMatrix:
 
     def __init__(self, x: torch.Tensor, rim_density: float = RIM_DENSITY,
                  block_rows: int = BLOCK_ROWS, scale: float | None = None):
-        """``scale``: the inputs are integers divided by it (pixels / 255); enables the
-        exact products :meth:`exact_matmul` and :meth:`exact_rmatmul`."""
+        """``scale``: the inputs are integers divided by it (pixels / 255); makes the
+        certified products :meth:`certified_matmul` and :meth:`certified_rmatmul` exact
+        integer sums (None: general real features, bounded by the general model)."""
         nonzero = (x != 0).sum(dim=0).numpy()
         self.active = torch.from_numpy(nonzero > 0)
         positions = np.flatnonzero(nonzero)
@@ -56,6 +65,9 @@ class DesignMatrix:
             rim.multiply(rim).sum(axis=1)).ravel()
         self.scale = scale
         self._integers = None
+        self._abs = None
+        # general real features: ‖x_i‖ as an upper bound, its own rounding included
+        self.row_norms = np.sqrt(self.row_sq_norms) * (1 + gamma(self.width + 3))
         if scale is not None:
             int_core, int_rim = np.rint(core * scale), rim.copy()
             int_rim.data = np.rint(rim.data * scale)
@@ -73,6 +85,13 @@ class DesignMatrix:
             squares = np.square(int_core).sum(axis=1) + np.asarray(
                 int_rim.multiply(int_rim).sum(axis=1)).ravel()
             self.row_norms = np.sqrt(squares) / scale * (1 + 4 * 2.0 ** -53)
+
+    @property
+    def rounding_model(self) -> str:
+        """How certified products bound their rounding: exact integer sums or the general
+        γ_m model (module doc)."""
+        return "exact integer products" if self._integers is not None else \
+            "general (γ_m per sum of m terms)"
 
     # ------------------------------------------------------------------------- storage
     def core_array(self, dtype=np.float64) -> np.ndarray:
@@ -135,12 +154,28 @@ class DesignMatrix:
         return out
 
 
-    def exact_matmul(self, v: np.ndarray):
-        """X·v for float64 v [width, m] with X = integers/scale exactly: (value [n, m], bound
-        [n, m] on |value − X·v|). v is split into integer pieces small enough that every
+    def _abs_parts(self):
+        """|core| and |rim| in float64, made on first use (general features only)."""
+        if self._abs is None:
+            self._abs = (np.abs(self._core[np.float64]), abs(self._rim[np.float64]))
+        return self._abs
+
+    def certified_matmul(self, v: np.ndarray):
+        """X·v for float64 v [width, m]: (value [n, m], bound [n, m] on |value − X·v|).
+
+        With X = integers/scale, v is split into integer pieces small enough that every
         partial sum of integer pixels times a piece stays below 2⁵³, so each BLAS product is
         exact in any summation order; only combining the pieces and dividing by the scale
-        round (and the part of v below the last piece, bounded)."""
+        round (and the part of v below the last piece, bounded). General features: the
+        float64 product, off by at most γ_{width+1}·(|X|·|v|) (core and rim sums, then their
+        sum), |X|·|v| computed too and enlarged by its own rounding."""
+        if self._integers is None:
+            core, rim = self._abs_parts()
+            av = np.abs(v)
+            size = core @ np.ascontiguousarray(av[self.core]) + rim @ np.ascontiguousarray(
+                av[self.rim])
+            g = gamma(self.width + 1)
+            return self.matmul(v), SAFETY * g * (1 + 2 * g) * size
         bits = _piece_bits(float(self.row_sums.max()))
         pieces, weights, tail = _integer_pieces(v, bits)
         core, rim = self._integers
@@ -148,9 +183,17 @@ class DesignMatrix:
             q[self.rim])) * w for q, w in zip(pieces, weights)]
         return _combine(parts, self.scale, self.row_sums[:, None] * tail)
 
-    def exact_rmatmul(self, r: np.ndarray):
-        """rᵀ·X for float64 r [n, m]: (value [m, width], bound on |value − rᵀX|), exactly as
-        :meth:`exact_matmul`."""
+    def certified_rmatmul(self, r: np.ndarray):
+        """rᵀ·X for float64 r [n, m]: (value [m, width], bound on |value − rᵀX|), as
+        :meth:`certified_matmul` (general features: γ_{n+1}·(|r|ᵀ|X|))."""
+        if self._integers is None:
+            core, rim = self._abs_parts()
+            ar = np.abs(r)
+            size = np.empty((r.shape[1], self.width))
+            size[:, self.core] = ar.T @ core
+            size[:, self.rim] = (rim.T @ ar).T
+            g = gamma(self.n + 1)
+            return self.rmatmul(r), SAFETY * g * (1 + 2 * g) * size
         bits = _piece_bits(float(self.col_sums.max()))
         pieces, weights, tail = _integer_pieces(r, bits)
         core, rim = self._integers
@@ -188,8 +231,6 @@ def _integer_pieces(a: np.ndarray, bits: int, n_pieces: int = 3):
 def _combine(parts, scale: float, tail_bound):
     """Σ parts / scale with its error bound: γ_{len(parts)} of Σ|parts| for the sum and the
     division, plus the bounded tail (exact-product contributions of the unsplit rest)."""
-    from .bounds import SAFETY, gamma
-
     total = parts[0].copy()
     size = np.abs(parts[0])
     for part in parts[1:]:

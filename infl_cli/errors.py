@@ -2,11 +2,22 @@
 
 
 class InflError(Exception):
-    """A user-facing error: bad input, missing or mismatched artifact, divergence.
+    """A user-facing error: a missing or mismatched artifact, missing data, a divergence, a
+    retraining that could not be certified.
 
-    The CLI prints ``str(error)`` on one line and exits with status 1; nothing else
-    (no traceback) reaches the user.
+    The CLI prints ``str(error)`` on one line and exits with status ``EXIT_CODE`` (1);
+    nothing else (no traceback) reaches the user.
     """
+
+    EXIT_CODE = 1
+
+
+class BadInput(InflError):
+    """A value on the command line or in an input file that cannot be used: an option out of
+    range, an unknown name, a malformed dataset, a problem too large for an exact path. Exit
+    status 2, as for the usage errors Click reports itself."""
+
+    EXIT_CODE = 2
 
 
 class Interrupted(BaseException):

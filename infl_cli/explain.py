@@ -5,7 +5,8 @@ beside the n most *helpful* training images (removing one would raise the test l
 the largest predicted change) and the n most *harmful* (removing one would lower it the most:
 the most negative predicted change). Each training image is captioned with its index, its
 label, the predicted change and, where ``infl loo`` retrained without it for this test point,
-the actual change with its certified error bound.
+the actual change with its certified error bound. Features that are not an image (an NPZ
+whose d, the bias feature left out, is not a perfect square) get the table alone.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import numpy as np
 
 from . import model
 
-SIDE = 28  # MNIST images are 28 × 28
-
 
 def rank(predicted: np.ndarray, count: int):
     """(helpful, harmful): indices of the ``count`` largest and most negative predicted
@@ -27,20 +26,18 @@ def rank(predicted: np.ndarray, count: int):
 
 
 def explain(weight, data, test_index: int, predicted: np.ndarray, actual, count: int,
-            solver: str, png: Path, write) -> dict:
-    """Draw the explanation of test point ``test_index`` into ``png``; ``actual`` is
-    (train indices, actual changes, error bounds) from the LOO artifact, or None. Returns
-    the figure's path, the test point's facts and one row per training image shown."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+            solver: str, png: Path | None, write) -> dict:
+    """The explanation of test point ``test_index``: one row per training point shown, and,
+    when the features are images and ``png`` is given, the figure drawn into it. ``actual``
+    is (train indices, actual changes, error bounds) from the LOO artifact, or None. Returns
+    the figure's path (None without one), the test point's facts and the rows."""
     count = min(count, len(predicted) // 2)
     x_t = data.x_test[test_index]
     probs = model.probabilities(weight, x_t[None])[0]
     label = int(data.y_test[test_index])
-    test = {"test_index": test_index, "label": label, "predicted_class": int(probs.argmax()),
+    test = {"test_index": test_index, "label": label, "label_name": data.class_name(label),
+            "predicted_class": int(probs.argmax()),
+            "predicted_name": data.class_name(int(probs.argmax())),
             "probability_of_label": float(probs[label]),
             "loss": float(-np.log(float(probs[label])))}
     lookup = {}
@@ -51,18 +48,38 @@ def explain(weight, data, test_index: int, predicted: np.ndarray, actual, count:
     for kind, indices in (("helpful", helpful), ("harmful", harmful)):
         for position, j in enumerate(indices.tolist(), start=1):
             a, b = lookup.get(j, (None, None))
-            rows.append({"kind": kind, "rank": position, "train_index": j,
-                         "label": int(data.y_train[j]), "predicted_change": float(predicted[j]),
+            label_j = int(data.y_train[j])
+            rows.append({"kind": kind, "rank": position, "train_index": j, "label": label_j,
+                         "label_name": data.class_name(label_j),
+                         "predicted_change": float(predicted[j]),
                          "actual_change": a, "error_bound": b})
+    if png is not None and data.image_shape is not None:
+        _draw(data, test, rows, count, solver, png, write)
+    else:
+        png = None
+    return {"figure": None if png is None else str(png), "test": test, "rows": rows,
+            "solver": solver}
 
+
+def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, write) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test_index = test["test_index"]
+    # one grey scale for every image: the training features' range (pixels: [0, 1])
+    pixels = data.x_train[:, :-1] if data.bias else data.x_train
+    lo, hi = min(0.0, float(pixels.min())), max(float(pixels.max()), 1e-300)
     fig = plt.figure(figsize=(3.0 + 1.3 * count, 4.4))
     # columns: the test image, a narrow one for the row labels, then the training images
     grid = fig.add_gridspec(2, count + 2, width_ratios=[1.7, 0.45] + [1] * count, wspace=0.2,
                             hspace=0.65)
     ax = fig.add_subplot(grid[:, 0])
-    ax.imshow(x_t.reshape(SIDE, SIDE).numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_title(f"test {test_index}\nlabel {label}, predicted {test['predicted_class']}\n"
-                 f"p(label) = {test['probability_of_label']:.3f}", fontsize=9)
+    ax.imshow(data.image(data.x_test[test_index]), cmap="gray_r", vmin=lo, vmax=hi)
+    ax.set_title(f"test {test_index}\nlabel {test['label_name']}, predicted "
+                 f"{test['predicted_name']}\np(label) = {test['probability_of_label']:.3f}",
+                 fontsize=9)
     ax.axis("off")
     for row_index, kind in enumerate(("helpful", "harmful")):
         label_ax = fig.add_subplot(grid[row_index, 1])
@@ -73,9 +90,10 @@ def explain(weight, data, test_index: int, predicted: np.ndarray, actual, count:
         chosen = [r for r in rows if r["kind"] == kind]
         for col, r in enumerate(chosen, start=2):
             sub = fig.add_subplot(grid[row_index, col])
-            sub.imshow(data.x_train[r["train_index"]].reshape(SIDE, SIDE).numpy(), cmap="gray_r",
-                       vmin=0, vmax=1)
-            caption = f"#{r['train_index']} label {r['label']}\npred {r['predicted_change']:+.2e}"
+            sub.imshow(data.image(data.x_train[r["train_index"]]), cmap="gray_r", vmin=lo,
+                       vmax=hi)
+            caption = (f"#{r['train_index']} label {r['label_name']}\n"
+                       f"pred {r['predicted_change']:+.2e}")
             if r["actual_change"] is not None:
                 caption += f"\nactual {r['actual_change']:+.2e}"
             sub.set_title(caption, fontsize=6.5)
@@ -85,4 +103,3 @@ def explain(weight, data, test_index: int, predicted: np.ndarray, actual, count:
                  f"loss on removal, {solver} scores)", fontsize=9)
     write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     plt.close(fig)
-    return {"figure": str(png), "test": test, "rows": rows, "solver": solver}

@@ -108,7 +108,7 @@ class LooProblem:
         self.baseline_radius = bounds.radius(self.grad_hat_norm_bound, self.wd)
         # data norms for the rounding bounds (upper bounds)
         self.row_norms = design.row_norms
-        self.x_sq_sum = float(np.square(self.row_norms).sum()) * (1 + 1e-12)
+        self.x_sq_sum = float(np.square(self.row_norms).sum()) * (1 + bounds.gamma(self.n + 1))
         # test points
         self.set_tests(x_test, y_test)
         if factor is None and build_factor:
@@ -117,21 +117,38 @@ class LooProblem:
         self.factor = factor
 
     def set_tests(self, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
-        """The test points [T, d] whose loss changes are measured (active features kept)."""
+        """The test points [T, d] whose loss changes are measured (active features kept), with
+        their probabilities at Ŵ and proven bounds on those: logits off by at most
+        γ_{d+1}·(|x|·|W|ᵀ) (any summation order), probabilities by
+        :func:`~infl_cli.bounds.softmax_rounding` in 1-norm."""
         xt = x_test[:, self.design.active] if x_test.shape[1] != self.design.width else x_test
         self.x_test = xt.to(torch.float64).numpy()
         self.y_test = y_test.numpy().astype(np.int64)
-        logits = np.einsum("td,cd->tc", self.x_test, self.weight.numpy())  # [T, C]
+        w = self.weight.numpy()
+        g = bounds.gamma(self.design.width + 1)
+        logits = np.einsum("td,cd->tc", self.x_test, w)  # [T, C]
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         self.p_test = p / p.sum(axis=1, keepdims=True)
-        self.test_norms = np.linalg.norm(self.x_test, axis=1) * (1 + 1e-12)
+        self.test_logits = logits
+        self.test_logit_error = bounds.SAFETY * g * (1 + 2 * g) * (
+            np.abs(self.x_test) @ np.abs(w).T).max(axis=1)  # [T]
+        self.p_test_error = bounds.softmax_rounding(self.p_test, logits, self.test_logit_error)
+        self.test_norms = np.linalg.norm(self.x_test, axis=1) * (1 + g + 3 * bounds.UNIT_ROUNDOFF)
         residual = self.p_test.copy()
         residual[np.arange(len(self.y_test)), self.y_test] -= 1.0
-        self.test_grad_norms0 = np.linalg.norm(residual, axis=1) * self.test_norms * (1 + 1e-12)
+        self.test_grad_norms0 = self._grad_norm_bound(residual, self.p_test_error,
+                                                      self.test_norms)
         # the baseline: the error of Ŵ itself, in every actual change of test point t
         self.baseline_error = bounds.test_loss_error(self.test_grad_norms0,
                                                      self.baseline_radius, self.test_norms)
+
+    def _grad_norm_bound(self, residual: np.ndarray, residual_error, x_norm) -> np.ndarray:
+        """Upper bound on ‖∇f‖ = ‖p − e_y‖·‖x‖ from the computed residual p̂ − e_y [..., C],
+        a bound on its error in 1-norm (≥ 2-norm) and ‖x‖'s upper bound."""
+        c = self.classes
+        return ((np.linalg.norm(residual, axis=-1) * (1 + bounds.gamma(c + 2)) + residual_error)
+                * x_norm * (1 + 2 * bounds.UNIT_ROUNDOFF))
 
     # ------------------------------------------------------------------------ gradients
     def base_gradient(self, removed: np.ndarray, xz: np.ndarray):
@@ -182,7 +199,16 @@ class LooProblem:
     def test_changes(self, deltas: np.ndarray, grad_norm_bound: np.ndarray):
         """For removals with offsets ``deltas`` [k, C, d_a] and certified gradient-norm bounds
         [k]: (actual change [T, k], certified error bound [T, k], own term [T, k]: the part of
-        the bound due to the removal's own gradient)."""
+        the bound due to the removal's own gradient).
+
+        The change log Σ_c p_c e^{u_c} − u_y (u = x_t Δᵀ) is computed from the probabilities
+        p̂ at Ŵ. Its rounding: u off by at most γ_{d+1}·‖x_t‖·‖Δ_c‖; p̂ = softmax(l + δl)⊙(1 + θ)
+        with |δl| ≤ the logit error and |θ_c| ≤ (|l_c − max l| + C + 3)·u
+        (:func:`~infl_cli.bounds.softmax_rounding`), which moves the change by at most
+        ‖q − p‖₁·|δl| (its gradient in l is q − p, q = softmax(l + u)) plus max θ·Σ p|m|/(1 + a);
+        and the evaluation of log1p(a) − u_y itself. The gradient ∇f at the retrained model
+        uses q̂, bounded as softmax(l + u) with logit error |δl| + |δu| (plus (C + 6)·u for
+        forming it from p̂ and e^u)."""
         u = np.einsum("kcd,td->tkc", deltas, self.x_test)  # [T, k, C]
         m = np.expm1(u)
         pt = self.p_test[:, None, :]
@@ -190,19 +216,30 @@ class LooProblem:
         rows = np.arange(len(self.y_test))
         u_y = u[rows, :, self.y_test]  # [T, k]
         change = np.log1p(a) - u_y
-        p_new = pt * np.exp(u)
-        p_new /= p_new.sum(axis=2, keepdims=True)
-        p_new[rows, :, self.y_test] -= 1.0
+        q = pt * np.exp(u)
+        q /= q.sum(axis=2, keepdims=True)  # softmax(l + u) [T, k, C]
+        c, width = self.classes, self.design.width
+        t_count, k = u.shape[:2]
         xt_norm = self.test_norms[:, None]
-        grad_f = np.linalg.norm(p_new, axis=2) * xt_norm * (1 + 1e-12)
+        row_max = np.linalg.norm(deltas, axis=2).max(axis=1)[None, :]
+        u_error = bounds.SAFETY * bounds.gamma(width + 1) * xt_norm * row_max  # [T, k]
+        logit_error = self.test_logit_error[:, None] + u_error
+        q_error = (bounds.softmax_rounding(
+            q.reshape(-1, c), (self.test_logits[:, None, :] + u).reshape(-1, c),
+            logit_error.reshape(-1)).reshape(t_count, k) + (c + 6) * bounds.UNIT_ROUNDOFF)
+        p_shift = np.abs(q - pt).sum(axis=2) + q_error + self.p_test_error[:, None]  # ≥ ‖q − p‖₁
+        spread = np.abs(self.test_logits).max(axis=1)[:, None]
+        residual = q.copy()
+        residual[rows, :, self.y_test] -= 1.0
+        grad_f = self._grad_norm_bound(residual, q_error, xt_norm)
         r = bounds.radius(grad_norm_bound, self.wd)[None, :]
         own = bounds.test_loss_error(grad_f, r, xt_norm)
-        row_max = np.linalg.norm(deltas, axis=2).max(axis=1)[None, :]
-        c, width = self.classes, self.design.width
+        weighted_m = (pt * np.abs(m)).sum(axis=2) / (1 + a)
         evaluation = bounds.SAFETY * (
-            math.sqrt(2 * c) * bounds.gamma(width + 1) * xt_norm * row_max
-            + bounds.gamma(c + 8) * (np.abs(change) + np.abs(u_y)
-                                     + 2 * (pt * np.abs(m)).sum(axis=2) / (1 + a)))
+            math.sqrt(2 * c) * u_error
+            + np.minimum(p_shift, 2.0) * self.test_logit_error[:, None]
+            + (spread + c + 3) * bounds.UNIT_ROUNDOFF * weighted_m
+            + bounds.gamma(c + 8) * (np.abs(change) + np.abs(u_y) + 2 * weighted_m))
         bound = own + self.baseline_error[:, None] + evaluation
         return change, bound, own
 

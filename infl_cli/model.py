@@ -1,7 +1,8 @@
 """Multinomial logistic regression without bias, in closed form.
 
-Parameters ``weight`` W have shape [C, d] (C = 10 classes, d = 784 pixels); logits are
-``x @ W.T``; no class is fixed as a reference, so there are C·d = 7,840 parameters.
+Parameters ``weight`` W have shape [C, d] (C classes, d features: 10 × 784 pixels on MNIST);
+logits are ``x @ W.T``; no class is fixed as a reference, so there are C·d parameters (7,840
+on MNIST). An intercept, where wanted, is a constant feature (``--bias``), regularised too.
 
 Losses and their derivatives (REFERENCE.md):
 
@@ -103,17 +104,16 @@ def objective_and_grad(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w
 
 
 def certified_probabilities(weight: torch.Tensor, design):
-    """Softmax probabilities of the training inputs from exact logits (integer pixels times
-    integer pieces of W, :meth:`~infl_cli.design.DesignMatrix.exact_matmul`): (W over the
+    """Softmax probabilities of the training inputs from certified logits (integer pixels times
+    integer pieces of W, or the general model for real features:
+    :meth:`~infl_cli.design.DesignMatrix.certified_matmul`): (W over the
     active features as a NumPy array, probabilities [n, C], logits [n, C], row_error [n]
     ≥ ‖p̂_i − p_i‖₁ plus the rounding of p_y − 1, :func:`~infl_cli.bounds.softmax_rounding`)."""
     from .bounds import softmax_rounding
 
-    if design.scale is None:
-        raise ValueError("certified products need inputs that are integers / scale")
     w = weight[:, design.active] if weight.shape[1] != design.width else weight
     w = w.numpy()
-    logits, logit_error = design.exact_matmul(np.ascontiguousarray(w.T))
+    logits, logit_error = design.certified_matmul(np.ascontiguousarray(w.T))
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     return w, probs, logits, softmax_rounding(probs, logits, logit_error.max(axis=1))
@@ -131,12 +131,13 @@ class CertifiedGradient(NamedTuple):
 
 def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor,
                        wd: float) -> CertifiedGradient:
-    """∇R(W) for the data as exact rationals (integer pixels / scale), with a proven bound on
-    the float64 result's error.
+    """∇R(W) for the data (integer pixels / scale as exact rationals, or real features as
+    given), with a proven bound on the float64 result's error.
 
-    Logits X Wᵀ and the back-projection Rᵀ X are exact integer products
-    (:meth:`~infl_cli.design.DesignMatrix.exact_matmul`); what rounds is combining their
-    pieces, the softmax (:func:`~infl_cli.bounds.softmax_rounding`), and the final
+    Logits X Wᵀ and the back-projection Rᵀ X are certified products
+    (:meth:`~infl_cli.design.DesignMatrix.certified_matmul`: exact integer sums for pixels,
+    whose only rounding is in combining their pieces; the general model otherwise), then the
+    softmax (:func:`~infl_cli.bounds.softmax_rounding`), and the final
     (1/n)·RᵀX + wd·W. With ‖δr_i‖₁ bounding the error of row i of R = P − Y:
 
         ‖ĝ − ∇R‖_F ≤ (1/n)·Σ_i ‖δr_i‖₁‖x_i‖ + ‖bound of RᵀX‖_F/n + γ_3·‖|RᵀX|/n + wd|W|‖_F.
@@ -149,7 +150,7 @@ def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor,
     n = design.n
     r = probs.copy()
     r[np.arange(n), y.numpy()] -= 1.0
-    back, back_error = design.exact_rmatmul(r)
+    back, back_error = design.certified_rmatmul(r)
     grad = back / n + wd * w
     bound = SAFETY * (float((row_error * design.row_norms).sum()) / n
                       + float(np.linalg.norm(back_error)) / n
@@ -163,7 +164,7 @@ def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
     features), with a proven bound on each value's rounding error: (norms [T], bounds [T]).
 
     H s = (1/n)·Σ_i b_i x_iᵀ + wd·s with a_i = s x_i and b_i = p_i ⊙ a_i − p_i (p_iᵀ a_i). The
-    products X sᵀ and Bᵀ X are exact integer products (:meth:`DesignMatrix.exact_matmul`), the
+    products X sᵀ and Bᵀ X are certified products (:meth:`DesignMatrix.certified_matmul`), the
     probabilities those of :func:`certified_gradient`; what rounds is b (at most
     3‖δp_i‖₁·max|a| from the probabilities, 2·max|δa| from a, γ_{C+3}·2·max|a| in its own
     arithmetic, per row in 1-norm), combining the pieces, and the final sums: the bound is
@@ -177,14 +178,14 @@ def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
     n = design.n
     active = design.active
     sa, ga = s[:, :, active].numpy(), g[:, :, active].numpy()
-    a, a_error = design.exact_matmul(np.ascontiguousarray(sa.reshape(t * c, -1).T))
+    a, a_error = design.certified_matmul(np.ascontiguousarray(sa.reshape(t * c, -1).T))
     a, a_error = a.reshape(n, t, c), a_error.reshape(n, t, c)
     pa = p[:, None, :] * a
     b = pa - p[:, None, :] * pa.sum(axis=2, keepdims=True)
     a_max = np.abs(a).max(axis=2)  # [n, T]
     b_error = (3 * row_error[:, None] * a_max + 2 * a_error.max(axis=2)
                + 2 * gamma(c + 3) * a_max)  # ‖δb_i‖₁ per row and test point
-    back, back_error = design.exact_rmatmul(b.reshape(n, t * c))
+    back, back_error = design.certified_rmatmul(b.reshape(n, t * c))
     back, back_error = back.reshape(t, c, -1), back_error.reshape(t, c, -1)
     residual = back / n + wd * sa - ga
     outside = wd * s[:, :, ~active].numpy() - g[:, :, ~active].numpy()

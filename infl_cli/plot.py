@@ -239,12 +239,17 @@ def _draw_summary(metrics: dict, png: Path, write) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, name in ((axes[0], "pearson_r", "Pearson R"),
                           (axes[1], "spearman_rho", "Spearman ρ")):
+        shown = []
         for solver, entry in metrics["panels"].items():
             values = np.array([m[key] for m in entry["per_test"]])
             tests = [m["test_index"] for m in entry["per_test"]]
             gap = np.clip(1 - values, 1e-12, None)
+            shown.append(gap)
             ax.plot(range(len(tests)), gap, "o", ms=4, label=solver)
             ax.axhline(float(np.nanmedian(gap)), lw=0.8, ls="--", color=ax.lines[-1].get_color())
+        every = np.concatenate(shown)
+        if np.isfinite(every).any():  # some margin, also when every gap is equal (R or ρ = 1)
+            ax.set_ylim(np.nanmin(every) / 3, np.nanmax(every) * 3)
         ax.set_yscale("log")
         ax.set_xticks(range(len(tests)), [str(t) for t in tests], rotation=90, fontsize=6)
         ax.set_xlabel("test index")

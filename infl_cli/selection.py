@@ -20,16 +20,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import InflError
+from .errors import BadInput, InflError
 
 SELECTIONS = ("top", "random", "all")
+DEFAULT_K = 500  # the paper's 500 points, or every training point of a smaller set
 _TEST_STREAM, _TRAIN_STREAM = 1, 2
 
 
 def sample_test_indices(n_test: int, count: int, seed: int) -> list[int]:
     """``count`` distinct test indices drawn with ``seed``, sorted."""
     if not 1 <= count <= n_test:
-        raise InflError(f"--test-sample must be between 1 and {n_test} (the test set's size), "
+        raise BadInput(f"--test-sample must be between 1 and {n_test} (the test set's size), "
                         f"got {count}")
     rng = np.random.default_rng([seed, _TEST_STREAM])
     return sorted(int(i) for i in rng.choice(n_test, size=count, replace=False))
@@ -43,19 +44,19 @@ def resolve_test_indices(indices, sample: int | None, seed: int, n_test: int,
     an input artifact ``source`` holds), that every one of them is there."""
     indices = list(indices or [])
     if indices and sample is not None:
-        raise InflError("give test points with -t or with --test-sample, not both")
+        raise BadInput("give test points with -t or with --test-sample, not both")
     if sample is not None:
         chosen = sample_test_indices(n_test, sample, seed)
     else:
         chosen = indices or list(default)
     if not chosen:
-        raise InflError("give at least one test point (-t or --test-sample)")
+        raise BadInput("give at least one test point (-t or --test-sample)")
     bad = [i for i in chosen if not 0 <= i < n_test]
     if bad:
-        raise InflError(f"test index {bad[0]} out of range: the test set has {n_test} points "
+        raise BadInput(f"test index {bad[0]} out of range: the test set has {n_test} points "
                         f"(0..{n_test - 1})")
     if len(set(chosen)) != len(chosen):
-        raise InflError("test indices repeat")
+        raise BadInput("test indices repeat")
     if available is not None:
         missing = [i for i in chosen if i not in available]
         if missing:
@@ -66,11 +67,16 @@ def resolve_test_indices(indices, sample: int | None, seed: int, n_test: int,
     return chosen
 
 
+def resolve_k(k: int | None, n_train: int) -> int:
+    """``-k`` as given, or :data:`DEFAULT_K` (at most the training set's size) when not."""
+    return min(DEFAULT_K, n_train) if k is None else k
+
+
 def check_selection(select: str, k: int, n_train: int) -> None:
     if select not in SELECTIONS:
-        raise InflError(f"unknown selection {select!r}; choose one of: {', '.join(SELECTIONS)}")
+        raise BadInput(f"unknown selection {select!r}; choose one of: {', '.join(SELECTIONS)}")
     if select != "all" and not 1 <= k <= n_train:
-        raise InflError(f"-k must be between 1 and {n_train} (the training set's size) with "
+        raise BadInput(f"-k must be between 1 and {n_train} (the training set's size) with "
                         f"--select {select}, got {k}")
 
 

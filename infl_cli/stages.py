@@ -21,12 +21,13 @@ from . import chunks
 from . import ihvp as ihvp_mod
 from . import loo as loo_mod
 from . import model, score, selection, train
-from .data import Dataset, load_dataset
-from .errors import InflError, Interrupted
+from . import memory
+from .data import Dataset, is_npz, load_dataset, recorded_dataset
+from .errors import BadInput, InflError, Interrupted
 from .progress import progress_bar
 
 SOLVER_PRIORITY = ("exact", "cg", "lissa")  # most accurate first
-DEFAULT_TEST = 8  # the paper's test point
+DEFAULT_TEST = 8  # the paper's test point (0 for a test set of 8 points or fewer)
 
 
 @dataclass
@@ -48,8 +49,15 @@ def _resolve_data_dir(data_dir: Path | None) -> str | None:
     return str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None
 
 
-def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float) -> dict:
-    return {"dataset": dataset, "data_dir": _resolve_data_dir(data_dir), "wd": wd, "tol": tol}
+def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
+                   bias: bool = False) -> dict:
+    """What a model is made with. An NPZ dataset is recorded by its absolute path (and needs
+    no data folder)."""
+    if is_npz(dataset):
+        return {"dataset": _resolve_data_dir(Path(dataset)), "data_dir": None, "wd": wd,
+                "tol": tol, "bias": bias}
+    return {"dataset": dataset, "data_dir": _resolve_data_dir(data_dir), "wd": wd, "tol": tol,
+            "bias": bias}
 
 
 def is_current(path: Path, settings: dict, inputs: dict) -> bool:
@@ -67,15 +75,16 @@ def is_current(path: Path, settings: dict, inputs: dict) -> bool:
 
 def validate_train(wd: float, tol: float) -> None:
     if not wd > 0:
-        raise InflError(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")
+        raise BadInput(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")
     if not tol > 0:
-        raise InflError(f"--train-tol must be > 0, got {tol}")
+        raise BadInput(f"--train-tol must be > 0, got {tol}")
 
 
 def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol: float,
-              max_iter: int, download: bool = True, data: Dataset | None = None) -> dict:
+              max_iter: int, download: bool = True, data: Dataset | None = None,
+              bias: bool = False) -> dict:
     validate_train(wd, tol)
-    data = data or load_dataset(dataset, data_dir, download)
+    data = data or load_dataset(dataset, data_dir, download, bias)
     weight, info = train.fit(data, wd, tol, max_iter)
     pred = model.probabilities(weight, data.x_test).argmax(1)
     info["test_accuracy"] = float((pred == data.y_test).double().mean())
@@ -83,10 +92,13 @@ def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol
         (model.probabilities(weight, data.x_train).argmax(1) == data.y_train).double().mean())
     record = {
         "stage": "train",
-        "settings": train_settings(dataset, data_dir, wd, tol),
+        "settings": train_settings(dataset, data_dir, wd, tol, bias),
         "inputs": {"data": data.fingerprint},
         "n_train": data.n_train,
         "n_test": data.n_test,
+        "n_classes": data.n_classes,
+        "n_features": data.n_features,
+        "class_names": list(data.class_names) if data.class_names else None,
         **info,
     }
     return art.save_artifact(workdir / art.MODEL, {"weight": weight}, record)
@@ -97,7 +109,7 @@ def load_model(workdir: Path, data: Dataset | None = None):
     tensors, record = art.load_artifact(workdir / art.MODEL, "train", hint="infl train")
     s = record["settings"]
     if data is None:
-        data = load_dataset(s["dataset"], Path(s["data_dir"]) if s["data_dir"] else None)
+        data = recorded_dataset(s)
     if data.fingerprint != record["inputs"]["data"]:
         raise InflError(f"the data now at {s['data_dir'] or s['dataset']} differ from those the "
                         f"model in {workdir / art.MODEL} was trained on; rerun `infl train`")
@@ -119,13 +131,14 @@ def ihvp_settings(solver: str, test_indices: list[int], lissa: ihvp_mod.LissaSet
 
 def validate_ihvp(solver: str, lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings) -> None:
     if solver not in ihvp_mod.SOLVERS:
-        raise InflError(f"unknown solver {solver!r}; choose one of: {', '.join(ihvp_mod.SOLVERS)}")
+        raise BadInput(f"unknown solver {solver!r}; choose one of: {', '.join(ihvp_mod.SOLVERS)}")
     _validate_lissa(lissa)
     _validate_cg(cg)
 
 
 def ihvp_tests(tests: TestChoice | None, data: Dataset) -> list[int]:
-    return (tests or TestChoice()).resolve(data.n_test, [DEFAULT_TEST])
+    return (tests or TestChoice()).resolve(data.n_test,
+                                           [DEFAULT_TEST if data.n_test > DEFAULT_TEST else 0])
 
 
 def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
@@ -138,6 +151,12 @@ def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
     wd = mrec["settings"]["wd"]
     sel = torch.tensor(idx, dtype=torch.int64)
     rhs = model.test_point_grads(weight, data.x_test[sel], data.y_test[sel])
+    if solver == "exact":
+        memory.require_hessian(weight.shape[0], data.design.width, 8, "--solver exact",
+                               "use --solver cg or --solver lissa (Hessian-free)")
+    elif solver == "cg" and cg.rank > 0:
+        memory.require_gram(data.design.width, "--solver cg's preconditioner",
+                            "use --cg-rank 0 (plain CG) or --solver lissa")
     est, report = ihvp_mod.solve(solver, weight, data.x_train, wd, rhs, lissa, cg,
                                  design=data.design)
     record = {
@@ -152,27 +171,27 @@ def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
 
 def _validate_lissa(s: ihvp_mod.LissaSettings) -> None:
     if s.scale != "auto" and not (isinstance(s.scale, (int, float)) and s.scale > 0):
-        raise InflError(f"--scale must be 'auto' or a number > 0, got {s.scale!r}")
+        raise BadInput(f"--scale must be 'auto' or a number > 0, got {s.scale!r}")
     if not 0 <= s.damping < 1:
-        raise InflError(f"--damping must be in [0, 1), got {s.damping}")
+        raise BadInput(f"--damping must be in [0, 1), got {s.damping}")
     for name in ("depth", "batch_size", "repeats"):
         if getattr(s, name) < 1:
-            raise InflError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(s, name)}")
+            raise BadInput(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(s, name)}")
     if not 0 <= s.average_tail <= 1:
-        raise InflError(f"--average-tail must be in [0, 1], got {s.average_tail}")
+        raise BadInput(f"--average-tail must be in [0, 1], got {s.average_tail}")
     if not s.stop_tol >= 0:
-        raise InflError(f"--stop-tol must be ≥ 0 (0: no early stop), got {s.stop_tol}")
+        raise BadInput(f"--stop-tol must be ≥ 0 (0: no early stop), got {s.stop_tol}")
     if s.check_every < 1:
-        raise InflError(f"--check-every must be ≥ 1, got {s.check_every}")
+        raise BadInput(f"--check-every must be ≥ 1, got {s.check_every}")
 
 
 def _validate_cg(s: ihvp_mod.CgSettings) -> None:
     if not s.rtol > 0:
-        raise InflError(f"--cg-rtol must be > 0, got {s.rtol}")
+        raise BadInput(f"--cg-rtol must be > 0, got {s.rtol}")
     if s.max_iter < 1:
-        raise InflError(f"--cg-max-iter must be ≥ 1, got {s.max_iter}")
+        raise BadInput(f"--cg-max-iter must be ≥ 1, got {s.max_iter}")
     if s.rank < 0:
-        raise InflError(f"--cg-rank must be ≥ 0, got {s.rank}")
+        raise BadInput(f"--cg-rank must be ≥ 0, got {s.rank}")
 
 
 # ---------------------------------------------------------------------------------- score
@@ -263,19 +282,19 @@ def loo_settings(solver: str, test_indices: list[int], select: str, k: int, seed
 
 def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1) -> None:
     if settings.method not in loo_mod.METHODS:
-        raise InflError(f"unknown method {settings.method!r}; choose one of: "
+        raise BadInput(f"unknown method {settings.method!r}; choose one of: "
                         f"{', '.join(loo_mod.METHODS)}")
     if select not in selection.SELECTIONS:
-        raise InflError(f"unknown selection {select!r}; choose one of: "
+        raise BadInput(f"unknown selection {select!r}; choose one of: "
                         f"{', '.join(selection.SELECTIONS)}")
-    if select != "all" and k < 1:
-        raise InflError(f"-k must be ≥ 1, got {k}")
+    if select != "all" and k is not None and k < 1:
+        raise BadInput(f"-k must be ≥ 1, got {k}")
     if settings.chunk_size < 1 or settings.max_steps < 1:
-        raise InflError("--chunk-size and --max-steps must be ≥ 1")
+        raise BadInput("--chunk-size and --max-steps must be ≥ 1")
     if not settings.tol > 0:
-        raise InflError(f"--tol must be > 0, got {settings.tol}")
+        raise BadInput(f"--tol must be > 0, got {settings.tol}")
     if not 0 <= settings.rel_error < 1:
-        raise InflError(f"--rel-error must be in [0, 1) (0: stop at --tol), "
+        raise BadInput(f"--rel-error must be in [0, 1) (0: stop at --tol), "
                         f"got {settings.rel_error}")
 
 
@@ -287,7 +306,7 @@ def validate_cluster(cluster: str | None, timeout: float | None) -> None:
 
     cluster_mod.parse(cluster)
     if timeout is not None and not timeout > 0:
-        raise InflError(f"--cluster-timeout must be > 0, got {timeout}")
+        raise BadInput(f"--cluster-timeout must be > 0, got {timeout}")
     cluster_mod.check_available()
 
 
@@ -300,6 +319,7 @@ def plan_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select
     have = stensors["test_indices"].tolist()
     chosen = (tests or TestChoice()).resolve(data.n_test, have, have, art.scores_name(solver))
     rows = score_rows(stensors, chosen, art.scores_name(solver))
+    k = selection.resolve_k(k, data.n_train)
     selection.check_selection(select, k, data.n_train)
     train_idx, selected = selection.select_removals(select, k, stensors["influence"][rows], seed)
     record = loo_settings(solver, chosen, select, k, seed, settings)
@@ -312,6 +332,9 @@ def build_problem(weight, mrec, data: Dataset, test_indices: list[int],
     """The LOO problem of a model (its factored Hessian, with a progress bar)."""
     sel = torch.tensor(test_indices, dtype=torch.int64)
     c = weight.shape[0]
+    if settings.method == "newton":
+        memory.require_hessian(c, data.design.width, 4, "--method newton",
+                               "use --method lbfgs (Hessian-free, slower per removal)")
     with progress_bar("loo: Hessian blocks", total=c * (c - 1) // 2) as update:
         return loo_mod.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
                                   data.x_test[sel], data.y_test[sel],
@@ -342,7 +365,7 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
         s = mrec["settings"]
         runner = cluster_mod.ClusterRunner(
             cluster, lambda: cluster_mod.ProblemRecipe(
-                s["dataset"], s["data_dir"], mrec["inputs"]["data"], weight, s["wd"], chosen,
+                s, mrec["inputs"]["data"], weight, chosen,
                 f"{mrec['fingerprint']}:{','.join(map(str, chosen))}"),
             cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
 
@@ -434,7 +457,7 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None) -> dict
     select = lrec["settings"]["select"]
     png = Path(out) if out else workdir / plot.default_figure_name(select, len(test_indices))
     if png.suffix.lower() != ".png":
-        raise InflError(f"--out must end in .png (a .pdf copy is written beside it), got {png}")
+        raise BadInput(f"--out must end in .png (a .pdf copy is written beside it), got {png}")
     train_idx = ltensors["train_indices"]
     panels = {}
     for solver in solvers:
@@ -467,14 +490,14 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
     from . import explain
 
     if count < 1:
-        raise InflError(f"-n must be ≥ 1, got {count}")
+        raise BadInput(f"-n must be ≥ 1, got {count}")
     weight, mrec, data = load_model(workdir)
     solver = most_accurate_scores(workdir, solver)
     stensors, _ = load_scores(workdir, solver, mrec["fingerprint"])
     if test_index is None:
         test_index = int(stensors["test_indices"][0])
     if not 0 <= test_index < data.n_test:
-        raise InflError(f"test index {test_index} out of range: the test set has "
+        raise BadInput(f"test index {test_index} out of range: the test set has "
                         f"{data.n_test} points (0..{data.n_test - 1})")
     row = score_rows(stensors, [test_index], art.scores_name(solver))[0]
     predicted = stensors["predicted_loss_diff"][row].numpy()
@@ -488,6 +511,12 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
                       ltensors["actual_error_bound"][t].numpy())
     png = Path(out) if out else workdir / f"explain-{test_index}.png"
     if png.suffix.lower() != ".png":
-        raise InflError(f"--out must end in .png, got {png}")
+        raise BadInput(f"--out must end in .png, got {png}")
+    if data.image_shape is None:
+        if out is not None:
+            raise BadInput(f"--out: the {data.n_features - data.bias} features of "
+                            f"{mrec['settings']['dataset']} are not an image (not a perfect "
+                            "square); `infl show` prints the table alone")
+        png = None
     return explain.explain(weight, data, test_index, predicted, actual, count, solver, png,
                            art.atomic_write)

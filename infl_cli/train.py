@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from . import model
-from .data import N_CLASSES, Dataset
+from . import memory, model
+from .data import Dataset
 from .errors import InflError
 from .linalg import SubspacePreconditioner, conjugate_gradient
 from .progress import progress_bar
@@ -36,7 +36,7 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
     # (dense core, sparse rim: the same products in about half the time).
     x, y = data.design, data.y_train
     active = x.active
-    shape = (N_CLASSES, x.width)
+    shape = (data.n_classes, x.width)
     evals = 0
 
     def loss_and_grad(flat):
@@ -65,10 +65,9 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
         w = torch.from_numpy(result.x.copy()).reshape(shape)
         w, newton_iters, cg_iters, precondition = _newton(
             w, x, y, wd, tol, lambda gn: _show(update, g0, gn, span))
-        certified = _polish(w, x, y, wd, precondition) if x.scale else None
-    if certified is not None:
-        w = certified.pop("weight")
-    full = torch.zeros(N_CLASSES, data.x_train.shape[1], dtype=torch.float64)
+        certified = _polish(w, x, y, wd, precondition)
+    w = certified.pop("weight")
+    full = torch.zeros(data.n_classes, data.x_train.shape[1], dtype=torch.float64)
     full[:, active] = w
     w = full
     loss, grad = model.objective_and_grad(w, data.x_train, y, wd)
@@ -85,7 +84,8 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
         "function_evaluations": evals,
         "newton_iterations": newton_iters,
         "newton_cg_iterations": cg_iters,
-        **(certified or {}),
+        **certified,
+        "rounding_model": x.rounding_model,
         "seconds": time.perf_counter() - start,
     }
     return w, info
@@ -105,7 +105,7 @@ def _newton(w, x, y, wd, tol, show):
         if newton_iters == MAX_NEWTON:
             break
         probs = model.probabilities(w, x)
-        if precondition is None:
+        if precondition is None and memory.gram_fits(x.width):  # else plain CG
             precondition = SubspacePreconditioner(w, x, wd, probs=probs)
         rtol = max(min(0.1, math.sqrt(gn)), 1e-6)
         step, iters, _ = conjugate_gradient(lambda v: model.hvp(w, x, wd, v, probs=probs),
@@ -130,9 +130,9 @@ def _newton(w, x, y, wd, tol, show):
 
 
 def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
-    """Newton steps on the exact gradient (:func:`model.certified_gradient`) once the float64
-    one is below ``tol``: the float64 gradient of 55,000 terms is itself only good to about
-    1e-13, but every error bar on an actual loss change includes ‖∇R(Ŵ)‖/wd, so Ŵ is taken to
+    """Newton steps on the certified gradient (:func:`model.certified_gradient`) once the
+    float64 one is below ``tol``: the float64 gradient of 55,000 terms is itself only good to
+    about 1e-13, but every error bar on an actual loss change includes ‖∇R(Ŵ)‖/wd, so Ŵ is taken to
     where the proven bound ‖ĝ‖ + (rounding bound) stops falling. Returns a dict with the
     weight and the certified figures."""
     x = design
@@ -141,7 +141,7 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
             "grad_rounding": rounding, "polish_steps": 0}
     for step in range(1, max_steps + 1):
         p = torch.from_numpy(probs)
-        if precondition is None:
+        if precondition is None and memory.gram_fits(x.width):
             precondition = SubspacePreconditioner(w, x, wd, probs=p)
         direction, _, _ = conjugate_gradient(lambda v: model.hvp(w, x, wd, v, probs=p),
                                              -grad[None], rtol=1e-6, max_iter=200,

@@ -80,7 +80,8 @@ def test_help_shows_defaults():
                   "[default: 500; paper: 1]", "[default: 1e-3; paper: 0]"):
         assert shown in text, shown
     loo_help = re.sub(r"[│\s]+", " ", infl("loo", "--help").stdout)
-    assert "[default: 500]" in loo_help and "[default: 1e-08]" in loo_help
+    assert "[default: 500, or n when the training set is smaller]" in loo_help
+    assert "[default: 1e-08]" in loo_help
 
 
 def test_run_log_is_readable_and_a_rerun_skips_every_stage(tmp_path):
@@ -195,10 +196,12 @@ def test_download_error_says_where_it_looked(tmp_path):
 
 def test_module_entry_point_in_a_real_process(tmp_path):
     """`python -m infl_cli` is the same program: help on stdout, a bad input as one line on
-    stderr with exit 1, nothing written."""
+    stderr with exit 2 (a missing artifact: exit 1), nothing written."""
     helped = infl_process("--help")
     assert helped.returncode == 0 and "train" in helped.stdout and "loo" in helped.stdout
+    missing = infl_process("score", "-w", tmp_path / "none")
+    assert missing.returncode == 1 and "not found" in missing.stderr
     proc = infl_process("train", "--dataset", "cifar", "-w", tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert_clean_failure(proc, "unknown dataset")
     assert not list(tmp_path.iterdir())

@@ -107,7 +107,7 @@ def _run_in_terminal(args, env_extra):
 def test_colour_follows_no_color_on_a_terminal(tmp_path, no_color):
     code, output = _run_in_terminal(["train", "--dataset", "mnist-tiny", "--wd", "0", "-w",
                                      str(tmp_path)], {"NO_COLOR": "1"} if no_color else {})
-    assert code == 1 and "error:" in output and "--wd must be > 0" in output
+    assert code == 2 and "error:" in output and "--wd must be > 0" in output
     colour = re.search(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;)[0-9;]*m", output)
     assert (colour is None) == no_color, repr(output)
 

@@ -15,6 +15,10 @@ Sections (all by default):
   (union retrained once), 500 random removals for test 8, and ``--select all`` measured on
   its first ``--all-sample`` removals and extrapolated to all 55,000 (in a child process, so
   that its peak memory is its own);
+* ``examples``: the README's own-data examples (scikit-learn's digits and breast cancer,
+  exported by ``python -m infl_cli.examples``; needs the ``examples`` extra): ``infl run``
+  wall time, certification, and R of the default solver (LiSSA) against ``--solver exact``
+  on the same top 100;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -46,7 +50,8 @@ from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
-SECTIONS = ("run", "ihvp", "loo", "study", "cluster")
+SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples")
+EXAMPLES = {"digits": ["-t", 12], "breast_cancer": ["-t", 12, "--bias"]}  # as in the README
 
 
 def table(title, rows, columns=("quantity", "value")):
@@ -265,6 +270,52 @@ def bench_cluster(args, work: Path) -> dict:
     return out
 
 
+def bench_examples(args, work: Path) -> dict:
+    """The README's own-data examples, each as its README commands run them."""
+    folder = work.parent / "bench-examples"
+    shutil.rmtree(folder, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "infl_cli.examples", str(folder / "data")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"exporting the examples failed: {proc.stderr.strip()[-500:]}")
+    out = {}
+    for name, extra in EXAMPLES.items():
+        w = folder / name
+        walls = []
+        for _ in range(args.repeats):  # each from scratch
+            shutil.rmtree(w, ignore_errors=True)
+            walls.append(infl("run", "--dataset", folder / "data" / f"{name}.npz", "-w", w,
+                              "-k", 100, *extra))
+        infl("ihvp", "-w", w, "--solver", "exact", *extra[:2])
+        infl("score", "-w", w, "--solver", "exact")
+        infl("plot", "-w", w, "--solver", "lissa", "--solver", "exact")
+        panels = json.loads((w / art.METRICS).read_text())["panels"]
+        mrec, lrec = art.read_record(w / art.MODEL), art.read_record(w / art.LOO)
+        irec = art.read_record(w / art.ihvp_name("lissa"))
+        s_lissa, s_exact = (art.load_artifact(w / art.ihvp_name(s))[0]["ihvp"]
+                            for s in ("lissa", "exact"))
+        out[name] = {"n_train": mrec["n_train"], "classes × features":
+                     f"{mrec['n_classes']} × {mrec['n_features']}",
+                     "rounding model": mrec["rounding_model"],
+                     "infl run wall s (median)": statistics.median(walls),
+                     "train: certified ‖∇R‖ ≤": mrec["grad_norm_certified"],
+                     "lissa: proven relative error ≤": irec["report"]["error_bound_relative"][0],
+                     "lissa: relative error vs exact (measured)":
+                         float((s_lissa - s_exact).norm() / s_exact.norm()),
+                     "loo: pairs within 1 %":
+                         f"{lrec['pairs_within_target']} of {lrec['pairs_selected']}",
+                     "loo: worst bound / |change|": lrec["worst_bound_ratio"],
+                     "loo: baseline error (floor)": lrec["baseline_error"][0],
+                     "R lissa (default)": panels["lissa"]["pearson_r"],
+                     "R exact": panels["exact"]["pearson_r"],
+                     "|R lissa − R exact|": abs(panels["lissa"]["pearson_r"]
+                                                - panels["exact"]["pearson_r"]),
+                     "ρ lissa": panels["lissa"]["spearman_rho"],
+                     "ρ exact": panels["exact"]["spearman_rho"]}
+        table(f"own data: {name} (top 100, {' '.join(map(str, extra))})", list(out[name].items()))
+    return out
+
+
 def all_sample_child(work: Path, count: int) -> None:
     """The first ``count`` removals of ``--select all`` for test 8 with the stage's defaults;
     prints JSON with the per-removal cost and its extrapolation."""
@@ -320,7 +371,7 @@ def main() -> None:
     work = Path(args.workdir)
     out_path = Path(args.out) if args.out else work / "bench.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    if "run" in sections or not (work / art.LOO).is_file():
+    if "run" in sections or (not (work / art.LOO).is_file() and set(sections) - {"examples"}):
         result["run"] = bench_run(args, work)
     if "ihvp" in sections:
         result["ihvp"] = bench_ihvp(args, work)
@@ -330,6 +381,8 @@ def main() -> None:
         result["study"] = bench_study(args, work)
     if "cluster" in sections:
         result["cluster"] = bench_cluster(args, work)
+    if "examples" in sections:
+        result["examples"] = bench_examples(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
