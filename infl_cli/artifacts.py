@@ -46,7 +46,7 @@ def tensors_fingerprint(tensors: dict[str, torch.Tensor], record: dict[str, Any]
     """SHA-256 (16 hex digits) of the tensors' names, dtypes, shapes, bytes and the record."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
+        t = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.numpy().tobytes())
     digest.update(json.dumps(record, sort_keys=True, default=str).encode())
@@ -79,12 +79,13 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_artifact(path: Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> dict:
-    """Atomically write ``tensors`` with ``record`` (JSON-able) in the header; returns the record
-    completed with ``format_version`` and ``fingerprint``."""
+    """Atomically write ``tensors`` (from any device: they are written from the CPU) with
+    ``record`` (JSON-able) in the header; returns the record completed with
+    ``format_version`` and ``fingerprint``."""
     record = dict(record, format_version=FORMAT_VERSION)
-    record["fingerprint"] = tensors_fingerprint(tensors, record)
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    record["fingerprint"] = tensors_fingerprint(contiguous, record)
     text = json.dumps(record, sort_keys=True, default=str)
-    contiguous = {k: v.contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata={META_KEY: text}))
     return record
 

@@ -29,6 +29,22 @@ What is proven, and from what (wd > 0 is the weight decay, n the number of train
    ≤ ‖ρ‖/wd, and relative to the true solution, ‖s − s*‖/‖s*‖ ≤ e/(‖s‖ − e) with e = ‖ρ‖/wd
    (:func:`ihvp_error`). With a small weight decay a small residual can hide a large error:
    the bound shows it.
+
+**Why the same bounds hold on a GPU.** Nothing above depends on the order in which sums are
+formed or on where they run. The model assumes IEEE 754 binary64 arithmetic with round to
+nearest, which CUDA devices implement for +, −, ×, ÷ and √ (correctly rounded); a fused
+multiply-add rounds once instead of twice, so it satisfies the same model. γ_k bounds a sum
+of k terms in *any* order and any bracketing (sequential, pairwise, blocked, split over
+threads or thread blocks, with atomics in any order: every such sum is a tree of at most
+k − 1 additions), so it holds for every BLAS and cuBLAS kernel. The exact-integer products
+(:mod:`~infl_cli.design`) are exact on any of them: every partial sum is an integer below
+2⁵³. exp, expm1 and log1p are not correctly rounded anywhere; glibc and CUDA's libdevice
+both document a maximum error of 1 ulp for them in double precision, i.e. a relative error
+≤ 2u, which is what the formulas below charge (:data:`FUNCTION_ROUNDING` units of u per
+call). Reduced-precision shortcuts (TF32 products, reduced-precision reductions) only ever
+apply to float32 and half types; infl turns them off and checks that they are off
+(:func:`infl_cli.device.check_precision`), and every certified figure is computed in
+float64, where there are none.
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import numpy as np
 
 UNIT_ROUNDOFF = 2.0 ** -53
 SAFETY = 1.0 + 1e-6  # covers the second-order (u²) terms dropped in the first-order analyses
+FUNCTION_ROUNDING = 2  # exp, expm1, log1p: within 1 ulp, a relative error ≤ 2u (module doc)
 
 
 def gamma(k: float) -> float:
@@ -49,6 +66,22 @@ def gamma(k: float) -> float:
     return ku / (1.0 - ku)
 
 
+def fsum(values) -> float:
+    """The sum of a tensor's (or array's) values as a float, taken on the CPU by NumPy in a
+    fixed order: the same bits on any device and any number of threads (torch's full
+    reductions split their work by thread count). For set-up scalars, not hot loops."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return float(np.sum(values))
+
+
+def fnorm(values) -> float:
+    """The Euclidean norm of all values, as :func:`fsum` (a float)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return float(np.sqrt(np.sum(np.square(values))))
+
+
 def radius(grad_norm_bound, wd: float):
     """Upper bound on the distance to the minimiser of a wd-strongly convex objective, from an
     upper bound on the gradient norm (scalar or array)."""
@@ -57,8 +90,8 @@ def radius(grad_norm_bound, wd: float):
 
 def test_loss_error(grad_f_norm, r, x_norm):
     """Bound on |f(W*) − f(W)| for ‖W − W*‖ ≤ r, with ∇f(W) of norm ``grad_f_norm`` and
-    ∇²f ⪯ (‖x‖²/2)·I (arrays broadcast)."""
-    return grad_f_norm * r + 0.25 * np.square(x_norm) * np.square(r)
+    ∇²f ⪯ (‖x‖²/2)·I (NumPy arrays or torch tensors, broadcast)."""
+    return grad_f_norm * r + 0.25 * (x_norm * x_norm) * (r * r)
 
 
 def ihvp_error(residual_norm, estimate_norm, wd: float):
@@ -71,30 +104,32 @@ def ihvp_error(residual_norm, estimate_norm, wd: float):
     return absolute, relative
 
 
-def softmax_rounding(probs: np.ndarray, logits: np.ndarray, logit_error: np.ndarray):
-    """Per-row bound on ‖p̂ − p‖₁ + rounding of p − e_y, for probabilities p̂ computed in float64
-    as exp(l − max l)/Σ exp(l − max l) from logits off by at most ``logit_error`` [n]:
+def softmax_rounding(probs, logits, logit_error):
+    """Per-row bound on ‖p̂ − p‖₁ + rounding of p − e_y, for probabilities p̂ [n, C] (a torch
+    tensor) computed in float64 as exp(l − max l)/Σ exp(l − max l) from logits off by at most
+    ``logit_error`` [n]:
 
     * logit errors: ‖softmax(l + δ) − softmax(l)‖₁ ≤ 2‖δ‖_∞ (the softmax Jacobian
       diag p − p pᵀ maps ∞-norm to 1-norm with norm ≤ 2);
-    * the evaluation: with a_c = l_c − max l, p̂_c = p_c(1 + θ_c), |θ_c| ≤ (|a_c| + C + 3)·u
-      (one rounding in a_c, amplified by |a_c| through exp, γ_{C−1} in the sum, one in exp
-      and one in the division), so Σ_c |p̂_c − p_c| ≤ (Σ_c p_c|a_c| + C + 3)·u;
+    * the evaluation: with a_c = l_c − max l, p̂_c = p_c(1 + θ_c) with
+      |θ_c| ≤ (|a_c| + C + 1 + 2·FUNCTION_ROUNDING)·u (one rounding in a_c, amplified by |a_c|
+      through exp; the exp itself, in the numerator and inside the sum; γ_{C−1} in the sum;
+      one in the division), so Σ_c |p̂_c − p_c| ≤ (Σ_c p_c|a_c| + C + 1 + 2·FUNCTION_ROUNDING)·u;
     * one more rounding, of p_y − 1.
     """
     c = probs.shape[1]
-    shifted = np.abs(logits - logits.max(axis=1, keepdims=True))
-    spread = (probs * shifted).sum(axis=1)
-    return SAFETY * (2.0 * logit_error + (spread + c + 4) * UNIT_ROUNDOFF)
+    shifted = (logits - logits.max(dim=1, keepdim=True).values).abs()
+    spread = (probs * shifted).sum(dim=1)
+    return SAFETY * (2.0 * logit_error
+                     + (spread + c + 2 + 2 * FUNCTION_ROUNDING) * UNIT_ROUNDOFF)
 
 
 def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
-                        delta_row_max: np.ndarray, dp_frobenius: np.ndarray,
-                        x_sq_sum: float, max_exponent: np.ndarray,
-                        own_sq_norm: np.ndarray, own_dp_l1: np.ndarray, base_norm: np.ndarray,
-                        change_norm: np.ndarray, delta_norm: np.ndarray, wd: float,
-                        grad_hat_error: float, base_error: np.ndarray) -> np.ndarray:
+                        delta_row_max, dp_frobenius, x_sq_sum: float, max_exponent,
+                        own_sq_norm, own_dp_l1, base_norm, change_norm, delta_norm, wd: float,
+                        grad_hat_error: float, base_error):
     """Bound on ‖ĝ − ∇R₋z(W₀ + Δ)‖ for the float64 delta-form gradient of each removal [k]
+    (torch tensors [k], on any device)
 
         ĝ = base + (Σ_j δp_j x_jᵀ − δp_z x_zᵀ)/(n − 1) + wd·Δ,  base = (n·∇R(W₀) − ∇L(z, W₀))/(n−1),
         δp_j = p_j ⊙ (m_j − ⟨p_j, m_j⟩)/(1 + ⟨p_j, m_j⟩),  m_j = expm1(x_j Δᵀ),
@@ -105,8 +140,9 @@ def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
     * forward products u_jc = x_j·Δ_c (``width`` terms; x stored in float64, one more
       rounding): |û_jc − u_jc| ≤ γ_{width+1}·‖x_j‖·‖Δ_c‖, which moves δp_j by at most twice
       that in 1-norm (softmax Jacobian); evaluating δp_j from û adds at most
-      2γ_{C+6}·e^{t}·‖x_j‖·‖Δ‖_row with t = max |u| (``max_exponent``). Back-projected with
-      x_j: at most κ·‖Δ‖_row·Σ_j‖x_j‖², κ = 2γ_{width+1} + 2γ_{C+6}·e^t;
+      2γ_{C+5+FUNCTION_ROUNDING}·e^{t}·‖x_j‖·‖Δ‖_row with t = max |u| (``max_exponent``; the
+      expm1 within FUNCTION_ROUNDING·u). Back-projected with x_j: at most
+      κ·‖Δ‖_row·Σ_j‖x_j‖², κ = 2γ_{width+1} + 2γ_{C+5+FUNCTION_ROUNDING}·e^t;
     * back-projection Σ_j δp̂_j x_jᵀ over n rows, b-row blocks plus ⌈n/b⌉ block sums:
       ≤ γ_{b+⌈n/b⌉+1}·‖|δP̂|ᵀ|X|‖_F ≤ γ·‖δP̂‖_F·‖X‖_F (``x_sq_sum`` = ‖X‖_F²);
     * the removed point's own term, the same way: κ·‖Δ‖_row·‖x_z‖² + u·‖δp_z‖₁‖x_z‖;
@@ -114,10 +150,10 @@ def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
       ∇L(z, W₀) and of the combination);
     * the final sum of four terms and the division by n − 1: γ_5 of their norms.
     """
-    kappa = 2 * gamma(width + 1) + 2 * gamma(classes + 6) * np.exp(max_exponent)
+    kappa = 2 * gamma(width + 1) + 2 * gamma(classes + 5 + FUNCTION_ROUNDING) * max_exponent.exp()
     forward = kappa * delta_row_max * (x_sq_sum + own_sq_norm)
     back = gamma(block_rows + math.ceil(n / block_rows) + 1) * dp_frobenius * math.sqrt(x_sq_sum)
-    own = UNIT_ROUNDOFF * own_dp_l1 * np.sqrt(own_sq_norm)
+    own = UNIT_ROUNDOFF * own_dp_l1 * own_sq_norm.sqrt()
     change = (forward + back + own) / (n - 1)
     combine = gamma(5) * (base_norm + change_norm + wd * delta_norm)
     return SAFETY * (n / (n - 1) * grad_hat_error + base_error + change + combine)

@@ -16,6 +16,7 @@ from rich.table import Table
 from . import artifacts as art
 from . import ihvp as ihvp_mod
 from . import loo as loo_mod
+from . import device as device_mod
 from . import selection, stages
 from .data import DATASETS
 from .errors import BadInput, InflError, Interrupted
@@ -91,7 +92,13 @@ REL_ERROR = typer.Option(0.01, "--rel-error",
                          help="Drive each retraining until the certified error bound of its "
                               "actual change is ≤ this × |change| (or the float64 floor); 0: "
                               "stop at --tol.")
-CHUNK = typer.Option(50, "--chunk-size", help="Removals solved together (and checkpointed).")
+CHUNK = typer.Option(None, "--chunk-size",
+                     help="Removals solved together (and checkpointed) \\[default: auto: 50 on "
+                          "the CPU; on a GPU up to 1000, as its free memory allows].")
+DEVICE = typer.Option("auto", "--device",
+                      help="Where to compute: auto (the first CUDA device when torch sees one, "
+                           "else the CPU) | cpu | cuda | cuda:N. Artifacts are the same "
+                           "files on any device.")
 MAX_STEPS = typer.Option(10, "--max-steps",
                          help="Newton steps before a removal falls back to Newton-CG on its "
                               "exact Hessian.")
@@ -136,6 +143,13 @@ def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, av
         if value is not None:
             setattr(s, name, value)
     return s
+
+
+def _device(spec: str, cluster: str | None = None):
+    """The device ``--device`` names; with ``--cluster``, ``auto`` is the CPU (the workers')."""
+    if cluster is not None and spec.strip().lower() == "auto":
+        spec = "cpu"
+    return device_mod.resolve(spec)
 
 
 def _tests(test_index, test_sample, seed) -> stages.TestChoice:
@@ -194,6 +208,7 @@ def _report_train(rec):
                      "train accuracy": rec["train_accuracy"],
                      "test accuracy": rec["test_accuracy"],
                      "L-BFGS iterations": rec["lbfgs_iterations"],
+                     "device": rec.get("device", "cpu"),
                      "Newton iterations": rec["newton_iterations"],
                      "seconds": rec["seconds"]})
 
@@ -207,6 +222,7 @@ def _report_ihvp(rec):
         "relative residual ‖Hs−g‖/‖g‖": _listing(r["relative_residual"]),
         "relative error ‖s−s*‖/‖s*‖ ≤ (proven: λ_min ≥ wd)": _listing(r["error_bound_relative"]),
         "iterations": r["iterations"], "HVPs": r["hvps"], "seconds": r["seconds"],
+        "device": rec.get("device", "cpu"),
         **({"scale": r["scale_used"], "steps per repeat": r["steps_per_repeat"],
             "stopped early": r["stopped_early"]} if "scale_used" in r else {}),
         **({"preconditioner seconds": r["preconditioner_seconds"]}
@@ -218,7 +234,7 @@ def _report_score(rec):
     _table(f"score ({rec['settings']['solver']})", {
         **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
            if len(tests) <= 6 else {"test points": len(tests)}),
-        "n_train": rec["n_train"], "seconds": rec["seconds"]})
+        "n_train": rec["n_train"], "seconds": rec["seconds"], "device": rec.get("device", "cpu")})
 
 
 def _report_loo(rec):
@@ -245,6 +261,8 @@ def _report_loo(rec):
         "workers": rec["workers"] if not rec.get("cluster") else
         f"{rec['workers']} ({rec['cluster']}; scatter {rec['scatter_seconds']:.1f} s)",
         "removals per second": rec["removals_per_second"] or "–",
+        "device": rec.get("device", "cpu") + (f", peak {rec['peak_device_gib']:.1f} GiB"
+                                             if rec.get("peak_device_gib") else ""),
         "Hessian seconds": rec["factor_seconds"], "seconds": rec["seconds"]})
     _table("loo", rows)
     if rec["below_target"]:
@@ -285,11 +303,14 @@ def _report_show(result):
 @app.command("train")
 def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
               data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
-              max_iter: int = MAX_ITER, download: bool = DOWNLOAD, bias: bool = BIAS):
+              max_iter: int = MAX_ITER, download: bool = DOWNLOAD, bias: bool = BIAS,
+              device: str = DEVICE):
     """Fit the model (float64 L-BFGS, then Newton) and write model.safetensors."""
+    stages.validate_train(wd, train_tol)
+    where = _device(device)
     with _writing(workdir):
         _report_train(stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                       download, bias=bias))
+                                       download, bias=bias, device=where))
 
 
 @app.command("ihvp")
@@ -300,23 +321,27 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
              batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
              average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
              check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
-             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK):
+             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, device: str = DEVICE):
     """Solve s_test = H⁻¹∇L(z_test) per test point; writes ihvp-<solver>.safetensors."""
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
                             average_tail, stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
+    stages.validate_ihvp(solver, lissa, cg)
+    where = _device(device)
     with _writing(workdir):
         _report_ihvp(stages.run_ihvp(workdir, solver, _tests(test_index, test_sample, seed),
-                                     lissa, cg))
+                                     lissa, cg, device=where))
 
 
 @app.command("score")
 def score_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
               test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
-              seed: Optional[int] = SEED):
+              seed: Optional[int] = SEED, device: str = DEVICE):
     """Influence of every training point on each test loss: writes scores-<solver>.safetensors."""
+    where = _device(device)
     with _writing(workdir):
-        _report_score(stages.run_score(workdir, solver, _tests(test_index, test_sample, seed)))
+        _report_score(stages.run_score(workdir, solver, _tests(test_index, test_sample, seed),
+                                       device=where))
 
 
 def _loo_settings(method, tol, rel_error, chunk_size, max_steps) -> loo_mod.LooSettings:
@@ -329,16 +354,18 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, select: str = SELECT, num: Optional[int] = NUM,
             method: str = METHOD, tol: float = LOO_TOL, rel_error: float = REL_ERROR,
-            chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
-            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT):
+            chunk_size: Optional[int] = CHUNK, max_steps: int = MAX_STEPS,
+            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
+            device: str = DEVICE):
     """Retrain without each selected training point, certified: writes loo.safetensors."""
     settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
     stages.validate_loo(settings, select, num)
-    stages.validate_cluster(cluster, cluster_timeout)
+    where = _device(device, cluster)
+    stages.validate_cluster(cluster, cluster_timeout, where)
     with _writing(workdir):
         _report_loo(stages.run_loo(workdir, solver, _tests(test_index, test_sample, seed),
                                    select, num, seed or 0, settings, cluster=cluster,
-                                   cluster_timeout=cluster_timeout))
+                                   cluster_timeout=cluster_timeout, device=where))
 
 
 @app.command("plot")
@@ -370,9 +397,10 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, select: str = SELECT,
             num: Optional[int] = NUM, method: str = METHOD, tol: float = LOO_TOL,
-            rel_error: float = REL_ERROR, chunk_size: int = CHUNK, max_steps: int = MAX_STEPS,
-            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
-            out: Optional[Path] = OUT):
+            rel_error: float = REL_ERROR, chunk_size: Optional[int] = CHUNK,
+            max_steps: int = MAX_STEPS, cluster: Optional[str] = CLUSTER,
+            cluster_timeout: float = CLUSTER_TIMEOUT, out: Optional[Path] = OUT,
+            device: str = DEVICE):
     """All stages in order, skipping those whose artifact is up to date, then `show` for the
     first test point."""
     lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
@@ -383,23 +411,29 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     stages.validate_train(wd, train_tol)
     stages.validate_ihvp(solver, lissa, cg)
     stages.validate_loo(settings, select, num)
-    stages.validate_cluster(cluster, cluster_timeout)
+    where = _device(device, cluster)
+    stages.validate_cluster(cluster, cluster_timeout, where)
     with _writing(workdir):
         _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver,
                  _tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
-                 settings, out, cluster, cluster_timeout)
+                 settings, out, cluster, cluster_timeout, where)
 
 
 def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver, tests,
-             seed, lissa, cg, select, num, settings, out, cluster=None, cluster_timeout=None):
+             seed, lissa, cg, select, num, settings, out, cluster=None, cluster_timeout=None,
+             device=None):
     from .data import load_dataset
 
     times = {}
     t0 = time.perf_counter()
-    data = load_dataset(dataset, data_dir, download, bias)
+    device = device or device_mod.resolve("cpu")
+    device_mod.check_precision()
+    device_mod.reset_peak(device)
+    data = load_dataset(dataset, data_dir, download, bias).to(device)
     chosen = stages.ihvp_tests(tests, data)
     num = selection.resolve_k(num, data.n_train)
     selection.check_selection(select, num, data.n_train)
+    settings = stages.resolve_chunk_size(settings, device, data.n_classes, data.n_features)
     times["load data"] = time.perf_counter() - t0
 
     def stage(name, path, stage_settings, inputs, fn, report):
@@ -417,8 +451,9 @@ def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias
                  stages.train_settings(dataset, data_dir, wd, train_tol, bias),
                  {"data": data.fingerprint},
                  lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                          download, data=data, bias=bias), _report_train)
-    loaded = stages.load_model(workdir, data)
+                                          download, data=data, bias=bias, device=device),
+                 _report_train)
+    loaded = stages.load_model(workdir, data, device)
     fixed = stages.TestChoice(chosen)
     irec = stage("ihvp", workdir / art.ihvp_name(solver),
                  stages.ihvp_settings(solver, chosen, lissa, cg), {"model": mrec["fingerprint"]},
@@ -440,8 +475,10 @@ def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias
     _report_show(stages.run_show(workdir, chosen[0], 8, solver, None))
     times["show"] = time.perf_counter() - start
     times["total"] = time.perf_counter() - t0
-    _table("seconds per stage", times)
-    art.write_json(workdir / art.TIMINGS, times)
+    _table(f"seconds per stage ({device_mod.describe(device)})", times)
+    peak = device_mod.peak_gib(device)
+    art.write_json(workdir / art.TIMINGS, {**times, "device": device_mod.describe(device),
+                                           "peak_device_gib": peak})
 
 
 # Typer may vendor its own click: take the exception classes from Typer itself.

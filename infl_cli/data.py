@@ -89,10 +89,24 @@ class Dataset:
 
     @cached_property
     def design(self):
-        """The training inputs as a :class:`~infl_cli.design.DesignMatrix` (built once)."""
-        from .design import DesignMatrix
+        """The training inputs as a design on the data's device (:mod:`~infl_cli.design`:
+        the core/rim matrix on the CPU, a dense tensor elsewhere), built once."""
+        from .design import make_design
 
-        return DesignMatrix(self.x_train, scale=self.pixel_scale)
+        return make_design(self.x_train.cpu(), scale=self.pixel_scale,
+                           device=self.x_train.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device) -> "Dataset":
+        """The same data with its tensors on ``device`` (itself when they are there)."""
+        device = torch.device(device)
+        if self.x_train.device == device:
+            return self
+        return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
+                       x_test=self.x_test.to(device), y_test=self.y_test.to(device))
 
     @property
     def n_train(self) -> int:
@@ -113,7 +127,7 @@ class Dataset:
         if self.image_shape is None:
             return None
         values = x[:-1] if self.bias else x
-        return values.reshape(self.image_shape).numpy()
+        return values.reshape(self.image_shape).cpu().numpy()
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if self.class_names else str(label)

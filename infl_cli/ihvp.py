@@ -109,7 +109,8 @@ class _Batches:
     step costs no gather of rows."""
 
     def __init__(self, x, probs, batch_size, generator):
-        perm = torch.randperm(x.shape[0], generator=generator)
+        # the random stream is drawn on the CPU, so every device sees the same batches
+        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
         self.xp, self.pp = x[perm], probs[perm]
         self.batch, self.gen = batch_size, generator
         self.n_blocks = x.shape[0] // batch_size
@@ -131,9 +132,9 @@ def estimate_sampled_max_eigenvalue(weight, x, probs, wd, batch_size, generator,
     c, d = weight.shape
     best = 0.0
     for _ in range(batches):
-        idx = torch.randint(n, (min(batch_size, n),), generator=generator)
+        idx = torch.randint(n, (min(batch_size, n),), generator=generator).to(x.device)
         xb, pb = x[idx], probs[idx]
-        v = torch.randn(c, d, generator=generator, dtype=torch.float64)
+        v = torch.randn(c, d, generator=generator, dtype=torch.float64).to(x.device)
         v /= v.norm()
         lam = 0.0
         for _ in range(iterations):
@@ -225,7 +226,7 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
     elif solver == "exact":
         c = weight.shape[0]
         with progress_bar("ihvp exact: Hessian blocks", total=c * (c - 1) // 2) as update:
-            factor = HessianFactor(weight, x, wd, on_block=update)
+            factor = HessianFactor(weight, x if design is None else design, wd, on_block=update)
         est = factor.solve(rhs)
         report = {"settings": {}, "iterations": 1, "hvps": 0,
                   "factored_dimension": factor.dimension}
@@ -234,13 +235,14 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
     report["seconds"] = time.perf_counter() - start
     if not bool(torch.isfinite(est).all()):
         raise InflError(f"{solver} produced a non-finite inverse-HVP")
-    g_norm = batched_norm(rhs).numpy()
+    g_norm = batched_norm(rhs).cpu().numpy()
     if design is not None:
         residual, rounding = model.certified_residual(weight, design, wd, est, rhs)
     else:  # no design: the float64 residual, its rounding not bounded
-        residual = batched_norm(model.hvp(weight, x, wd, est) - rhs).numpy()
+        residual = batched_norm(model.hvp(weight, x, wd, est) - rhs).cpu().numpy()
         rounding = np.zeros_like(residual)
-    _, relative_bound = bounds.ihvp_error(residual + rounding, batched_norm(est).numpy(), wd)
+    _, relative_bound = bounds.ihvp_error(residual + rounding, batched_norm(est).cpu().numpy(),
+                                          wd)
     report["relative_residual"] = (residual / g_norm).tolist()
     report["residual_rounding_bound"] = (rounding / g_norm).tolist()
     report["error_bound_relative"] = relative_bound.tolist()

@@ -112,15 +112,15 @@ class HessianFactor:
 
     def __init__(self, weight: torch.Tensor, x, wd: float, on_block=None,
                  dtype: torch.dtype = torch.float64, explicit_inverse: bool = False):
-        """``x``: the training inputs [n, d], or a :class:`~infl_cli.design.DesignMatrix`
-        of them (reused by callers that keep one)."""
-        from .design import DesignMatrix
+        """``x``: the training inputs [n, d], or a design of them (:mod:`~infl_cli.design`,
+        reused by callers that keep one); the factor lives on the design's device."""
+        from .design import make_design
 
-        design = x if isinstance(x, DesignMatrix) else DesignMatrix(x)
+        design = make_design(x.cpu(), device=x.device) if isinstance(x, torch.Tensor) else x
         self.shape = tuple(weight.shape)
         self.wd = wd
         self.dtype = dtype
-        self.active = design.active
+        self.active = design.active.to(design.device)
         h = model.hessian_reduced(weight, design, wd, on_block=on_block, dtype=dtype)
         self.chol, info = torch.linalg.cholesky_ex(h)
         del h
@@ -177,7 +177,7 @@ class HessianFactor:
         # Σ_c gx[r, c, k]·f[k, m, c] as an explicit sum over the C classes: torch's einsum
         # sends it to a batched GEMM whose bits depend on the number of threads
         fs = f.to(self.dtype)
-        red = torch.zeros(k, m, n_red, dtype=self.dtype)
+        red = torch.zeros(k, m, n_red, dtype=self.dtype, device=fs.device)
         for cls in range(c):
             red.addcmul_(gx[:, cls, :].T[:, None, :], fs[:, :, cls, None])
         red = red.to(torch.float64)

@@ -28,7 +28,7 @@ chunks can run in any order, in any process, and resume. Per chunk, warm-started
     ∇R₋z(Ŵ + Δ) = (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1) + (Σ_j δp_j x_jᵀ − δp_z x_zᵀ)/(n−1) + wd·Δ,
     δp_j = p_j ⊙ (m_j − ⟨p_j, m_j⟩)/(1 + ⟨p_j, m_j⟩),  m_j = expm1(u_j),
 
-with ∇R(Ŵ) computed exactly (:func:`~infl_cli.model.certified_gradient`). Rounding errors then
+with ∇R(Ŵ) certified (:func:`~infl_cli.model.certified_gradient`). Rounding errors then
 scale with the small change δp, not with the gradient's terms, so gradients down to ~1e-14
 can be certified (:func:`~infl_cli.bounds.delta_pass_rounding`). The test-loss change is taken
 in the same form: log1p(⟨p_t, expm1(u_t)⟩) − u_{t,y}.
@@ -58,6 +58,9 @@ from .linalg import HessianFactor, batched_dot, batched_norm
 
 METHODS = ("newton", "lbfgs")
 FLOOR_FACTOR = 4.0  # a gradient within this factor of its rounding bound is at the floor
+CPU_CHUNK = 50       # removals per chunk on the CPU (--chunk-size auto)
+DEVICE_CHUNK = 1000  # at most this many on a GPU, where one pass is a few large products
+CHUNK_MEMORY = 0.25  # a GPU chunk's tensors take at most this fraction of the free memory
 
 
 @dataclass
@@ -72,43 +75,62 @@ class LooSettings:
     tol: float = 1e-8
     rel_error: float = 0.01
     max_steps: int = 10
-    chunk_size: int = 50
+    chunk_size: int = CPU_CHUNK
     fast_correction: bool = True
+
+
+def auto_chunk_size(device: torch.device, classes: int, features: int, max_steps: int) -> int:
+    """``--chunk-size auto``: :data:`CPU_CHUNK` on the CPU; on a GPU up to :data:`DEVICE_CHUNK`
+    removals, as many as :data:`CHUNK_MEMORY` of the free memory holds (per removal: the
+    iterate, its gradient and step, two secant vectors per step, and the Woodbury columns
+    H⁻¹U, each C × d float64; a pass's own temporaries are sized by the design)."""
+    if device.type != "cuda":
+        return CPU_CHUNK
+    free, _ = torch.cuda.mem_get_info(device)
+    per_removal = (2 * max_steps + 10 + classes) * classes * features * 8
+    return int(max(CPU_CHUNK, min(DEVICE_CHUNK, CHUNK_MEMORY * free // per_removal)))
 
 
 class LooProblem:
     """What every chunk needs, built once per process (and once per worker on a cluster).
 
-    ``weight`` [C, d] is the trained model, ``design`` the training inputs
-    (:class:`~infl_cli.design.DesignMatrix`, with integer pixels), ``x_test`` [T, d] and
+    ``weight`` [C, d] is the trained model, ``design`` the training inputs (a design of
+    :mod:`~infl_cli.design`; everything here lives on its device), ``x_test`` [T, d] and
     ``y_test`` [T] the test points whose losses are tracked. ``factor``: a float32 explicit
     inverse :class:`~infl_cli.linalg.HessianFactor` of H(Ŵ) (built when not given, which is
     the expensive part: ``on_block`` reports its progress); ``None`` with ``method="lbfgs"``.
+    Scalars that enter the bounds are summed by :func:`~infl_cli.bounds.fsum` (the same bits
+    in every process).
     """
 
     def __init__(self, weight: torch.Tensor, design, y_train: torch.Tensor, wd: float,
                  x_test: torch.Tensor, y_test: torch.Tensor, factor: HessianFactor | None = None,
                  build_factor: bool = True, on_block=None):
         self.design = design
+        self.device = design.device
         self.wd = float(wd)
         self.n = design.n
-        active = design.active
+        weight = weight.to(self.device, torch.float64)
+        active = design.active.to(self.device)
         self.weight = weight[:, active].contiguous() if weight.shape[1] != design.width \
             else weight.contiguous()  # [C, d_a]
         self.classes = int(self.weight.shape[0])
-        self.y = y_train.numpy().astype(np.int64)
-        cert = model.certified_gradient(self.weight, design, y_train, self.wd)
-        self.grad_hat = cert.grad.numpy()  # ∇R(Ŵ) [C, d_a], exact to grad_hat_error
+        self.y = y_train.to(self.device, torch.int64)
+        cert = model.certified_gradient(self.weight, design, self.y, self.wd)
+        self.grad_hat = cert.grad  # ∇R(Ŵ) [C, d_a], exact to grad_hat_error
         self.grad_hat_error = cert.bound
         self.row_error = cert.row_error
         self.p0 = cert.probs  # softmax at Ŵ [n, C]
-        self.p0_32 = self.p0.astype(np.float32)
-        self.grad_hat_norm_bound = float(np.linalg.norm(self.grad_hat)) * (
-            1 + bounds.gamma(self.grad_hat.size + 1)) + self.grad_hat_error
+        self.p0_32 = self.p0.to(torch.float32)
+        self.grad_hat_norm = bounds.fnorm(self.grad_hat)
+        self.weight_norm = bounds.fnorm(self.weight)
+        self.grad_hat_norm_bound = self.grad_hat_norm * (
+            1 + bounds.gamma(self.grad_hat.numel() + 1)) + self.grad_hat_error
         self.baseline_radius = bounds.radius(self.grad_hat_norm_bound, self.wd)
         # data norms for the rounding bounds (upper bounds)
         self.row_norms = design.row_norms
-        self.x_sq_sum = float(np.square(self.row_norms).sum()) * (1 + bounds.gamma(self.n + 1))
+        self.row_norm_max = float(self.row_norms.max())
+        self.x_sq_sum = bounds.fsum(self.row_norms.square()) * (1 + bounds.gamma(self.n + 1))
         # test points
         self.set_tests(x_test, y_test)
         if factor is None and build_factor:
@@ -121,173 +143,177 @@ class LooProblem:
         their probabilities at Ŵ and proven bounds on those: logits off by at most
         γ_{d+1}·(|x|·|W|ᵀ) (any summation order), probabilities by
         :func:`~infl_cli.bounds.softmax_rounding` in 1-norm."""
-        xt = x_test[:, self.design.active] if x_test.shape[1] != self.design.width else x_test
-        self.x_test = xt.to(torch.float64).numpy()
-        self.y_test = y_test.numpy().astype(np.int64)
-        w = self.weight.numpy()
+        active = self.design.active
+        xt = x_test[:, active] if x_test.shape[1] != self.design.width else x_test
+        self.x_test = xt.to(self.device, torch.float64)
+        self.y_test = y_test.to(self.device, torch.int64)
+        self.test_rows = torch.arange(len(self.y_test), device=self.device)
+        w = self.weight
         g = bounds.gamma(self.design.width + 1)
-        logits = np.einsum("td,cd->tc", self.x_test, w)  # [T, C]
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        self.p_test = p / p.sum(axis=1, keepdims=True)
+        logits = self.x_test @ w.T  # [T, C]
+        logits -= logits.max(dim=1, keepdim=True).values
+        p = logits.exp()
+        self.p_test = p / p.sum(dim=1, keepdim=True)
         self.test_logits = logits
         self.test_logit_error = bounds.SAFETY * g * (1 + 2 * g) * (
-            np.abs(self.x_test) @ np.abs(w).T).max(axis=1)  # [T]
+            self.x_test.abs() @ w.abs().T).max(dim=1).values  # [T]
         self.p_test_error = bounds.softmax_rounding(self.p_test, logits, self.test_logit_error)
-        self.test_norms = np.linalg.norm(self.x_test, axis=1) * (1 + g + 3 * bounds.UNIT_ROUNDOFF)
-        residual = self.p_test.copy()
-        residual[np.arange(len(self.y_test)), self.y_test] -= 1.0
+        self.test_norms = self.x_test.norm(dim=1) * (1 + g + 3 * bounds.UNIT_ROUNDOFF)
+        residual = self.p_test.clone()
+        residual[self.test_rows, self.y_test] -= 1.0
         self.test_grad_norms0 = self._grad_norm_bound(residual, self.p_test_error,
                                                       self.test_norms)
         # the baseline: the error of Ŵ itself, in every actual change of test point t
         self.baseline_error = bounds.test_loss_error(self.test_grad_norms0,
                                                      self.baseline_radius, self.test_norms)
 
-    def _grad_norm_bound(self, residual: np.ndarray, residual_error, x_norm) -> np.ndarray:
+    def _grad_norm_bound(self, residual: torch.Tensor, residual_error, x_norm) -> torch.Tensor:
         """Upper bound on ‖∇f‖ = ‖p − e_y‖·‖x‖ from the computed residual p̂ − e_y [..., C],
         a bound on its error in 1-norm (≥ 2-norm) and ‖x‖'s upper bound."""
         c = self.classes
-        return ((np.linalg.norm(residual, axis=-1) * (1 + bounds.gamma(c + 2)) + residual_error)
+        return ((residual.norm(dim=-1) * (1 + bounds.gamma(c + 2)) + residual_error)
                 * x_norm * (1 + 2 * bounds.UNIT_ROUNDOFF))
 
+    def index(self, removed) -> torch.Tensor:
+        """Removal indices (a NumPy array or a tensor) as an int64 tensor on the device."""
+        return torch.as_tensor(np.asarray(removed, dtype=np.int64)).to(self.device)
+
     # ------------------------------------------------------------------------ gradients
-    def base_gradient(self, removed: np.ndarray, xz: np.ndarray):
+    def base_gradient(self, removed: torch.Tensor, xz: torch.Tensor):
         """∇R₋z(Ŵ) = (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1) for each removal [k, C, d_a], and a bound on
         its rounding beyond that of ∇R(Ŵ) [k]."""
         n, wd = self.n, self.wd
-        r = self.p0[removed].copy()
-        r[np.arange(len(removed)), self.y[removed]] -= 1.0
-        own = r[:, :, None] * xz[:, None, :] + wd * self.weight.numpy()[None]
+        k = len(removed)
+        r = self.p0[removed].clone()
+        r[torch.arange(k, device=self.device), self.y[removed]] -= 1.0
+        own = r[:, :, None] * xz[:, None, :] + wd * self.weight[None]
         base = (n * self.grad_hat[None] - own) / (n - 1)
         xz_norm = self.row_norms[removed]
-        own_norm = np.linalg.norm(own.reshape(len(removed), -1), axis=1)
-        w_norm = float(np.linalg.norm(self.weight.numpy()))
+        own_norm = own.reshape(k, -1).norm(dim=1)
         error = (self.row_error[removed] * xz_norm
-                 + bounds.UNIT_ROUNDOFF * (np.linalg.norm(r, axis=1) * xz_norm + wd * w_norm)
-                 + bounds.gamma(3) * (n * np.linalg.norm(self.grad_hat) + own_norm)) / (n - 1)
+                 + bounds.UNIT_ROUNDOFF * (r.norm(dim=1) * xz_norm + wd * self.weight_norm)
+                 + bounds.gamma(3) * (n * self.grad_hat_norm + own_norm)) / (n - 1)
         return base, error
 
-    def gradient(self, removed: np.ndarray, xz: np.ndarray, deltas: np.ndarray,
-                 base: np.ndarray, base_error: np.ndarray, certify: bool):
+    def gradient(self, removed: torch.Tensor, xz: torch.Tensor, deltas: torch.Tensor,
+                 base: torch.Tensor, base_error: torch.Tensor, certify: bool):
         """∇R₋z(Ŵ + Δ) [k, C, d_a] in delta form; with ``certify`` a float64 pass and a bound on
         each gradient's rounding error [k] (else a float32 pass and None)."""
         k = len(removed)
-        dtype = np.float64 if certify else np.float32
-        change, dp_frobenius = delta_pass(self.design, self.p0 if certify else self.p0_32,
-                                          deltas, dtype)
-        own_dp = _delta_probs(self.p0[removed], np.einsum("kcd,kd->kc", deltas, xz))
+        dtype = torch.float64 if certify else torch.float32
+        change, dp_frobenius, block_rows = delta_pass(
+            self.design, self.p0 if certify else self.p0_32, deltas, dtype)
+        own_dp = _delta_probs(self.p0[removed], (deltas * xz[:, None, :]).sum(dim=2))
         own = own_dp[:, :, None] * xz[:, None, :]
         n = self.n
         change -= own
         grad = base + change / (n - 1) + self.wd * deltas
         if not certify:
             return grad, None
-        row_max = np.linalg.norm(deltas, axis=2).max(axis=1)  # max_c ‖Δ_c‖
+        row_max = deltas.norm(dim=2).max(dim=1).values  # max_c ‖Δ_c‖
         rounding = bounds.delta_pass_rounding(
-            n=n, block_rows=self.design.block_rows, width=self.design.width,
+            n=n, block_rows=block_rows, width=self.design.width,
             classes=self.classes, delta_row_max=row_max, dp_frobenius=dp_frobenius,
-            x_sq_sum=self.x_sq_sum,
-            max_exponent=float(self.row_norms.max()) * row_max,
-            own_sq_norm=np.square(self.row_norms[removed]), own_dp_l1=np.abs(own_dp).sum(1),
-            base_norm=np.linalg.norm(base.reshape(k, -1), axis=1),
-            change_norm=np.linalg.norm(change.reshape(k, -1), axis=1) / (n - 1),
-            delta_norm=np.linalg.norm(deltas.reshape(k, -1), axis=1), wd=self.wd,
+            x_sq_sum=self.x_sq_sum, max_exponent=self.row_norm_max * row_max,
+            own_sq_norm=self.row_norms[removed].square(), own_dp_l1=own_dp.abs().sum(dim=1),
+            base_norm=base.reshape(k, -1).norm(dim=1),
+            change_norm=change.reshape(k, -1).norm(dim=1) / (n - 1),
+            delta_norm=deltas.reshape(k, -1).norm(dim=1), wd=self.wd,
             grad_hat_error=self.grad_hat_error, base_error=base_error)
         return grad, rounding
 
     # ----------------------------------------------------------------------- test losses
-    def test_changes(self, deltas: np.ndarray, grad_norm_bound: np.ndarray):
+    def test_changes(self, deltas: torch.Tensor, grad_norm_bound: torch.Tensor):
         """For removals with offsets ``deltas`` [k, C, d_a] and certified gradient-norm bounds
         [k]: (actual change [T, k], certified error bound [T, k], own term [T, k]: the part of
         the bound due to the removal's own gradient).
 
         The change log Σ_c p_c e^{u_c} − u_y (u = x_t Δᵀ) is computed from the probabilities
         p̂ at Ŵ. Its rounding: u off by at most γ_{d+1}·‖x_t‖·‖Δ_c‖; p̂ = softmax(l + δl)⊙(1 + θ)
-        with |δl| ≤ the logit error and |θ_c| ≤ (|l_c − max l| + C + 3)·u
+        with |δl| ≤ the logit error and |θ_c| ≤ (|l_c − max l| + C + 1 + 2·FUNCTION_ROUNDING)·u
         (:func:`~infl_cli.bounds.softmax_rounding`), which moves the change by at most
         ‖q − p‖₁·|δl| (its gradient in l is q − p, q = softmax(l + u)) plus max θ·Σ p|m|/(1 + a);
-        and the evaluation of log1p(a) − u_y itself. The gradient ∇f at the retrained model
-        uses q̂, bounded as softmax(l + u) with logit error |δl| + |δu| (plus (C + 6)·u for
-        forming it from p̂ and e^u)."""
-        u = np.einsum("kcd,td->tkc", deltas, self.x_test)  # [T, k, C]
-        m = np.expm1(u)
+        and the evaluation of log1p(a) − u_y itself (expm1, log1p: FUNCTION_ROUNDING each). The
+        gradient ∇f at the retrained model uses q̂, bounded as softmax(l + u) with logit error
+        |δl| + |δu| (plus (C + 6)·u for forming it from p̂ and e^u)."""
+        u = torch.einsum("kcd,td->tkc", deltas, self.x_test)  # [T, k, C]
+        m = torch.special.expm1(u)
         pt = self.p_test[:, None, :]
-        a = (pt * m).sum(axis=2)  # ⟨p, expm1(u)⟩
-        rows = np.arange(len(self.y_test))
+        a = (pt * m).sum(dim=2)  # ⟨p, expm1(u)⟩
+        rows = self.test_rows
         u_y = u[rows, :, self.y_test]  # [T, k]
-        change = np.log1p(a) - u_y
-        q = pt * np.exp(u)
-        q /= q.sum(axis=2, keepdims=True)  # softmax(l + u) [T, k, C]
+        change = torch.log1p(a) - u_y
+        q = pt * u.exp()
+        q /= q.sum(dim=2, keepdim=True)  # softmax(l + u) [T, k, C]
         c, width = self.classes, self.design.width
         t_count, k = u.shape[:2]
+        unit = bounds.UNIT_ROUNDOFF
         xt_norm = self.test_norms[:, None]
-        row_max = np.linalg.norm(deltas, axis=2).max(axis=1)[None, :]
+        row_max = deltas.norm(dim=2).max(dim=1).values[None, :]
         u_error = bounds.SAFETY * bounds.gamma(width + 1) * xt_norm * row_max  # [T, k]
         logit_error = self.test_logit_error[:, None] + u_error
         q_error = (bounds.softmax_rounding(
             q.reshape(-1, c), (self.test_logits[:, None, :] + u).reshape(-1, c),
-            logit_error.reshape(-1)).reshape(t_count, k) + (c + 6) * bounds.UNIT_ROUNDOFF)
-        p_shift = np.abs(q - pt).sum(axis=2) + q_error + self.p_test_error[:, None]  # ≥ ‖q − p‖₁
-        spread = np.abs(self.test_logits).max(axis=1)[:, None]
-        residual = q.copy()
+            logit_error.reshape(-1)).reshape(t_count, k) + (c + 6) * unit)
+        p_shift = (q - pt).abs().sum(dim=2) + q_error + self.p_test_error[:, None]  # ≥ ‖q − p‖₁
+        spread = self.test_logits.abs().max(dim=1).values[:, None]
+        residual = q.clone()
         residual[rows, :, self.y_test] -= 1.0
         grad_f = self._grad_norm_bound(residual, q_error, xt_norm)
         r = bounds.radius(grad_norm_bound, self.wd)[None, :]
         own = bounds.test_loss_error(grad_f, r, xt_norm)
-        weighted_m = (pt * np.abs(m)).sum(axis=2) / (1 + a)
+        weighted_m = (pt * m.abs()).sum(dim=2) / (1 + a)
         evaluation = bounds.SAFETY * (
             math.sqrt(2 * c) * u_error
-            + np.minimum(p_shift, 2.0) * self.test_logit_error[:, None]
-            + (spread + c + 3) * bounds.UNIT_ROUNDOFF * weighted_m
-            + bounds.gamma(c + 8) * (np.abs(change) + np.abs(u_y) + 2 * weighted_m))
+            + p_shift.clamp(max=2.0) * self.test_logit_error[:, None]
+            + (spread + c + 1 + 2 * bounds.FUNCTION_ROUNDING) * unit * weighted_m
+            + bounds.gamma(c + 6 + 2 * bounds.FUNCTION_ROUNDING)
+            * (change.abs() + u_y.abs() + 2 * weighted_m))
         bound = own + self.baseline_error[:, None] + evaluation
         return change, bound, own
 
 
-def _delta_probs(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """softmax(l + u) − softmax(l) from p = softmax(l) [k, C] and u [k, C], in delta form."""
-    m = np.expm1(u)
-    s = (p * m).sum(axis=-1, keepdims=True)
+    m = torch.special.expm1(u)
+    s = (p * m).sum(dim=-1, keepdim=True)
     return p * (m - s) / (1.0 + s)
 
 
-def delta_pass(design, p0: np.ndarray, deltas: np.ndarray, dtype):
+def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype):
     """Σ_j δp_j x_jᵀ over all training rows for each offset in ``deltas`` [k, C, d_a]:
-    (change [k, C, d_a] float64, ‖δP‖_F per removal [k] float64).
+    (change [k, C, d_a] float64, ‖δP‖_F per removal [k] float64 (float64 passes only),
+    rows per block).
 
-    One pass over the rows in blocks (:meth:`~infl_cli.design.DesignMatrix.blocks`): per block
-    the products u = X_b Δᵀ and the back-projection δPᵀ X_b are a dense GEMM over the core
-    columns plus a sparse product over the rim, in ``dtype``; block results accumulate in
-    float64. The result does not depend on the number of threads. ``p0`` [n, C] holds the probabilities at Ŵ (in ``dtype`` for speed)."""
+    One pass over the rows in blocks (the design's ``pass_rows``): per block u = X_b Δᵀ, then
+    δp from u in place (vectorised torch), then the back-projection δPᵀ X_b, in ``dtype``;
+    block results accumulate in float64. The result does not depend on the number of threads
+    (no reduction here is split across them). ``p0`` [n, C] holds the probabilities at Ŵ (in
+    ``dtype`` for speed)."""
     k, c, width = deltas.shape
-    kc = k * c
-    v = deltas.reshape(kc, width).T
-    v_core = torch.from_numpy(np.ascontiguousarray(v[design.core], dtype=dtype))
-    v_rim = np.ascontiguousarray(v[design.rim], dtype=dtype)
-    acc_core = torch.zeros((kc, design.core.size), dtype=torch.float64)
-    acc_rim = np.zeros((design.rim.size, kc))
-    dp_sq = np.zeros(k)
-    for lo, hi, x_core, x_rim in design.blocks(dtype):
-        # dense products through torch's MKL, whose results do not depend on the number of
-        # threads (OpenBLAS's do: a chunk must give the same bits in-process and on a
-        # one-thread cluster worker); the rim's sparse products are single-threaded
-        xc = torch.from_numpy(x_core)
-        u = torch.mm(xc, v_core)
-        u += torch.from_numpy(x_rim @ v_rim)
-        # elementwise in torch, in place: vectorised and on both cores (2-3x NumPy here)
+    dp_sq = torch.zeros(k, dtype=torch.float64, device=deltas.device)
+
+    def transform(u, lo, hi):
         m = torch.special.expm1(u, out=u).view(hi - lo, k, c)
-        p = torch.from_numpy(p0[lo:hi])
+        p = p0[lo:hi]
         s = torch.einsum("bkc,bc->bk", m, p)  # ⟨p_j, m_j⟩
         m.sub_(s[:, :, None]).mul_(p[:, None, :]).div_(s.add_(1.0)[:, :, None])
-        dp = u.numpy()  # m, now δp, is a view of u
-        if dtype == np.float64:
-            dp_sq += np.einsum("bkc,bkc->k", dp.reshape(hi - lo, k, c), dp.reshape(hi - lo, k, c))
-        acc_core += torch.mm(u.T, xc)
-        acc_rim += x_rim.T @ dp
-    change = np.empty((kc, width))
-    change[:, design.core] = acc_core.numpy()
-    change[:, design.rim] = acc_rim.T
-    return change.reshape(k, c, width), np.sqrt(dp_sq)
+        if dtype == torch.float64:
+            dp_sq.add_(_squares_by_removal(m))
+        return u  # m, now δp, is a view of u
+
+    change, rows = design.pass_rows(deltas.reshape(k * c, width).T, transform, dtype)
+    return change.reshape(k, c, width), dp_sq.sqrt(), rows
+
+
+def _squares_by_removal(m: torch.Tensor) -> torch.Tensor:
+    """Σ_{b,c} m[b, k, c]² per removal k. On the CPU through NumPy's einsum, without a
+    temporary (3× torch's square-and-sum there, and single-threaded, so the same bits on any
+    number of threads); elsewhere torch."""
+    if m.device.type == "cpu":
+        a = m.numpy()
+        return torch.from_numpy(np.einsum("bkc,bkc->k", a, a))
+    return m.square().sum(dim=(0, 2))
 
 
 class RemovalPreconditioner:
@@ -313,7 +339,7 @@ class RemovalPreconditioner:
         self.n = n
         self.y = factor.solve_kron(f, x_removed)  # H⁻¹U [K, m, C, d]
         s = torch.einsum("kmcd,kqcd->kmq", u, self.y) / n
-        self.inner = torch.linalg.inv(torch.eye(c, dtype=s.dtype) - s)  # [K, m, m]
+        self.inner = torch.linalg.inv(torch.eye(c, dtype=s.dtype, device=s.device) - s)
         self.factor = factor
 
     def solve(self, g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -349,20 +375,20 @@ def _secant_direction(grad, rows, history, apply_p):
 
 
 class _Certificate:
-    """The certified figures of one chunk, filled in as removals settle."""
+    """The certified figures of one chunk, filled in as removals settle (on the device)."""
 
-    def __init__(self, t: int, k: int):
-        self.actual = np.full((t, k), np.nan)
-        self.bound = np.full((t, k), np.nan)
-        self.own = np.full((t, k), np.nan)
-        self.grad_norm = np.full(k, np.nan)
-        self.rounding = np.full(k, np.nan)
+    def __init__(self, t: int, k: int, device):
+        def nan(*shape):
+            return torch.full(shape, math.nan, dtype=torch.float64, device=device)
+
+        self.actual, self.bound, self.own = nan(t, k), nan(t, k), nan(t, k)
+        self.grad_norm, self.rounding = nan(k), nan(k)
 
     def record(self, problem: LooProblem, rows, deltas, grad, rounding):
         """Certify ``rows`` at offsets ``deltas``: their gradient norms, the rounding bound
         (of the gradient and of its norm), changes and bounds. Returns ‖∇R₋z‖ upper bounds."""
-        gn = np.linalg.norm(grad.reshape(len(rows), -1), axis=1)
-        rounding = rounding + bounds.gamma(grad[0].size + 1) * gn  # the norm's own rounding
+        gn = grad.reshape(len(rows), -1).norm(dim=1)
+        rounding = rounding + bounds.gamma(grad[0].numel() + 1) * gn  # the norm's own rounding
         upper = gn + rounding
         actual, bound, own = problem.test_changes(deltas, upper)
         self.actual[:, rows], self.bound[:, rows], self.own[:, rows] = actual, bound, own
@@ -377,12 +403,12 @@ class _Certificate:
         if settings.rel_error <= 0:
             return within_tol
         sel = selected[:, rows]
-        meets = np.where(sel, self.bound[:, rows] <= settings.rel_error
-                         * np.abs(self.actual[:, rows]), True).all(axis=0)
+        meets = torch.where(sel, self.bound[:, rows] <= settings.rel_error
+                            * self.actual[:, rows].abs(), True).all(dim=0)
         gn, rounding = self.grad_norm[rows], self.rounding[rows]
         floor = (gn <= FLOOR_FACTOR * rounding) \
-            | np.where(sel, self.own[:, rows] <= problem.baseline_error[:, None],
-                       True).all(axis=0) \
+            | torch.where(sel, self.own[:, rows] <= problem.baseline_error[:, None],
+                          True).all(dim=0) \
             | (gn >= 0.5 * previous_norm)  # the last step did not halve it: noise level
         return within_tol & (meets | floor)
 
@@ -392,58 +418,61 @@ def solve_chunk(problem: LooProblem, removed: np.ndarray, selected: np.ndarray,
     """Retrain without each index in ``removed`` [k]; ``selected`` [T, k] marks the test
     points that chose each removal (their changes are driven to the relative target).
 
-    Returns (results, stats): results holds float64 ``actual_loss_diff`` and
-    ``actual_error_bound`` [T, k], ``grad_norm`` (‖∇R₋z‖ computed in float64) and
+    Returns (results, stats): results holds, as NumPy arrays, float64 ``actual_loss_diff``
+    and ``actual_error_bound`` [T, k], ``grad_norm`` (‖∇R₋z‖ computed in float64) and
     ``grad_rounding`` (a proven bound on that value's error, so the true norm is at most
-    grad_norm + grad_rounding) [k], int64 ``steps``
-    and bool ``fallback`` [k]; stats counts float64 and float32 passes over the data.
+    grad_norm + grad_rounding) [k], int64 ``steps`` and bool ``fallback`` [k]; stats counts
+    float64 and float32 passes over the data.
     """
-    removed = np.asarray(removed, dtype=np.int64)
-    selected = np.asarray(selected, dtype=bool)
-    xz = problem.design.rows(removed)
+    device = problem.device
+    removed_np = np.asarray(removed, dtype=np.int64)
+    removed = problem.index(removed_np)
+    selected = torch.as_tensor(np.asarray(selected, dtype=bool)).to(device)
+    xz = problem.design.rows(removed_np).to(device)
     base, base_error = problem.base_gradient(removed, xz)
-    k = len(removed)
-    cert = _Certificate(len(problem.y_test), k)
+    k = len(removed_np)
+    cert = _Certificate(len(problem.y_test), k, device)
     stats = {"float64_passes": 0, "float32_passes": 0}
     fallback = np.zeros(k, dtype=bool)
     if settings.method == "lbfgs":
-        runs = [_lbfgs_retrain(problem, int(z), settings.tol) for z in removed]
-        deltas = np.stack([delta for delta, _ in runs])
+        runs = [_lbfgs_retrain(problem, int(z), settings.tol) for z in removed_np]
+        deltas = torch.stack([delta for delta, _ in runs])
         steps = np.array([iterations for _, iterations in runs], dtype=np.int64)
         grad, rounding = problem.gradient(removed, xz, deltas, base, base_error, True)
         stats["float64_passes"] += 1
-        cert.record(problem, np.arange(k), deltas, grad, rounding)
+        cert.record(problem, torch.arange(k, device=device), deltas, grad, rounding)
     else:
         deltas, steps = _newton(problem, removed, xz, base, base_error, selected, settings,
                                 cert, stats)
-        upper = cert.grad_norm + cert.rounding
+        upper = (cert.grad_norm + cert.rounding).cpu().numpy()
         for i in np.flatnonzero(~(upper <= settings.tol)):  # not certified: exact Hessian
-            delta, iters = _newton_cg_retrain(problem, int(removed[i]), deltas[i],
+            delta, iters = _newton_cg_retrain(problem, int(removed_np[i]), deltas[i],
                                               settings.tol)
-            grad, rounding = problem.gradient(removed[i:i + 1], xz[i:i + 1], delta[None],
-                                              base[i:i + 1], base_error[i:i + 1], True)
+            one = slice(i, i + 1)
+            grad, rounding = problem.gradient(removed[one], xz[one], delta[None], base[one],
+                                              base_error[one], True)
             stats["float64_passes"] += 1
-            cert.record(problem, np.array([i]), delta[None], grad, rounding)
+            cert.record(problem, torch.tensor([i], device=device), delta[None], grad, rounding)
             steps[i] += iters
             fallback[i] = True
     results = {"actual_loss_diff": cert.actual, "actual_error_bound": cert.bound,
-               "grad_norm": cert.grad_norm, "grad_rounding": cert.rounding,
-               "steps": steps.astype(np.int64), "fallback": fallback}
+               "grad_norm": cert.grad_norm, "grad_rounding": cert.rounding}
+    results = {key: value.cpu().numpy() for key, value in results.items()}
+    results.update(steps=steps.astype(np.int64), fallback=fallback)
     return results, stats
 
 
 def _newton(problem: LooProblem, removed, xz, base, base_error, selected, settings, cert,
             stats):
     """The certified Newton iteration of one chunk (module doc). Returns (Δ [k, C, d_a],
-    steps [k]); fills ``cert``."""
+    steps [k] as a NumPy array); fills ``cert``."""
     k = len(removed)
-    weight = problem.weight
-    precond = RemovalPreconditioner(problem.factor, weight, torch.from_numpy(xz), problem.n)
-    everyone = torch.arange(k)
-    base_t = torch.from_numpy(base)
-    last_step = -precond.solve(base_t, everyone)
+    device = problem.device
+    precond = RemovalPreconditioner(problem.factor, problem.weight, xz, problem.n)
+    everyone = torch.arange(k, device=device)
+    last_step = -precond.solve(base, everyone)
     deltas = last_step.clone()
-    last_grad = base_t.clone()
+    last_grad = base.clone()
     history = []
     steps = np.ones(k, dtype=np.int64)
 
@@ -456,28 +485,28 @@ def _newton(problem: LooProblem, removed, xz, base, base_error, selected, settin
         last_step[rows] = -_secant_direction(grad, rows, history,
                                              lambda q: precond.solve(q, rows))
         deltas[rows] += last_step[rows]
-        steps[rows.numpy()] += 1
+        steps[rows.cpu().numpy()] += 1
 
     if settings.fast_correction and settings.max_steps > 1:
-        grad, _ = problem.gradient(removed, xz, deltas.numpy(), base, base_error, False)
+        grad, _ = problem.gradient(removed, xz, deltas, base, base_error, False)
         stats["float32_passes"] += 1
-        step(everyone, torch.from_numpy(grad))
-    todo = np.arange(k)
-    previous = np.full(k, np.inf)
-    while todo.size:
-        d = deltas.numpy()[todo]
+        step(everyone, grad)
+    todo = everyone
+    previous = torch.full((k,), math.inf, dtype=torch.float64, device=device)
+    while len(todo):
+        d = deltas[todo]
         grad, rounding = problem.gradient(removed[todo], xz[todo], d, base[todo],
                                           base_error[todo], True)
         stats["float64_passes"] += 1
         upper = cert.record(problem, todo, d, grad, rounding)
-        finite = np.isfinite(upper)
+        finite = torch.isfinite(upper)
         done = cert.settled(problem, todo, selected, settings, upper, previous[todo]) | ~finite
         previous[todo] = cert.grad_norm[todo]
-        if done.all() or int(steps[todo].max()) >= settings.max_steps:
+        if bool(done.all()) or int(steps[todo.cpu().numpy()].max()) >= settings.max_steps:
             break
         todo, grad = todo[~done], grad[~done]
-        step(torch.from_numpy(todo), torch.from_numpy(grad))
-    return deltas.numpy(), steps
+        step(todo, grad)
+    return deltas, steps
 
 
 def _weighted_hvp(problem: LooProblem, probs: torch.Tensor, sample_weight: torch.Tensor,
@@ -485,28 +514,32 @@ def _weighted_hvp(problem: LooProblem, probs: torch.Tensor, sample_weight: torch
     """H₋z v for the objective with per-example weights (0 for the removed point)."""
     k, c, d = v.shape
     design = problem.design
-    a = model.times(design, v.reshape(k * c, d).T).reshape(-1, k, c)
+    a = model.times(design, v.reshape(k * c, d).T.contiguous()).reshape(-1, k, c)
     pa = probs[:, None, :] * a
     b = (pa - probs[:, None, :] * pa.sum(dim=2, keepdim=True)) * sample_weight[:, None, None]
     back = model.transposed_times(b.reshape(-1, k * c), design).reshape(k, c, d)
     return back / sample_weight.sum() + problem.wd * v
 
 
-def _newton_cg_retrain(problem: LooProblem, index: int, start: np.ndarray, tol: float,
+def _removal_weights(problem: LooProblem, index: int) -> torch.Tensor:
+    weights = torch.ones(problem.n, dtype=torch.float64, device=problem.device)
+    weights[index] = 0.0
+    return weights
+
+
+def _newton_cg_retrain(problem: LooProblem, index: int, start: torch.Tensor, tol: float,
                        max_steps: int = 20):
     """The safe fallback for one removal: Newton steps whose direction solves the exact
     Hessian of R₋z at the current iterate (conjugate gradients on full-data products).
     Returns (Δ, steps); the caller certifies the result."""
     from .linalg import conjugate_gradient
 
-    weight = problem.weight
-    y = torch.from_numpy(problem.y)
-    sample_weight = torch.ones(problem.n, dtype=torch.float64)
-    sample_weight[index] = 0.0
-    w = weight + torch.from_numpy(start)
+    sample_weight = _removal_weights(problem, index)
+    w = problem.weight + start
     steps = 0
     for steps in range(max_steps + 1):
-        grad = model.objective_and_grad(w, problem.design, y, problem.wd, sample_weight)[1]
+        grad = model.objective_and_grad(w, problem.design, problem.y, problem.wd,
+                                        sample_weight)[1]
         gn = float(grad.norm())
         if gn <= 0.1 * tol or not math.isfinite(gn) or steps == max_steps:
             break
@@ -515,36 +548,36 @@ def _newton_cg_retrain(problem: LooProblem, index: int, start: np.ndarray, tol: 
             lambda v: _weighted_hvp(problem, probs, sample_weight, v), grad[None], rtol=1e-6,
             max_iter=500)
         w = w - direction[0]
-    return (w - weight).numpy(), steps
+    return w - problem.weight, steps
 
 
 def _lbfgs_retrain(problem: LooProblem, index: int, tol: float, max_iter: int = 2000):
-    """Warm-started full-batch L-BFGS on R₋z for one removal, stopped at ‖∇R₋z‖ ≤ tol.
-    Returns (Δ, iterations); the caller certifies the result."""
+    """Warm-started full-batch L-BFGS on R₋z for one removal, stopped at ‖∇R₋z‖ ≤ tol (SciPy's
+    L-BFGS on the CPU, its gradients where the data are). Returns (Δ, iterations); the caller
+    certifies the result."""
     from scipy.optimize import minimize
 
     weight = problem.weight
-    y = torch.from_numpy(problem.y)
     shape = tuple(weight.shape)
-    sample_weight = torch.ones(problem.n, dtype=torch.float64)
-    sample_weight[index] = 0.0
+    sample_weight = _removal_weights(problem, index)
     last = {"gn": math.inf}
 
     def fun(flat):
-        loss, grad = model.objective_and_grad(torch.from_numpy(flat).reshape(shape),
-                                              problem.design, y, problem.wd, sample_weight)
+        w = torch.from_numpy(flat).reshape(shape).to(problem.device)
+        loss, grad = model.objective_and_grad(w, problem.design, problem.y, problem.wd,
+                                              sample_weight)
         last["gn"] = float(grad.norm())
-        return float(loss), grad.reshape(-1).numpy()
+        return float(loss), grad.reshape(-1).cpu().numpy()
 
     def callback(intermediate_result):
         if last["gn"] <= tol:
             raise StopIteration
 
-    result = minimize(fun, weight.reshape(-1).numpy().copy(), jac=True, method="L-BFGS-B",
-                      callback=callback,
+    result = minimize(fun, weight.reshape(-1).cpu().numpy().copy(), jac=True,
+                      method="L-BFGS-B", callback=callback,
                       options={"maxiter": max_iter, "maxcor": 30, "gtol": 0.0, "ftol": 0.0})
-    w = torch.from_numpy(np.asarray(result.x).copy()).reshape(shape)
-    return (w - weight).numpy(), int(result.nit)
+    w = torch.from_numpy(np.asarray(result.x).copy()).reshape(shape).to(problem.device)
+    return w - weight, int(result.nit)
 
 
 def chunk_bounds(n_removals: int, chunk_size: int):

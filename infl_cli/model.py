@@ -28,28 +28,30 @@ N_CHUNK = 16_384  # rows per block when a [n, k] temporary would be large
 
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for CPU tensors through NumPy's BLAS.
+    """a @ b: on the CPU through NumPy's BLAS, elsewhere through torch.
 
-    For the tall-skinny products of this model ([n, d] by [d, k] and [k, n] by [n, d]) it
+    For the tall-skinny products of this model ([n, d] by [d, k] and [k, n] by [n, d]) NumPy
     measured 1.3–2.4× faster than torch's on the 2-core reference machine (transposed
     operands are passed as strided views, never copied).
     """
+    if a.device.type != "cpu":
+        return a @ b
     return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
 
 
 def times(x, v: torch.Tensor) -> torch.Tensor:
-    """x·v for inputs x (a tensor [n, d] or a :class:`~infl_cli.design.DesignMatrix` over its
-    active columns) and v [d, m]: [n, m]."""
+    """x·v for inputs x (a tensor [n, d] or a design over its active columns,
+    :mod:`~infl_cli.design`) and v [d, m]: [n, m]."""
     if isinstance(x, torch.Tensor):
         return mm(x, v)
-    return torch.from_numpy(x.matmul(v.numpy()))
+    return x.matmul(v)
 
 
 def transposed_times(r: torch.Tensor, x) -> torch.Tensor:
     """rᵀ·x for r [n, m] and inputs x as in :func:`times`: [m, d]."""
     if isinstance(x, torch.Tensor):
         return mm(r.T, x)
-    return torch.from_numpy(x.rmatmul(r.numpy()))
+    return x.rmatmul(r)
 
 
 def n_rows(x) -> int:
@@ -70,7 +72,7 @@ def cross_entropy(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tor
 def residuals(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """p − onehot(y), [n, C]: the per-example CE gradient is residual ⊗ x."""
     r = probabilities(weight, x)
-    r[torch.arange(y.shape[0]), y] -= 1.0
+    r[torch.arange(y.shape[0], device=r.device), y] -= 1.0
     return r
 
 
@@ -90,7 +92,7 @@ def objective_and_grad(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w
     log_p = torch.log_softmax(logits, dim=1)
     ce = -log_p.gather(1, y[:, None])[:, 0]
     r = log_p.exp()
-    r[torch.arange(y.shape[0]), y] -= 1.0
+    r[torch.arange(y.shape[0], device=r.device), y] -= 1.0
     if sample_weight is None:
         scale = 1.0 / y.shape[0]
         data_loss = ce.mean()
@@ -105,28 +107,28 @@ def objective_and_grad(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w
 
 def certified_probabilities(weight: torch.Tensor, design):
     """Softmax probabilities of the training inputs from certified logits (integer pixels times
-    integer pieces of W, or the general model for real features:
-    :meth:`~infl_cli.design.DesignMatrix.certified_matmul`): (W over the
-    active features as a NumPy array, probabilities [n, C], logits [n, C], row_error [n]
-    ≥ ‖p̂_i − p_i‖₁ plus the rounding of p_y − 1, :func:`~infl_cli.bounds.softmax_rounding`)."""
+    integer pieces of W, or the general model for real features: the design's
+    ``certified_matmul``): (W over the active features, probabilities [n, C], logits [n, C],
+    row_error [n] ≥ ‖p̂_i − p_i‖₁ plus the rounding of p_y − 1,
+    :func:`~infl_cli.bounds.softmax_rounding`), tensors on the design's device."""
     from .bounds import softmax_rounding
 
-    w = weight[:, design.active] if weight.shape[1] != design.width else weight
-    w = w.numpy()
-    logits, logit_error = design.certified_matmul(np.ascontiguousarray(w.T))
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    return w, probs, logits, softmax_rounding(probs, logits, logit_error.max(axis=1))
+    w = weight[:, design.active.to(weight.device)] if weight.shape[1] != design.width \
+        else weight
+    logits, logit_error = design.certified_matmul(w.T.contiguous())
+    probs = (logits - logits.max(dim=1, keepdim=True).values).exp()
+    probs /= probs.sum(dim=1, keepdim=True)
+    return w, probs, logits, softmax_rounding(probs, logits, logit_error.max(dim=1).values)
 
 
 class CertifiedGradient(NamedTuple):
-    """What :func:`certified_gradient` returns (NumPy float64 arrays but ``grad``)."""
+    """What :func:`certified_gradient` returns (tensors on the design's device)."""
 
     grad: torch.Tensor        # ∇R(W) [C, d_active]
-    probs: np.ndarray         # softmax probabilities [n, C]
-    logits: np.ndarray        # [n, C]
+    probs: torch.Tensor       # softmax probabilities [n, C]
+    logits: torch.Tensor      # [n, C]
     bound: float              # ≥ ‖grad − ∇R(W)‖_F, the exact gradient on the exact data
-    row_error: np.ndarray     # [n]: ≥ ‖(computed p_i − e_y) − (exact p_i − e_y)‖₁
+    row_error: torch.Tensor   # [n]: ≥ ‖(computed p_i − e_y) − (exact p_i − e_y)‖₁
 
 
 def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor,
@@ -134,37 +136,39 @@ def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor,
     """∇R(W) for the data (integer pixels / scale as exact rationals, or real features as
     given), with a proven bound on the float64 result's error.
 
-    Logits X Wᵀ and the back-projection Rᵀ X are certified products
-    (:meth:`~infl_cli.design.DesignMatrix.certified_matmul`: exact integer sums for pixels,
-    whose only rounding is in combining their pieces; the general model otherwise), then the
-    softmax (:func:`~infl_cli.bounds.softmax_rounding`), and the final
-    (1/n)·RᵀX + wd·W. With ‖δr_i‖₁ bounding the error of row i of R = P − Y:
+    Logits X Wᵀ and the back-projection Rᵀ X are certified products (the design's
+    ``certified_matmul``: exact integer sums for pixels, whose only rounding is in combining
+    their pieces; the general model otherwise), then the softmax
+    (:func:`~infl_cli.bounds.softmax_rounding`), and the final (1/n)·RᵀX + wd·W. With ‖δr_i‖₁
+    bounding the error of row i of R = P − Y:
 
         ‖ĝ − ∇R‖_F ≤ (1/n)·Σ_i ‖δr_i‖₁‖x_i‖ + ‖bound of RᵀX‖_F/n + γ_3·‖|RᵀX|/n + wd|W|‖_F.
 
-    ``weight`` is [C, d] or [C, d_active]. Returns a :class:`CertifiedGradient`.
+    ``weight`` is [C, d] or [C, d_active]. The scalar sums are taken on the CPU in a fixed
+    order (:func:`~infl_cli.bounds.fsum`), so the bound has the same bits wherever it is
+    computed. Returns a :class:`CertifiedGradient`.
     """
-    from .bounds import SAFETY, gamma
+    from .bounds import SAFETY, fnorm, fsum, gamma
 
     w, probs, logits, row_error = certified_probabilities(weight, design)
     n = design.n
-    r = probs.copy()
-    r[np.arange(n), y.numpy()] -= 1.0
+    r = probs.clone()
+    r[torch.arange(n, device=r.device), y.to(r.device)] -= 1.0
     back, back_error = design.certified_rmatmul(r)
     grad = back / n + wd * w
-    bound = SAFETY * (float((row_error * design.row_norms).sum()) / n
-                      + float(np.linalg.norm(back_error)) / n
-                      + gamma(3) * float(np.linalg.norm(np.abs(back) / n + wd * np.abs(w))))
-    return CertifiedGradient(torch.from_numpy(grad), probs, logits, bound, row_error)
+    bound = SAFETY * (fsum(row_error * design.row_norms) / n + fnorm(back_error) / n
+                      + gamma(3) * fnorm(back.abs() / n + wd * w.abs()))
+    return CertifiedGradient(grad, probs, logits, bound, row_error)
 
 
 def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
                        g: torch.Tensor):
     """‖H s_t − g_t‖ for inverse-HVP estimates s and right-hand sides g [T, C, d] (all
-    features), with a proven bound on each value's rounding error: (norms [T], bounds [T]).
+    features), with a proven bound on each value's rounding error: (norms [T], bounds [T]) as
+    NumPy arrays.
 
     H s = (1/n)·Σ_i b_i x_iᵀ + wd·s with a_i = s x_i and b_i = p_i ⊙ a_i − p_i (p_iᵀ a_i). The
-    products X sᵀ and Bᵀ X are certified products (:meth:`DesignMatrix.certified_matmul`), the
+    products X sᵀ and Bᵀ X are certified products (the design's ``certified_matmul``), the
     probabilities those of :func:`certified_gradient`; what rounds is b (at most
     3‖δp_i‖₁·max|a| from the probabilities, 2·max|δa| from a, γ_{C+3}·2·max|a| in its own
     arithmetic, per row in 1-norm), combining the pieces, and the final sums: the bound is
@@ -176,28 +180,31 @@ def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
     _, p, _, row_error = certified_probabilities(weight, design)
     t, c, _ = s.shape
     n = design.n
-    active = design.active
-    sa, ga = s[:, :, active].numpy(), g[:, :, active].numpy()
-    a, a_error = design.certified_matmul(np.ascontiguousarray(sa.reshape(t * c, -1).T))
+    active = design.active.to(s.device)
+    sa, ga = s[:, :, active], g[:, :, active]
+    a, a_error = design.certified_matmul(sa.reshape(t * c, -1).T.contiguous())
     a, a_error = a.reshape(n, t, c), a_error.reshape(n, t, c)
     pa = p[:, None, :] * a
-    b = pa - p[:, None, :] * pa.sum(axis=2, keepdims=True)
-    a_max = np.abs(a).max(axis=2)  # [n, T]
-    b_error = (3 * row_error[:, None] * a_max + 2 * a_error.max(axis=2)
+    b = pa - p[:, None, :] * pa.sum(dim=2, keepdim=True)
+    a_max = a.abs().max(dim=2).values  # [n, T]
+    b_error = (3 * row_error[:, None] * a_max + 2 * a_error.max(dim=2).values
                + 2 * gamma(c + 3) * a_max)  # ‖δb_i‖₁ per row and test point
-    back, back_error = design.certified_rmatmul(b.reshape(n, t * c))
+    back, back_error = design.certified_rmatmul(b.reshape(n, t * c).contiguous())
     back, back_error = back.reshape(t, c, -1), back_error.reshape(t, c, -1)
     residual = back / n + wd * sa - ga
-    outside = wd * s[:, :, ~active].numpy() - g[:, :, ~active].numpy()
-    norms = np.sqrt(np.square(residual).sum(axis=(1, 2)) + np.square(outside).sum(axis=(1, 2)))
-    flat = lambda v: np.linalg.norm(v.reshape(t, -1), axis=1)  # noqa: E731
-    bound = SAFETY * ((b_error * design.row_norms[:, None]).sum(axis=0) / n
+    s_out, g_out = s[:, :, ~active], g[:, :, ~active]
+    outside = wd * s_out - g_out
+    norms = (residual.square().sum(dim=(1, 2)) + outside.square().sum(dim=(1, 2))).sqrt()
+
+    def flat(v):
+        return v.reshape(t, -1).norm(dim=1)
+
+    bound = SAFETY * ((b_error * design.row_norms[:, None]).sum(dim=0) / n
                       + flat(back_error) / n
                       + gamma(4) * (flat(back) / n + wd * flat(sa) + flat(ga))
-                      + 2 * UNIT_ROUNDOFF * (wd * flat(s[:, :, ~active].numpy())
-                                             + flat(g[:, :, ~active].numpy()))
+                      + 2 * UNIT_ROUNDOFF * (wd * flat(s_out) + flat(g_out))
                       + gamma(s[0].numel() + 1) * norms)
-    return norms, bound
+    return norms.cpu().numpy(), bound.cpu().numpy()
 
 
 def train_point_grads(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -225,7 +232,7 @@ def dot_train_point_grads(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     n = x.shape[0]
     t = vectors.shape[0]
     c, d = weight.shape
-    out = torch.empty(t, n, dtype=x.dtype)
+    out = torch.empty(t, n, dtype=x.dtype, device=x.device)
     reg = wd * (vectors * weight).sum(dim=(1, 2))  # [T]
     flat_v = vectors.reshape(t * c, d)
     for lo in range(0, n, N_CHUNK):
@@ -266,31 +273,27 @@ def active_features(x: torch.Tensor) -> torch.Tensor:
 
 def hessian_reduced(weight: torch.Tensor, design, wd: float, probs: torch.Tensor | None = None,
                     on_block=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """H restricted to the design's active features, [C·d_a, C·d_a] (row-major over [C, d_a]).
+    """H restricted to the design's active features, [C·d_a, C·d_a] (row-major over [C, d_a]),
+    on the design's device.
 
-    ``weight`` is [C, d] (all features) or [C, d_a]; ``design`` a
-    :class:`~infl_cli.design.DesignMatrix` of the training inputs. Block (a, b) of n·H_CE is
-    Xᵀ diag(δ_ab·p_a − p_a·p_b) X. The probabilities sum to one, so each block row sums to
-    zero and block (a, a) is minus the sum of the off-diagonal blocks of its row: only the
-    C(C−1)/2 Gram matrices Xᵀ diag(p_a p_b) X (a < b) are formed
-    (:func:`~infl_cli.design.weighted_grams`: a symmetric product over the dense core, a
-    sparse pass over the rim). ``on_block()`` is called after each of them (progress).
-    ``dtype`` float32 halves the time again, for uses that only need a preconditioner.
+    ``weight`` is [C, d] (all features) or [C, d_a]; ``design`` a design of the training
+    inputs (:mod:`~infl_cli.design`). Block (a, b) of n·H_CE is Xᵀ diag(δ_ab·p_a − p_a·p_b) X.
+    The probabilities sum to one, so each block row sums to zero and block (a, a) is minus the
+    sum of the off-diagonal blocks of its row: only the C(C−1)/2 Gram matrices
+    Xᵀ diag(p_a p_b) X (a < b) are formed (the design's ``grams``: on the CPU a symmetric
+    product over the dense core and a sparse pass over the rim). ``on_block()`` is called
+    after each of them (progress). ``dtype`` float32 halves the time again, for uses that
+    only need a preconditioner.
     """
     c = weight.shape[0]
     n, da = design.n, design.width
-    w_active = weight[:, design.active] if weight.shape[1] != da else weight
+    w_active = weight[:, design.active.to(weight.device)] if weight.shape[1] != da else weight
     if probs is None:
-        probs = torch.softmax(torch.from_numpy(design.matmul(w_active.T.contiguous().numpy())),
-                              dim=1)
+        probs = probabilities(w_active, design)
     pairs = [(a, b) for a in range(c) for b in range(a + 1, c)]
-    p = probs.numpy()
-    weights = np.stack([p[:, a] * p[:, b] for a, b in pairs], axis=1)
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
-    from .design import weighted_grams
-
-    grams = weighted_grams(design, weights, np_dtype, on_gram=on_block)
-    h = np.zeros((c, da, c, da), dtype=np_dtype)
+    weights = torch.stack([probs[:, a] * probs[:, b] for a, b in pairs], dim=1)
+    grams = design.grams(weights, dtype, on_gram=on_block)
+    h = torch.zeros((c, da, c, da), dtype=dtype, device=grams.device)
     for k, (a, b) in enumerate(pairs):
         block = grams[k]
         h[a, :, b, :] = -block
@@ -298,7 +301,7 @@ def hessian_reduced(weight: torch.Tensor, design, wd: float, probs: torch.Tensor
         h[a, :, a, :] += block
         h[b, :, b, :] += block
     del grams
-    h = torch.from_numpy(h.reshape(c * da, c * da))
+    h = h.reshape(c * da, c * da)
     h /= n
     h.diagonal().add_(wd)
     return h
@@ -309,16 +312,16 @@ def gram(x, row_weight: torch.Tensor | None = None,
     """Σ_i w_i x_i x_iᵀ for x [n, d] or a design (w_i = 1 without ``row_weight``), [d, d] in
     ``dtype``.
 
-    NumPy computes ``aᵀa`` by a symmetric rank-n update (BLAS syrk: half the work of a
-    general product), measured 20 % faster here than calling ``?syrk`` through SciPy."""
+    On the CPU NumPy computes ``aᵀa`` by a symmetric rank-n update (BLAS syrk: half the work of
+    a general product), measured 20 % faster here than calling ``?syrk`` through SciPy."""
     if not isinstance(x, torch.Tensor):
-        from .design import weighted_grams
-
-        w = np.ones((x.n, 1)) if row_weight is None else row_weight.numpy()[:, None]
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        return torch.from_numpy(weighted_grams(x, w, np_dtype)[0])
+        w = torch.ones((x.n, 1), dtype=torch.float64, device=x.device) if row_weight is None \
+            else row_weight[:, None]
+        return x.grams(w, dtype)[0]
     xs = x.to(dtype)
     xs = xs.contiguous() if row_weight is None else xs * row_weight.sqrt().to(dtype)[:, None]
+    if xs.device.type != "cpu":
+        return xs.T @ xs
     a = xs.numpy()
     return torch.from_numpy(a.T @ a)
 
@@ -327,7 +330,7 @@ def row_sq_norms(x) -> torch.Tensor:
     """‖x_i‖² for every row [n] (x a tensor or a design)."""
     if isinstance(x, torch.Tensor):
         return x.square().sum(1)
-    return torch.from_numpy(x.row_sq_norms)
+    return x.row_sq_norms
 
 
 def hessian_in_basis(weight: torch.Tensor, x: torch.Tensor, wd: float, basis: torch.Tensor,
@@ -356,14 +359,16 @@ def hessian_in_basis(weight: torch.Tensor, x: torch.Tensor, wd: float, basis: to
 
 
 def hessian(weight: torch.Tensor, x: torch.Tensor, wd: float) -> torch.Tensor:
-    """The dense Hessian H = (1/n)·Σ_i (diag(p_i) − p_i p_iᵀ) ⊗ x_i x_iᵀ + wd·I, [C·d, C·d]."""
-    from .design import DesignMatrix
+    """The dense Hessian H = (1/n)·Σ_i (diag(p_i) − p_i p_iᵀ) ⊗ x_i x_iᵀ + wd·I, [C·d, C·d],
+    on x's device."""
+    from .design import make_design
 
     c, d = weight.shape
-    design = DesignMatrix(x)
+    design = make_design(x.cpu(), device=x.device)
     reduced = hessian_reduced(weight, design, wd)
-    idx = (torch.arange(c)[:, None] * d + torch.nonzero(design.active)[:, 0][None, :]).reshape(-1)
-    h = torch.zeros(c * d, c * d, dtype=torch.float64)
+    active = torch.nonzero(design.active)[:, 0].to(x.device)
+    idx = (torch.arange(c, device=x.device)[:, None] * d + active[None, :]).reshape(-1)
+    h = torch.zeros(c * d, c * d, dtype=torch.float64, device=x.device)
     h.diagonal().fill_(wd)
     h[idx[:, None], idx[None, :]] = reduced
     return h

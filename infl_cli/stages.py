@@ -10,7 +10,7 @@ inverse-HVPs hold, ``loo`` to every test point its scores hold.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from . import chunks
 from . import ihvp as ihvp_mod
 from . import loo as loo_mod
 from . import model, score, selection, train
+from . import device as device_mod
 from . import memory
 from .data import Dataset, is_npz, load_dataset, recorded_dataset
 from .errors import BadInput, InflError, Interrupted
@@ -60,6 +61,13 @@ def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
             "bias": bias}
 
 
+def _device(device) -> torch.device:
+    """The device a stage computes on: as given, or the CPU (the CLI resolves ``auto``)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    device_mod.check_precision()
+    return device
+
+
 def is_current(path: Path, settings: dict, inputs: dict) -> bool:
     """True when ``path`` exists and was made with these settings from these inputs."""
     if not path.is_file():
@@ -82,9 +90,10 @@ def validate_train(wd: float, tol: float) -> None:
 
 def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol: float,
               max_iter: int, download: bool = True, data: Dataset | None = None,
-              bias: bool = False) -> dict:
+              bias: bool = False, device=None) -> dict:
     validate_train(wd, tol)
-    data = data or load_dataset(dataset, data_dir, download, bias)
+    device = _device(device)
+    data = (data or load_dataset(dataset, data_dir, download, bias)).to(device)
     weight, info = train.fit(data, wd, tol, max_iter)
     pred = model.probabilities(weight, data.x_test).argmax(1)
     info["test_accuracy"] = float((pred == data.y_test).double().mean())
@@ -99,13 +108,16 @@ def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol
         "n_classes": data.n_classes,
         "n_features": data.n_features,
         "class_names": list(data.class_names) if data.class_names else None,
+        "device": device_mod.describe(device),
         **info,
     }
     return art.save_artifact(workdir / art.MODEL, {"weight": weight}, record)
 
 
-def load_model(workdir: Path, data: Dataset | None = None):
-    """(weight, model record, dataset) with the data checked against the model's record."""
+def load_model(workdir: Path, data: Dataset | None = None, device=None):
+    """(weight, model record, dataset) with the data checked against the model's record, the
+    weight and the data on ``device`` (default: the CPU), wherever the model was trained."""
+    device = _device(device)
     tensors, record = art.load_artifact(workdir / art.MODEL, "train", hint="infl train")
     s = record["settings"]
     if data is None:
@@ -113,7 +125,7 @@ def load_model(workdir: Path, data: Dataset | None = None):
     if data.fingerprint != record["inputs"]["data"]:
         raise InflError(f"the data now at {s['data_dir'] or s['dataset']} differ from those the "
                         f"model in {workdir / art.MODEL} was trained on; rerun `infl train`")
-    return tensors["weight"], record, data
+    return tensors["weight"].to(device), record, data.to(device)
 
 
 
@@ -143,13 +155,13 @@ def ihvp_tests(tests: TestChoice | None, data: Dataset) -> list[int]:
 
 def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
              lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings | None = None,
-             loaded=None) -> dict:
+             loaded=None, device=None) -> dict:
     cg = cg or ihvp_mod.CgSettings()
     validate_ihvp(solver, lissa, cg)
-    weight, mrec, data = loaded or load_model(workdir)
+    weight, mrec, data = loaded or load_model(workdir, device=device)
     idx = ihvp_tests(tests, data)
     wd = mrec["settings"]["wd"]
-    sel = torch.tensor(idx, dtype=torch.int64)
+    sel = torch.tensor(idx, dtype=torch.int64, device=data.device)
     rhs = model.test_point_grads(weight, data.x_test[sel], data.y_test[sel])
     if solver == "exact":
         memory.require_hessian(weight.shape[0], data.design.width, 8, "--solver exact",
@@ -163,6 +175,7 @@ def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
         "stage": "ihvp",
         "settings": ihvp_settings(solver, idx, lissa, cg),
         "inputs": {"model": mrec["fingerprint"]},
+        "device": device_mod.describe(data.device),
         "report": report,
     }
     return art.save_artifact(workdir / art.ihvp_name(solver),
@@ -207,8 +220,8 @@ def score_tests(workdir: Path, solver: str, tests: TestChoice | None, data: Data
 
 
 def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
-              loaded=None) -> dict:
-    weight, mrec, data = loaded or load_model(workdir)
+              loaded=None, device=None) -> dict:
+    weight, mrec, data = loaded or load_model(workdir, device=device)
     tensors, irec, chosen = score_tests(workdir, solver, tests, data)
     if irec["inputs"]["model"] != mrec["fingerprint"]:
         raise InflError(f"{art.ihvp_name(solver)} was computed for another model than "
@@ -218,12 +231,14 @@ def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
     start = time.perf_counter()
     with progress_bar("score", total=1) as update:
         influence, predicted = score.influence_scores(
-            weight, data.x_train, data.y_train, mrec["settings"]["wd"], tensors["ihvp"][rows])
+            weight, data.x_train, data.y_train, mrec["settings"]["wd"],
+            tensors["ihvp"][rows].to(data.device))
         update()
     record = {
         "stage": "score",
         "settings": score_settings(solver, chosen),
         "inputs": {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
+        "device": device_mod.describe(data.device),
         "n_train": data.n_train,
         "seconds": time.perf_counter() - start,
     }
@@ -289,7 +304,7 @@ def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1)
                         f"{', '.join(selection.SELECTIONS)}")
     if select != "all" and k is not None and k < 1:
         raise BadInput(f"-k must be ≥ 1, got {k}")
-    if settings.chunk_size < 1 or settings.max_steps < 1:
+    if (settings.chunk_size is not None and settings.chunk_size < 1) or settings.max_steps < 1:
         raise BadInput("--chunk-size and --max-steps must be ≥ 1")
     if not settings.tol > 0:
         raise BadInput(f"--tol must be > 0, got {settings.tol}")
@@ -298,13 +313,18 @@ def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1)
                         f"got {settings.rel_error}")
 
 
-def validate_cluster(cluster: str | None, timeout: float | None) -> None:
-    """A bad ``--cluster`` fails before anything runs (Dask is imported only with one)."""
+def validate_cluster(cluster: str | None, timeout: float | None, device=None) -> None:
+    """A bad ``--cluster`` fails before anything runs (Dask is imported only with one). The
+    workers solve on their CPUs: ``--cluster`` with a CUDA ``device`` is refused."""
     if cluster is None:
         return
     from . import cluster as cluster_mod
 
     cluster_mod.parse(cluster)
+    if device is not None and torch.device(device).type != "cpu":
+        raise BadInput(f"--cluster solves the LOO chunks on the Dask workers' CPUs; it does "
+                       f"not combine with --device {device} (one GPU runs all 55,000 MNIST "
+                       "removals in seconds: leave out --cluster, or use --device cpu)")
     if timeout is not None and not timeout > 0:
         raise BadInput(f"--cluster-timeout must be > 0, got {timeout}")
     cluster_mod.check_available()
@@ -327,10 +347,20 @@ def plan_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select
     return record, inputs, chosen, train_idx, selected
 
 
+def resolve_chunk_size(settings: loo_mod.LooSettings, device, classes: int,
+                       features: int) -> loo_mod.LooSettings:
+    """The settings with ``--chunk-size auto`` (None) made a number for ``device``."""
+    if settings.chunk_size is not None:
+        return settings
+    return replace(settings, chunk_size=loo_mod.auto_chunk_size(
+        torch.device(device), classes, features, settings.max_steps))
+
+
 def build_problem(weight, mrec, data: Dataset, test_indices: list[int],
                   settings: loo_mod.LooSettings) -> loo_mod.LooProblem:
-    """The LOO problem of a model (its factored Hessian, with a progress bar)."""
-    sel = torch.tensor(test_indices, dtype=torch.int64)
+    """The LOO problem of a model (its factored Hessian, with a progress bar), on the data's
+    device."""
+    sel = torch.tensor(test_indices, dtype=torch.int64, device=data.device)
     c = weight.shape[0]
     if settings.method == "newton":
         memory.require_hessian(c, data.design.width, 4, "--method newton",
@@ -343,15 +373,17 @@ def build_problem(weight, mrec, data: Dataset, test_indices: list[int],
 
 def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
             seed: int, settings: loo_mod.LooSettings, loaded=None, cluster: str | None = None,
-            cluster_timeout: float | None = None) -> dict:
+            cluster_timeout: float | None = None, device=None) -> dict:
     """Retrain without every selected training point, certified; writes loo.safetensors.
 
-    The open chunks are solved in this process, or with ``cluster`` (``local:N`` or
-    ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.cluster`)."""
+    The open chunks are solved in this process (on ``device``), or with ``cluster``
+    (``local:N`` or ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.cluster`)."""
     validate_loo(settings, select, k)
-    validate_cluster(cluster, cluster_timeout)
+    weight, mrec, data = loaded or load_model(workdir, device=device)
+    validate_cluster(cluster, cluster_timeout, data.device)
+    settings = resolve_chunk_size(settings, data.device, weight.shape[0], data.n_features)
     runner = None
-    weight, mrec, data = loaded or load_model(workdir)
+    device_mod.reset_peak(data.device)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
     store = chunks.PartialResults(workdir / art.LOO_PARTIAL, train_idx, chosen, selected,
@@ -394,7 +426,9 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
                   seconds=time.perf_counter() - start, resumed_from=store.resumed_from,
                   removals_per_second=(run_facts.get("solved", 0) / run_facts["seconds"]
                                        if run_facts.get("seconds") else None),
-                  cluster=cluster, scatter_seconds=run_facts.get("scatter_seconds"))
+                  cluster=cluster, scatter_seconds=run_facts.get("scatter_seconds"),
+                  device=device_mod.describe(data.device),
+                  peak_device_gib=device_mod.peak_gib(data.device))
     result = art.save_artifact(workdir / art.LOO, store.final_tensors(), record)
     store.discard()
     if record["certified"] < total:
@@ -466,7 +500,8 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None) -> dict
         irec = art.read_record(workdir / art.ihvp_name(solver)) \
             if (workdir / art.ihvp_name(solver)).is_file() else {}
         panels[solver] = {"predicted": stensors["predicted_loss_diff"][rows][:, train_idx].numpy(),
-                          "ihvp": irec.get("report", {})}
+                          "ihvp": irec.get("report", {}),
+                          "device": f"{irec.get('device', 'cpu')}, {srec.get('device', 'cpu')}"}
     loo_view = plot.LooView(test_indices=test_indices, train_indices=train_idx.numpy(),
                             actual=ltensors["actual_loss_diff"].numpy(),
                             bound=ltensors["actual_error_bound"].numpy(),
@@ -477,6 +512,9 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None) -> dict
         "worst_bound_ratio", "max_error_bound", "baseline_error", "seconds")}
     metrics["model"] = {key: mrec.get(key) for key in (
         "settings", "grad_norm", "grad_norm_certified", "train_loss", "test_accuracy")}
+    metrics["devices"] = {"train": mrec.get("device", "cpu"), "loo": lrec.get("device", "cpu"),
+                          **{f"ihvp, score ({solver})": panels[solver]["device"]
+                             for solver in solvers}}
     art.write_json(workdir / art.METRICS, metrics)
     return metrics
 

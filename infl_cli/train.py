@@ -16,6 +16,7 @@ import time
 import torch
 
 from . import memory, model
+from .bounds import fnorm
 from .data import Dataset
 from .errors import InflError
 from .linalg import SubspacePreconditioner, conjugate_gradient
@@ -35,20 +36,22 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
     # are exactly 0 at the optimum: optimise over the active ones only, held as a design
     # (dense core, sparse rim: the same products in about half the time).
     x, y = data.design, data.y_train
-    active = x.active
+    device = x.device
+    active = x.active.to(device)
     shape = (data.n_classes, x.width)
     evals = 0
 
-    def loss_and_grad(flat):
+    def loss_and_grad(flat):  # SciPy's L-BFGS on the CPU, the products where the data are
         nonlocal evals
         evals += 1
-        loss, grad = model.objective_and_grad(torch.from_numpy(flat).reshape(shape), x, y, wd)
+        w = torch.from_numpy(flat).reshape(shape).to(device)
+        loss, grad = model.objective_and_grad(w, x, y, wd)
         last["grad_norm"] = float(grad.norm())
-        return float(loss), grad.reshape(-1).numpy()
+        return float(loss), grad.reshape(-1).cpu().numpy()
 
     last = {"grad_norm": math.inf}
-    g0 = float(model.objective_and_grad(torch.zeros(shape, dtype=torch.float64), x, y, wd)[1]
-               .norm())
+    g0 = float(model.objective_and_grad(torch.zeros(shape, dtype=torch.float64, device=device),
+                                        x, y, wd)[1].norm())
     goal = max(tol, NEWTON_SWITCH * g0)
     span = max(math.log10(g0 / tol), 1.0)
     with progress_bar("train: log10 |grad| reduced", total=round(span, 1)) as update:
@@ -62,12 +65,13 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
                           callback=callback,
                           options={"maxiter": max_iter, "maxcor": 30, "gtol": 0.0, "ftol": 0.0})
         lbfgs_iters = int(result.nit)
-        w = torch.from_numpy(result.x.copy()).reshape(shape)
+        w = torch.from_numpy(result.x.copy()).reshape(shape).to(device)
         w, newton_iters, cg_iters, precondition = _newton(
             w, x, y, wd, tol, lambda gn: _show(update, g0, gn, span))
         certified = _polish(w, x, y, wd, precondition)
     w = certified.pop("weight")
-    full = torch.zeros(data.n_classes, data.x_train.shape[1], dtype=torch.float64)
+    full = torch.zeros(data.n_classes, data.x_train.shape[1], dtype=torch.float64,
+                       device=device)
     full[:, active] = w
     w = full
     loss, grad = model.objective_and_grad(w, data.x_train, y, wd)
@@ -137,10 +141,10 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
     weight and the certified figures."""
     x = design
     grad, probs, _, rounding, _ = model.certified_gradient(w, design, y, wd)
-    best = {"weight": w, "grad_norm_certified": float(grad.norm()) + rounding,
+    best = {"weight": w, "grad_norm_certified": fnorm(grad) + rounding,
             "grad_rounding": rounding, "polish_steps": 0}
     for step in range(1, max_steps + 1):
-        p = torch.from_numpy(probs)
+        p = probs
         if precondition is None and memory.gram_fits(x.width):
             precondition = SubspacePreconditioner(w, x, wd, probs=p)
         direction, _, _ = conjugate_gradient(lambda v: model.hvp(w, x, wd, v, probs=p),
@@ -148,7 +152,7 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
                                              precondition=precondition)
         w = w + direction[0]
         grad, probs, _, rounding, _ = model.certified_gradient(w, design, y, wd)
-        bound = float(grad.norm()) + rounding
+        bound = fnorm(grad) + rounding
         if not bound < 0.5 * best["grad_norm_certified"]:
             break
         best = {"weight": w, "grad_norm_certified": bound, "grad_rounding": rounding,

@@ -107,15 +107,15 @@ def test_correction_pass_is_accurate_and_only_saves_passes(tiny, fitted):
     runs with and without it agree within their certified bounds."""
     w, problem, influence, _ = fitted
     removed = score.top_k_by_magnitude(influence[0], 6).numpy()
+    index = problem.index(removed)
     xz = problem.design.rows(removed)
-    base, base_error = problem.base_gradient(removed, xz)
-    deltas = -problem.factor.solve(torch.from_numpy(base)).numpy() * (tiny.n_train - 1) / \
-        tiny.n_train  # about the first Newton step
-    exact, rounding = problem.gradient(removed, xz, deltas, base, base_error, True)
-    fast, _ = problem.gradient(removed, xz, deltas, base, base_error, False)
-    change = np.linalg.norm((exact - base).reshape(6, -1), axis=1)
-    assert (np.linalg.norm((fast - exact).reshape(6, -1), axis=1) / change).max() < 1e-5
-    assert (rounding < 1e-10).all()  # the rounding bound is far below any --tol
+    base, base_error = problem.base_gradient(index, xz)
+    deltas = -problem.factor.solve(base) * (tiny.n_train - 1) / tiny.n_train  # ≈ a Newton step
+    exact, rounding = problem.gradient(index, xz, deltas, base, base_error, True)
+    fast, _ = problem.gradient(index, xz, deltas, base, base_error, False)
+    change = (exact - base).reshape(6, -1).norm(dim=1)
+    assert float(((fast - exact).reshape(6, -1).norm(dim=1) / change).max()) < 1e-5
+    assert bool((rounding < 1e-10).all())  # the rounding bound is far below any --tol
     out_fast, stats_fast = _solve(problem, removed)
     out_slow, stats_slow = _solve(problem, removed, fast_correction=False)
     assert stats_fast["float64_passes"] <= stats_slow["float64_passes"]
@@ -128,15 +128,16 @@ def test_delta_pass_equals_direct_gradient(tiny, fitted):
     w, problem, influence, _ = fitted
     removed = np.array([5, 77])
     xz = problem.design.rows(removed)
-    base, base_error = problem.base_gradient(removed, xz)
-    deltas = 1e-3 * np.random.default_rng(2).standard_normal((2, 10, problem.design.width))
-    grad, _ = problem.gradient(removed, xz, deltas, base, base_error, True)
+    base, base_error = problem.base_gradient(problem.index(removed), xz)
+    deltas = 1e-3 * torch.from_numpy(
+        np.random.default_rng(2).standard_normal((2, 10, problem.design.width)))
+    grad, _ = problem.gradient(problem.index(removed), xz, deltas, base, base_error, True)
     for i, z in enumerate(removed):
         weights = torch.ones(tiny.n_train, dtype=torch.float64)
         weights[z] = 0
-        direct = model.objective_and_grad(problem.weight + torch.from_numpy(deltas[i]),
-                                          problem.design, tiny.y_train, WD, weights)[1]
-        assert np.allclose(grad[i], direct.numpy(), rtol=0, atol=1e-13)
+        direct = model.objective_and_grad(problem.weight + deltas[i], problem.design,
+                                          tiny.y_train, WD, weights)[1]
+        assert torch.allclose(grad[i], direct, rtol=0, atol=1e-13)
 
 
 def test_secant_direction_satisfies_the_secant_equation():

@@ -87,4 +87,4 @@ def test_certified_gradient_bound_holds_against_extended_precision(tiny):
     reference = p.T @ x / tiny.n_train + np.longdouble(0.01) * wl
     error = float(np.sqrt(np.square(grad.numpy().astype(np.longdouble) - reference).sum()))
     assert error <= bound < 1e-12, (error, bound)
-    assert float(np.abs(probs - (p + np.eye(10)[tiny.y_train.numpy()])).max()) < 1e-14
+    assert float(np.abs(probs.numpy() - (p + np.eye(10)[tiny.y_train.numpy()])).max()) < 1e-14

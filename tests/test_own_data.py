@@ -68,8 +68,11 @@ def test_general_rounding_bounds_hold_against_extended_precision():
     v = rng.standard_normal((7, 4))
     r = rng.standard_normal((300, 5))
     xl = x.astype(np.longdouble)
-    for (value, bound), exact in ((design.certified_matmul(v), xl @ v.astype(np.longdouble)),
-                                  (design.certified_rmatmul(r), r.astype(np.longdouble).T @ xl)):
+    for (value, bound), exact in ((design.certified_matmul(torch.from_numpy(v)),
+                                   xl @ v.astype(np.longdouble)),
+                                  (design.certified_rmatmul(torch.from_numpy(r)),
+                                   r.astype(np.longdouble).T @ xl)):
+        value, bound = value.numpy(), bound.numpy()
         error = np.abs(value.astype(np.longdouble) - exact)
         assert (error <= bound).all() and float(bound.max()) < 1e-9 * float(np.abs(exact).max())
     w = 0.05 * torch.from_numpy(rng.standard_normal((3, 7)))
