@@ -28,8 +28,12 @@ class PartialResults:
     """The results of a LOO run, chunk by chunk, and their checkpoint on disk."""
 
     def __init__(self, path: Path, train_indices: np.ndarray, test_indices: list[int],
-                 selected: np.ndarray, chunk_size: int, settings: dict, inputs: dict):
+                 selected: np.ndarray, chunk_size: int, settings: dict, inputs: dict,
+                 extra_keys: tuple = ()):
+        """``extra_keys``: per-removal float64 results [K] beyond :data:`RESULT_KEYS` that the
+        engine's chunks return (the CNN: λ_min of each removal's Newton matrix)."""
         self.path = Path(path)
+        self.result_keys = RESULT_KEYS + tuple(extra_keys)
         self.train_indices = np.asarray(train_indices, dtype=np.int64)
         self.test_indices = np.asarray(test_indices, dtype=np.int64)
         self.selected = np.asarray(selected, dtype=bool)
@@ -44,6 +48,7 @@ class PartialResults:
             "steps": np.zeros(k, dtype=np.int64),
             "fallback": np.zeros(k, dtype=bool),
             "done": np.zeros(k, dtype=bool),
+            **{key: np.full(k, np.nan) for key in extra_keys},
         }
         self.stats = {"float64_passes": 0, "float32_passes": 0, "chunk_seconds": 0.0}
         self.resumed_from = self._load()
@@ -85,7 +90,7 @@ class PartialResults:
         return self.train_indices[lo:hi], self.selected[:, lo:hi]
 
     def put(self, lo: int, hi: int, results: dict, stats: dict) -> None:
-        for key in RESULT_KEYS:
+        for key in self.result_keys:
             self.arrays[key][..., lo:hi] = results[key]
         self.arrays["done"][lo:hi] = True
         for key in ("float64_passes", "float32_passes"):
@@ -112,7 +117,7 @@ class PartialResults:
     def final_tensors(self) -> dict:
         """The tensors of ``loo.safetensors`` (see the README's schema)."""
         out = self._identity()
-        for key in RESULT_KEYS:
+        for key in self.result_keys:
             out[key] = torch.from_numpy(np.ascontiguousarray(self.arrays[key]))
         return out
 

@@ -6,6 +6,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,6 +19,7 @@ from . import ihvp as ihvp_mod
 from . import loo as loo_mod
 from . import device as device_mod
 from . import selection, stages
+from .engines import ModelSpec, engine_for, validate_spec
 from .data import DATASETS
 from .errors import BadInput, InflError, Interrupted
 from .lock import workdir_lock
@@ -37,13 +39,35 @@ BIAS = typer.Option(False, "--bias/--no-bias",
 DATA_DIR = typer.Option(None, "--data-dir",
                         help="Folder holding MNIST/raw/ (default: $INFL_DATA_DIR, else a per-user "
                              "cache folder; downloaded there when missing).")
-WD = typer.Option(0.01, "--wd", help="Weight decay: per-point loss CE + (wd/2)·‖θ‖².")
+WD = typer.Option(None, "--wd",
+                  help="Weight decay: per-point loss CE + (wd/2)·‖θ‖² (the CNN: weights only) "
+                       "\\[default: 0.01; --model cnn: 0.001].")
+MODEL = typer.Option("logreg", "--model",
+                     help="logreg (multinomial logistic regression) | cnn (Koh's All-CNN-C on "
+                          "small MNIST: 5,500 training images).")
+WIDTH = typer.Option(None, "--width", help="CNN channels per convolution \\[default: 8: the "
+                                           "paper's 2,616 parameters; 2: 312].")
+PROTOCOL = typer.Option(None, "--protocol",
+                        help="CNN: exact (Adam warm-up, then Newton to ‖∇R‖ ≤ 1e-10; exact "
+                             "IHVP; Newton LOO) | paper (Adam as the authors, damping 0.01, "
+                             "LOO by 30,000 more Adam steps) \\[default: exact].")
+ADAM_STEPS = typer.Option(None, "--adam-steps",
+                          help="CNN Adam steps: the warm-up (exact) or all of training (paper) "
+                               "\\[default: exact 10000; paper 500000].")
+ADAM_LR = typer.Option(None, "--adam-lr",
+                       help="CNN Adam learning rate \\[default: exact 0.001; paper 0.0001].")
+TRAIN_BATCH = typer.Option(500, "--train-batch", help="CNN Adam mini-batch.")
+DECAY_EPOCHS = typer.Option("10000,20000", "--decay-epochs",
+                            help="CNN Adam: the learning rate ×0.1 after the first epoch, ×0.01 "
+                                 "after the second (the paper's).")
 TRAIN_TOL = typer.Option(1e-10, "--train-tol",
                          help="Newton until the float64 ‖∇R‖ ≤ this; then polished on the exact "
                               "gradient to its certified floor.")
 MAX_ITER = typer.Option(5000, "--max-iter", help="Most L-BFGS iterations in training.")
 DOWNLOAD = typer.Option(True, "--download/--no-download", help="Download MNIST when missing.")
-SOLVER = typer.Option("lissa", "--solver", help="IHVP solver: lissa | cg | exact.")
+SOLVER = typer.Option(None, "--solver",
+                      help="IHVP solver: lissa | cg | exact \\[default: lissa; --model cnn: "
+                           "exact; its paper protocol: cg].")
 TESTS = typer.Option(None, "--test-index", "-t",
                      help="Test index; repeat for several \\[default: ihvp, run: 8; score: every "
                           "test point of the inverse-HVPs; loo: every test point scored].")
@@ -57,7 +81,10 @@ PRESET = typer.Option("default", "--preset",
                       help="LiSSA presets: default (tail-averaged, auto scale) | paper "
                            "(scale 25, depth 5000, batch 1, 10 repeats).")
 SCALE = typer.Option(None, "--scale", help="LiSSA scale, or 'auto' \\[default: auto; paper: 25].")
-DAMPING = typer.Option(None, "--damping", help="LiSSA damping \\[default: 0].")
+DAMPING = typer.Option(None, "--damping",
+                       help="LiSSA: its recursion's damping in [0, 1); cg and exact: λ, solving "
+                            "(H + λI)s = g (the CNN's) \\[default: 0; CNN paper protocol: "
+                            "0.01].")
 DEPTH = typer.Option(None, "--depth",
                      help="LiSSA steps per repeat, at most \\[default: 10000; paper: 5000].")
 BATCH = typer.Option(None, "--batch-size", help="LiSSA mini-batch \\[default: 500; paper: 1].")
@@ -84,7 +111,13 @@ SELECT = typer.Option("top", "--select",
 NUM = typer.Option(None, "--num", "-k",
                    help="Training points per test point (top) or in all (random); not used by "
                         "--select all \\[default: 500, or n when the training set is smaller].")
-METHOD = typer.Option("newton", "--method", help="Retraining: newton (batched, certified) | lbfgs.")
+METHOD = typer.Option(None, "--method",
+                      help="Retraining: newton (batched; certified for the logistic model) | "
+                           "lbfgs (logistic) | adam (CNN: the paper's) \\[default: newton; CNN "
+                           "paper protocol: adam].")
+RETRAIN_STEPS = typer.Option(30_000, "--retrain-steps",
+                             help="--method adam: Adam steps from the trained model, its state "
+                                  "restored, at the final learning rate (the paper's 30,000).")
 LOO_TOL = typer.Option(1e-8, "--tol",
                        help="Every retraining must reach ‖∇R₋z‖ ≤ this (certified, rounding "
                             "included).")
@@ -111,6 +144,12 @@ CLUSTER_TIMEOUT = typer.Option(10.0, "--cluster-timeout",
                                     "cluster) before giving up.")
 PLOT_SOLVERS = typer.Option(None, "--solver",
                             help="Panels to draw, repeatable \\[default: the scores LOO used].")
+BESIDE = typer.Option(None, "--beside",
+                      help="Another work folder whose panel goes to the right of these, "
+                           "repeatable: e.g. the CNN's, for the paper's three panels.")
+PLOT_LOO = typer.Option(None, "--loo",
+                        help="Which retraining to plot: newton | lbfgs | adam \\[default: "
+                             "loo.safetensors, else loo-adam.safetensors].")
 OUT = typer.Option(None, "--out", "-o",
                    help="Figure path (.png; a .pdf copy goes beside it) \\[default: "
                         "WORKDIR/fig2_middle.png for one test point; fig2_tests.png for several, "
@@ -124,8 +163,9 @@ SHOW_OUT = typer.Option(None, "--out", "-o",
                         help="Image path \\[default: WORKDIR/explain-<test index>.png].")
 
 
-def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, average_tail,
-                    stop_tol, check_every):
+def _lissa_settings(preset, scale, depth, batch_size, repeats, seed, average_tail, stop_tol,
+                    check_every):
+    """LiSSA's settings (its ``--damping`` is applied by the stage, once the solver is known)."""
     if preset not in ihvp_mod.PRESETS:
         raise BadInput(f"unknown preset {preset!r}; choose one of: {', '.join(ihvp_mod.PRESETS)}")
     s = ihvp_mod.LissaSettings.paper() if preset == "paper" else ihvp_mod.LissaSettings()
@@ -137,7 +177,7 @@ def _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed, av
                 s.scale = float(scale)
             except ValueError:
                 raise BadInput(f"--scale must be 'auto' or a number, got {scale!r}") from None
-    for name, value in (("damping", damping), ("depth", depth), ("batch_size", batch_size),
+    for name, value in (("depth", depth), ("batch_size", batch_size),
                         ("repeats", repeats), ("seed", seed), ("average_tail", average_tail),
                         ("stop_tol", stop_tol), ("check_every", check_every)):
         if value is not None:
@@ -300,21 +340,41 @@ def _report_show(result):
              ["", "rank", "train index", "label", "predicted change", "actual change"], rows)
 
 
+def _spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
+          seed) -> ModelSpec:
+    """The model settings of ``train`` and ``run`` (checked: one line for each bad value)."""
+    try:
+        epochs = tuple(int(e) for e in decay_epochs.split(","))
+    except ValueError:
+        raise BadInput(f"--decay-epochs must be two integers A,B, got {decay_epochs!r}") from None
+    spec = ModelSpec(kind=model, width=8 if width is None else width,
+                     protocol=protocol or "exact", adam_steps=adam_steps, adam_lr=adam_lr,
+                     train_batch=train_batch, decay_epochs=epochs, seed=seed or 0)
+    validate_spec(spec, protocol_given=protocol is not None, width_given=width is not None)
+    return spec
+
+
 @app.command("train")
 def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
-              data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
-              max_iter: int = MAX_ITER, download: bool = DOWNLOAD, bias: bool = BIAS,
-              device: str = DEVICE):
-    """Fit the model (float64 L-BFGS, then Newton) and write model.safetensors."""
-    stages.validate_train(wd, train_tol)
+              data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
+              train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER,
+              download: bool = DOWNLOAD, bias: bool = BIAS, model: str = MODEL,
+              width: Optional[int] = WIDTH, protocol: Optional[str] = PROTOCOL,
+              adam_steps: Optional[int] = ADAM_STEPS, adam_lr: Optional[float] = ADAM_LR,
+              train_batch: int = TRAIN_BATCH, decay_epochs: str = DECAY_EPOCHS,
+              seed: Optional[int] = SEED, device: str = DEVICE):
+    """Fit the model and write model.safetensors: the logistic model by L-BFGS then Newton; the
+    CNN by its protocol."""
+    spec = _spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs, seed)
+    stages.validate_train(wd, train_tol, spec)
     where = _device(device)
     with _writing(workdir):
         _report_train(stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                       download, bias=bias, device=where))
+                                       download, bias=bias, device=where, spec=spec))
 
 
 @app.command("ihvp")
-def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
+def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
              test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
              seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
              damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
@@ -323,42 +383,46 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
              check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
              cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, device: str = DEVICE):
     """Solve s_test = H⁻¹∇L(z_test) per test point; writes ihvp-<solver>.safetensors."""
-    lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
-                            average_tail, stop_tol, check_every)
+    lissa = _lissa_settings(preset, scale, depth, batch_size, repeats, seed, average_tail,
+                            stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
-    stages.validate_ihvp(solver, lissa, cg)
+    stages.validate_ihvp(solver, lissa, cg, damping)
     where = _device(device)
     with _writing(workdir):
         _report_ihvp(stages.run_ihvp(workdir, solver, _tests(test_index, test_sample, seed),
-                                     lissa, cg, device=where))
+                                     lissa, cg, device=where, damping=damping))
 
 
 @app.command("score")
-def score_cmd(workdir: Path = WORKDIR, solver: str = SOLVER,
+def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
               test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
               seed: Optional[int] = SEED, device: str = DEVICE):
-    """Influence of every training point on each test loss: writes scores-<solver>.safetensors."""
+    """Influence of every training point on each test loss: writes scores-<solver>.safetensors
+    (``--solver`` names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01)."""
     where = _device(device)
     with _writing(workdir):
         _report_score(stages.run_score(workdir, solver, _tests(test_index, test_sample, seed),
                                        device=where))
 
 
-def _loo_settings(method, tol, rel_error, chunk_size, max_steps) -> loo_mod.LooSettings:
+def _loo_settings(method, tol, rel_error, chunk_size, max_steps,
+                  retrain_steps) -> loo_mod.LooSettings:
     return loo_mod.LooSettings(method=method, tol=tol, rel_error=rel_error,
-                               chunk_size=chunk_size, max_steps=max_steps)
+                               chunk_size=chunk_size, max_steps=max_steps,
+                               retrain_steps=retrain_steps)
 
 
 @app.command("loo")
 def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, select: str = SELECT, num: Optional[int] = NUM,
-            method: str = METHOD, tol: float = LOO_TOL, rel_error: float = REL_ERROR,
+            method: Optional[str] = METHOD, tol: float = LOO_TOL, rel_error: float = REL_ERROR,
             chunk_size: Optional[int] = CHUNK, max_steps: int = MAX_STEPS,
-            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
-            device: str = DEVICE):
-    """Retrain without each selected training point, certified: writes loo.safetensors."""
-    settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
+            retrain_steps: int = RETRAIN_STEPS, cluster: Optional[str] = CLUSTER,
+            cluster_timeout: float = CLUSTER_TIMEOUT, device: str = DEVICE):
+    """Retrain without each selected training point: writes loo.safetensors (the CNN's Adam
+    retraining: loo-adam.safetensors)."""
+    settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps)
     stages.validate_loo(settings, select, num)
     where = _device(device, cluster)
     stages.validate_cluster(cluster, cluster_timeout, where)
@@ -370,10 +434,11 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
 
 @app.command("plot")
 def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS,
-             out: Optional[Path] = OUT):
+             out: Optional[Path] = OUT, beside: Optional[List[Path]] = BESIDE,
+             loo_method: Optional[str] = PLOT_LOO):
     """Predicted vs actual change in test loss (Figure 2): figures and metrics.json."""
     with _writing(workdir):
-        _report_plot(stages.run_plot(workdir, solver, out))
+        _report_plot(stages.run_plot(workdir, solver, out, beside or [], loo_method))
 
 
 @app.command("show")
@@ -386,9 +451,12 @@ def show_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = SHOW_TEST,
 
 @app.command("run")
 def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
-            data_dir: Optional[Path] = DATA_DIR, wd: float = WD, train_tol: float = TRAIN_TOL,
-            max_iter: int = MAX_ITER, download: bool = DOWNLOAD, bias: bool = BIAS,
-            solver: str = SOLVER,
+            data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
+            train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER, download: bool = DOWNLOAD,
+            bias: bool = BIAS, model: str = MODEL, width: Optional[int] = WIDTH,
+            protocol: Optional[str] = PROTOCOL, adam_steps: Optional[int] = ADAM_STEPS,
+            adam_lr: Optional[float] = ADAM_LR, train_batch: int = TRAIN_BATCH,
+            decay_epochs: str = DECAY_EPOCHS, solver: Optional[str] = SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
@@ -396,44 +464,60 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
             check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, select: str = SELECT,
-            num: Optional[int] = NUM, method: str = METHOD, tol: float = LOO_TOL,
+            num: Optional[int] = NUM, method: Optional[str] = METHOD, tol: float = LOO_TOL,
             rel_error: float = REL_ERROR, chunk_size: Optional[int] = CHUNK,
-            max_steps: int = MAX_STEPS, cluster: Optional[str] = CLUSTER,
-            cluster_timeout: float = CLUSTER_TIMEOUT, out: Optional[Path] = OUT,
-            device: str = DEVICE):
+            max_steps: int = MAX_STEPS, retrain_steps: int = RETRAIN_STEPS,
+            cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
+            out: Optional[Path] = OUT, device: str = DEVICE):
     """All stages in order, skipping those whose artifact is up to date, then `show` for the
     first test point."""
-    lissa = _lissa_settings(preset, scale, damping, depth, batch_size, repeats, seed,
-                            average_tail, stop_tol, check_every)
+    spec = _spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs, seed)
+    engine = engine_for(spec.kind)
+    solver = solver or engine.default_solver(spec)
+    lissa = _lissa_settings(preset, scale, depth, batch_size, repeats, seed, average_tail,
+                            stop_tol, check_every)
     cg = ihvp_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
-    settings = _loo_settings(method, tol, rel_error, chunk_size, max_steps)
+    settings = _loo_settings(method or engine.default_method(spec), tol, rel_error, chunk_size,
+                             max_steps, retrain_steps)
     # every setting is checked before any stage runs: a typo must not cost a training run
-    stages.validate_train(wd, train_tol)
-    stages.validate_ihvp(solver, lissa, cg)
+    stages.validate_train(wd, train_tol, spec)
+    stages.validate_ihvp(solver, lissa, cg, damping)
+    engine.check_solver(solver, stages.spec_damping(spec, solver, damping))
     stages.validate_loo(settings, select, num)
+    engine.check_method(settings.method)
     where = _device(device, cluster)
     stages.validate_cluster(cluster, cluster_timeout, where)
+    if cluster is not None and spec.kind != "logreg":
+        raise BadInput("--cluster solves the logistic model's LOO chunks; the CNN's run in "
+                       "this process (on a GPU: --device cuda)")
     with _writing(workdir):
         _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver,
                  _tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
-                 settings, out, cluster, cluster_timeout, where)
+                 settings, out, cluster, cluster_timeout, where, spec, damping)
 
 
 def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver, tests,
              seed, lissa, cg, select, num, settings, out, cluster=None, cluster_timeout=None,
-             device=None):
+             device=None, spec=None, damping=None):
     from .data import load_dataset
 
     times = {}
     t0 = time.perf_counter()
+    spec = spec or ModelSpec()
     device = device or device_mod.resolve("cpu")
     device_mod.check_precision()
     device_mod.reset_peak(device)
-    data = load_dataset(dataset, data_dir, download, bias).to(device)
-    chosen = stages.ihvp_tests(tests, data)
+    engine = engine_for(spec.kind)
+    full = load_dataset(dataset, data_dir, download, bias)
+    data = engine.training_data(full, spec).to(device)
+    chosen = stages.ihvp_tests(tests, data, engine)
     num = selection.resolve_k(num, data.n_train)
     selection.check_selection(select, num, data.n_train)
-    settings = stages.resolve_chunk_size(settings, device, data.n_classes, data.n_features)
+    settings = stages.resolve_chunk_size(settings, device, engine, spec, data)
+    lam = stages.spec_damping(spec, solver, damping)
+    label = stages.solver_label(solver, lam)
+    if solver == "lissa" and damping is not None:
+        lissa = replace(lissa, damping=damping)
     times["load data"] = time.perf_counter() - t0
 
     def stage(name, path, stage_settings, inputs, fn, report):
@@ -448,31 +532,34 @@ def _run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias
         return rec
 
     mrec = stage("train", workdir / art.MODEL,
-                 stages.train_settings(dataset, data_dir, wd, train_tol, bias),
+                 stages.train_settings(dataset, data_dir, wd, train_tol, bias, spec),
                  {"data": data.fingerprint},
                  lambda: stages.run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                          download, data=data, bias=bias, device=device),
+                                          download, data=full, bias=bias, device=device,
+                                          spec=spec),
                  _report_train)
-    loaded = stages.load_model(workdir, data, device)
+    loaded = stages.load_model(workdir, full, device)
     fixed = stages.TestChoice(chosen)
-    irec = stage("ihvp", workdir / art.ihvp_name(solver),
-                 stages.ihvp_settings(solver, chosen, lissa, cg), {"model": mrec["fingerprint"]},
-                 lambda: stages.run_ihvp(workdir, solver, fixed, lissa, cg, loaded), _report_ihvp)
-    srec = stage("score", workdir / art.scores_name(solver),
-                 stages.score_settings(solver, chosen),
+    irec = stage("ihvp", workdir / art.ihvp_name(label),
+                 stages.ihvp_settings(solver, chosen, lissa, cg, lam),
+                 {"model": mrec["fingerprint"]},
+                 lambda: stages.run_ihvp(workdir, solver, fixed, lissa, cg, loaded,
+                                         damping=damping), _report_ihvp)
+    srec = stage("score", workdir / art.scores_name(label),
+                 stages.score_settings(label, chosen),
                  {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]},
-                 lambda: stages.run_score(workdir, solver, fixed, loaded), _report_score)
-    stage("loo", workdir / art.LOO,
-          stages.loo_settings(solver, chosen, select, num, seed, settings),
+                 lambda: stages.run_score(workdir, label, fixed, loaded), _report_score)
+    stage("loo", workdir / art.loo_name(settings.method, spec.kind),
+          stages.loo_settings(label, chosen, select, num, seed, settings),
           {"model": mrec["fingerprint"], "scores": srec["fingerprint"]},
-          lambda: stages.run_loo(workdir, solver, fixed, select, num, seed, settings, loaded,
+          lambda: stages.run_loo(workdir, label, fixed, select, num, seed, settings, loaded,
                                  cluster=cluster, cluster_timeout=cluster_timeout),
           _report_loo)
     start = time.perf_counter()
-    _report_plot(stages.run_plot(workdir, [solver], out))
+    _report_plot(stages.run_plot(workdir, [label], out, loo_method=settings.method))
     times["plot"] = time.perf_counter() - start
     start = time.perf_counter()
-    _report_show(stages.run_show(workdir, chosen[0], 8, solver, None))
+    _report_show(stages.run_show(workdir, chosen[0], 8, label, None))
     times["show"] = time.perf_counter() - start
     times["total"] = time.perf_counter() - t0
     _table(f"seconds per stage ({device_mod.describe(device)})", times)

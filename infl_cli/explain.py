@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import model
 
 
 def rank(predicted: np.ndarray, count: int):
@@ -25,15 +24,14 @@ def rank(predicted: np.ndarray, count: int):
     return order[::-1][:count], order[:count]
 
 
-def explain(weight, data, test_index: int, predicted: np.ndarray, actual, count: int,
+def explain(probs, data, test_index: int, predicted: np.ndarray, actual, count: int,
             solver: str, png: Path | None, write) -> dict:
-    """The explanation of test point ``test_index``: one row per training point shown, and,
-    when the features are images and ``png`` is given, the figure drawn into it. ``actual``
-    is (train indices, actual changes, error bounds) from the LOO artifact, or None. Returns
-    the figure's path (None without one), the test point's facts and the rows."""
+    """The explanation of test point ``test_index`` (its class probabilities ``probs`` [C]
+    under the model): one row per training point shown, and, when the features are images
+    and ``png`` is given, the figure drawn into it. ``actual`` is (train indices, actual
+    changes, error bounds) from the LOO artifact, or None. Returns the figure's path (None
+    without one), the test point's facts and the rows."""
     count = min(count, len(predicted) // 2)
-    x_t = data.x_test[test_index]
-    probs = model.probabilities(weight, x_t[None])[0]
     label = int(data.y_test[test_index])
     test = {"test_index": test_index, "label": label, "label_name": data.class_name(label),
             "predicted_class": int(probs.argmax()),

@@ -77,6 +77,7 @@ class LooSettings:
     max_steps: int = 10
     chunk_size: int = CPU_CHUNK
     fast_correction: bool = True
+    retrain_steps: int = 30_000  # --method adam (the CNN): Adam steps per retraining
 
 
 def auto_chunk_size(device: torch.device, classes: int, features: int, max_steps: int) -> int:
@@ -173,6 +174,13 @@ class LooProblem:
         c = self.classes
         return ((residual.norm(dim=-1) * (1 + bounds.gamma(c + 2)) + residual_error)
                 * x_norm * (1 + 2 * bounds.UNIT_ROUNDOFF))
+
+    result_keys = ()  # no results beyond the common ones (chunks.RESULT_KEYS)
+    error_kind = "certified"
+
+    def solve_chunk(self, removed, selected, settings: "LooSettings"):
+        """:func:`solve_chunk` on this problem (the engines' common chunk interface)."""
+        return solve_chunk(self, removed, selected, settings)
 
     def index(self, removed) -> torch.Tensor:
         """Removal indices (a NumPy array or a tensor) as an int64 tensor on the device."""
@@ -585,9 +593,9 @@ def chunk_bounds(n_removals: int, chunk_size: int):
     return [(lo, min(lo + chunk_size, n_removals)) for lo in range(0, n_removals, chunk_size)]
 
 
-def timed_chunk(problem: LooProblem, removed, selected, settings: LooSettings):
-    """:func:`solve_chunk` plus its wall time in the stats."""
+def timed_chunk(problem, removed, selected, settings: LooSettings):
+    """``problem.solve_chunk`` (any engine's) plus its wall time in the stats."""
     start = time.perf_counter()
-    results, stats = solve_chunk(problem, removed, selected, settings)
+    results, stats = problem.solve_chunk(removed, selected, settings)
     stats["seconds"] = time.perf_counter() - start
     return results, stats

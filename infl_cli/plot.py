@@ -37,15 +37,18 @@ class LooView:
     bound: np.ndarray
     selected: np.ndarray
     select: str
+    error_kind: str = "certified"  # certified | estimate | none (the CNN's Adam LOO)
 
     def pairs(self, t: int, values: np.ndarray) -> np.ndarray:
         """Test point t's selected entries of a [T, K] array."""
         return values[t][self.selected[t]]
 
 
-def default_figure_name(select: str, n_tests: int) -> str:
+def default_figure_name(select: str, n_tests: int, kind: str = "logreg") -> str:
     if select == "top":
-        return "fig2_middle.png" if n_tests == 1 else "fig2_tests.png"
+        if n_tests == 1:
+            return "fig2_right.png" if kind == "cnn" else "fig2_middle.png"
+        return "fig2_tests.png"
     return f"fig2_{select}.png"
 
 
@@ -91,10 +94,12 @@ def _summary(per_test: list[dict]) -> dict:
             "worst_spearman_rho": float(np.nanmin(rho))}
 
 
-def make_figures(view: LooView, panels: dict, png: Path, write) -> dict:
-    """Draw the figures for ``panels`` ({solver: {"predicted": [T, K], "ihvp": report}}) into
-    ``png`` (and a PDF copy; ``<stem>_summary.png`` too for several test points), each file
-    written through ``write(path, save_fn)`` (atomic). Returns the metrics."""
+def make_figures(view: LooView, panels: dict, png: Path, write, beside=()) -> dict:
+    """Draw the figures for ``panels`` ({solver: {"predicted": [T, K], "ihvp": report,
+    "title": str}}) into ``png`` (and a PDF copy; ``<stem>_summary.png`` too for several test
+    points), each file written through ``write(path, save_fn)`` (atomic); ``beside``: more
+    single-test-point panels, (view, panel) pairs of other work folders, drawn to the right.
+    Returns the metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +119,12 @@ def make_figures(view: LooView, panels: dict, png: Path, write) -> dict:
             entry["bands"] = bands(pooled_actual, pooled_predicted)
         metrics["panels"][solver] = entry
     if t_count == 1:
-        _draw_single(view, panels, metrics, png, write)
+        drawn = [(view, panel, metrics["panels"][solver]) for solver, panel in panels.items()]
+        for other, panel in beside:
+            m = agreement(other.pairs(0, other.actual), other.pairs(0, panel["predicted"]))
+            metrics.setdefault("beside", []).append({"title": panel.get("title"), **m})
+            drawn.append((other, panel, m))
+        _draw_single(drawn, png, write)
     else:
         first = next(iter(panels))
         _draw_grid(view, panels[first]["predicted"], first, png, write)
@@ -184,26 +194,29 @@ def _density(ax, actual, predicted) -> None:
     ax.set_aspect("equal")
 
 
-def _note(m: dict, bound: np.ndarray) -> str:
-    return (f"Pearson R = {m['pearson_r']:.6f}\nSpearman ρ = {m['spearman_rho']:.6f}\n"
-            f"k = {m['k']}; error bars: certified,\nlargest {float(bound.max()):.1e}")
+def _note(m: dict, bound: np.ndarray, error_kind: str) -> str:
+    text = f"Pearson R = {m['pearson_r']:.6f}\nSpearman ρ = {m['spearman_rho']:.6f}\nk = {m['k']}"
+    if error_kind == "none" or not np.isfinite(bound).any():
+        return text + "; actual: no error bars"
+    what = "certified" if error_kind == "certified" else "estimated (first order)"
+    return text + f"; error bars: {what},\nlargest {float(np.nanmax(bound)):.1e}"
 
 
-def _draw_single(view: LooView, panels: dict, metrics: dict, png: Path, write) -> None:
+def _draw_single(drawn: list, png: Path, write) -> None:
+    """One panel per (view, panel, metrics) of one test point each, side by side."""
     import matplotlib.pyplot as plt
 
-    log_axes = view.select != "top"
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
-    actual, bound = view.pairs(0, view.actual), view.pairs(0, view.bound)
-    for ax, (solver, panel) in zip(axes[0], panels.items()):
+    fig, axes = plt.subplots(1, len(drawn), figsize=(4.6 * len(drawn), 4.6), squeeze=False)
+    for ax, (view, panel, m) in zip(axes[0], drawn):
+        log_axes = view.select != "top"
+        actual, bound = view.pairs(0, view.actual), view.pairs(0, view.bound)
         predicted = view.pairs(0, panel["predicted"])
-        _scatter(ax, actual, predicted, bound, log_axes)
+        _scatter(ax, actual, predicted, np.nan_to_num(bound, nan=0.0), log_axes)
         ax.set_xlabel("Actual diff in loss")
         ax.set_ylabel("Predicted diff in loss")
         what = {"top": "", "random": ", random points", "all": ", all points"}[view.select]
-        ax.set_title(f"{TITLES.get(solver, solver)} [{solver}]{what}, test {view.test_indices[0]}",
-                     fontsize=10)
-        ax.text(0.04, 0.96, _note(metrics["panels"][solver], bound), transform=ax.transAxes,
+        ax.set_title(f"{panel.get('title', '')}{what}, test {view.test_indices[0]}", fontsize=9)
+        ax.text(0.04, 0.96, _note(m, bound, view.error_kind), transform=ax.transAxes,
                 va="top", fontsize=8)
     _save(fig, png, write)
 
@@ -221,7 +234,8 @@ def _draw_grid(view: LooView, predicted: np.ndarray, solver: str, png: Path, wri
             ax.axis("off")
             continue
         actual, pred = view.pairs(i, view.actual), view.pairs(i, predicted)
-        _scatter(ax, actual, pred, view.pairs(i, view.bound), log_axes, small=True)
+        _scatter(ax, actual, pred, np.nan_to_num(view.pairs(i, view.bound), nan=0.0), log_axes,
+                 small=True)
         m = agreement(actual, pred)
         ax.set_title(f"test {view.test_indices[i]}: R = {m['pearson_r']:.5f}", fontsize=8)
         ax.tick_params(labelsize=6)

@@ -18,17 +18,16 @@ import torch
 
 from . import artifacts as art
 from . import chunks
+from . import device as device_mod
 from . import ihvp as ihvp_mod
 from . import loo as loo_mod
-from . import model, score, selection, train
-from . import device as device_mod
-from . import memory
+from . import selection
 from .data import Dataset, is_npz, load_dataset, recorded_dataset
+from .engines import ModelSpec, engine_for, spec_of
 from .errors import BadInput, InflError, Interrupted
 from .progress import progress_bar
 
 SOLVER_PRIORITY = ("exact", "cg", "lissa")  # most accurate first
-DEFAULT_TEST = 8  # the paper's test point (0 for a test set of 8 points or fewer)
 
 
 @dataclass
@@ -51,14 +50,14 @@ def _resolve_data_dir(data_dir: Path | None) -> str | None:
 
 
 def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
-                   bias: bool = False) -> dict:
+                   bias: bool = False, spec: ModelSpec | None = None) -> dict:
     """What a model is made with. An NPZ dataset is recorded by its absolute path (and needs
-    no data folder)."""
-    if is_npz(dataset):
-        return {"dataset": _resolve_data_dir(Path(dataset)), "data_dir": None, "wd": wd,
-                "tol": tol, "bias": bias}
-    return {"dataset": dataset, "data_dir": _resolve_data_dir(data_dir), "wd": wd, "tol": tol,
-            "bias": bias}
+    no data folder); ``wd`` None is the model kind's default."""
+    spec = spec or ModelSpec()
+    wd = engine_for(spec.kind).default_wd if wd is None else wd
+    where = {"dataset": _resolve_data_dir(Path(dataset)), "data_dir": None} if is_npz(dataset) \
+        else {"dataset": dataset, "data_dir": _resolve_data_dir(data_dir)}
+    return {**where, "wd": wd, "tol": tol, "bias": bias, "model": spec.record()}
 
 
 def _device(device) -> torch.device:
@@ -81,27 +80,35 @@ def is_current(path: Path, settings: dict, inputs: dict) -> bool:
 
 # ---------------------------------------------------------------------------------- train
 
-def validate_train(wd: float, tol: float) -> None:
-    if not wd > 0:
+def validate_train(wd: float | None, tol: float, spec: ModelSpec | None = None) -> None:
+    if wd is not None and not wd > 0:
         raise BadInput(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")
     if not tol > 0:
         raise BadInput(f"--train-tol must be > 0, got {tol}")
+    if spec is not None:
+        from .engines import validate_spec
+
+        validate_spec(spec)
 
 
-def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol: float,
+def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float | None, tol: float,
               max_iter: int, download: bool = True, data: Dataset | None = None,
-              bias: bool = False, device=None) -> dict:
-    validate_train(wd, tol)
+              bias: bool = False, device=None, spec: ModelSpec | None = None) -> dict:
+    spec = spec or ModelSpec()
+    validate_train(wd, tol, spec)
+    engine = engine_for(spec.kind)
+    settings = train_settings(dataset, data_dir, wd, tol, bias, spec)
     device = _device(device)
-    data = (data or load_dataset(dataset, data_dir, download, bias)).to(device)
-    weight, info = train.fit(data, wd, tol, max_iter)
-    pred = model.probabilities(weight, data.x_test).argmax(1)
-    info["test_accuracy"] = float((pred == data.y_test).double().mean())
-    info["train_accuracy"] = float(
-        (model.probabilities(weight, data.x_train).argmax(1) == data.y_train).double().mean())
+    data = engine.training_data(data or load_dataset(dataset, data_dir, download, bias),
+                                spec).to(device)
+    tensors, info = engine.fit(data, settings["wd"], tol, max_iter, spec)
+    for split, x, y in (("test", data.x_test, data.y_test), ("train", data.x_train, data.y_train)):
+        pred = engine.probabilities(tensors, x).argmax(1)
+        info[f"{split}_accuracy"] = float((pred == y).double().mean())
     record = {
         "stage": "train",
-        "settings": train_settings(dataset, data_dir, wd, tol, bias),
+        "settings": settings,
+        "model": engine.describe(spec),
         "inputs": {"data": data.fingerprint},
         "n_train": data.n_train,
         "n_test": data.n_test,
@@ -111,74 +118,110 @@ def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float, tol
         "device": device_mod.describe(device),
         **info,
     }
-    return art.save_artifact(workdir / art.MODEL, {"weight": weight}, record)
+    return art.save_artifact(workdir / art.MODEL, tensors, record)
 
 
 def load_model(workdir: Path, data: Dataset | None = None, device=None):
-    """(weight, model record, dataset) with the data checked against the model's record, the
-    weight and the data on ``device`` (default: the CPU), wherever the model was trained."""
+    """(model tensors, model record, training data) with the data checked against the model's
+    record, the tensors and the data on ``device`` (default: the CPU), wherever the model was
+    trained. ``data``: the dataset as loaded (the model kind takes its training set from it)."""
     device = _device(device)
     tensors, record = art.load_artifact(workdir / art.MODEL, "train", hint="infl train")
     s = record["settings"]
-    if data is None:
-        data = recorded_dataset(s)
+    spec = spec_of(record)
+    engine = engine_for(spec.kind)
+    data = engine.training_data(data if data is not None else recorded_dataset(s), spec)
     if data.fingerprint != record["inputs"]["data"]:
         raise InflError(f"the data now at {s['data_dir'] or s['dataset']} differ from those the "
                         f"model in {workdir / art.MODEL} was trained on; rerun `infl train`")
-    return tensors["weight"].to(device), record, data.to(device)
+    return {key: t.to(device) for key, t in tensors.items()}, record, data.to(device)
+
+
+def model_engine(mrec: dict):
+    """The engine of a model record (:mod:`~infl_cli.engines`)."""
+    return engine_for(spec_of(mrec).kind)
+
+
+def solver_label(solver: str, damping: float) -> str:
+    """How an inverse-HVP is named: the solver, with the damping λ of (H + λI) for cg and
+    exact when it is not 0 (``exact-damping0.01``); LiSSA's damping is one of its settings."""
+    if solver != "lissa" and damping:
+        return f"{solver}-damping{damping:g}"
+    return solver
 
 
 
 # ----------------------------------------------------------------------------------- ihvp
 
 def ihvp_settings(solver: str, test_indices: list[int], lissa: ihvp_mod.LissaSettings,
-                  cg: ihvp_mod.CgSettings) -> dict:
+                  cg: ihvp_mod.CgSettings, damping: float = 0.0) -> dict:
     base = {"solver": solver, "test_indices": list(test_indices)}
     if solver == "lissa":
         base["lissa"] = asdict(lissa)
     elif solver == "cg":
         base["cg"] = asdict(cg)
+    if solver != "lissa" and damping:
+        base["damping"] = damping
     return base
 
 
-def validate_ihvp(solver: str, lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings) -> None:
-    if solver not in ihvp_mod.SOLVERS:
+def validate_ihvp(solver: str | None, lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings,
+                  damping: float | None = None) -> None:
+    """One-line refusals of IHVP settings (``solver`` None: the model's default, checked
+    once known)."""
+    if solver is not None and solver not in ihvp_mod.SOLVERS:
         raise BadInput(f"unknown solver {solver!r}; choose one of: {', '.join(ihvp_mod.SOLVERS)}")
+    if damping is not None:
+        if solver == "lissa" and not 0 <= damping < 1:
+            raise BadInput(f"--damping must be in [0, 1) for LiSSA's recursion, got {damping}")
+        if not damping >= 0:
+            raise BadInput(f"--damping must be ≥ 0, got {damping}")
     _validate_lissa(lissa)
     _validate_cg(cg)
 
 
-def ihvp_tests(tests: TestChoice | None, data: Dataset) -> list[int]:
-    return (tests or TestChoice()).resolve(data.n_test,
-                                           [DEFAULT_TEST if data.n_test > DEFAULT_TEST else 0])
+def spec_damping(spec: ModelSpec, solver: str, damping: float | None) -> float:
+    """λ of (H + λI) for cg and exact: as given, else the model's default (the CNN's paper
+    protocol: the authors' 0.01; otherwise 0). LiSSA's damping is one of its settings: 0."""
+    if solver == "lissa":
+        return 0.0
+    if damping is not None:
+        return float(damping)
+    return engine_for(spec.kind).default_damping(spec)
+
+
+def ihvp_tests(tests: TestChoice | None, data: Dataset, engine) -> list[int]:
+    """The test points of an inverse-HVP: as asked, or the model kind's default."""
+    return (tests or TestChoice()).resolve(data.n_test, [engine.default_test(data)])
 
 
 def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None,
              lissa: ihvp_mod.LissaSettings, cg: ihvp_mod.CgSettings | None = None,
-             loaded=None, device=None) -> dict:
+             loaded=None, device=None, damping: float | None = None) -> dict:
     cg = cg or ihvp_mod.CgSettings()
-    validate_ihvp(solver, lissa, cg)
-    weight, mrec, data = loaded or load_model(workdir, device=device)
-    idx = ihvp_tests(tests, data)
-    wd = mrec["settings"]["wd"]
+    tensors, mrec, data = loaded or load_model(workdir, device=device)
+    engine = model_engine(mrec)
+    spec = spec_of(mrec)
+    solver = solver or engine.default_solver(spec)
+    if solver == "lissa" and damping is not None:
+        lissa = replace(lissa, damping=damping)
+    validate_ihvp(solver, lissa, cg, damping)
+    lam = spec_damping(spec, solver, damping)
+    engine.check_solver(solver, lam)
+    idx = ihvp_tests(tests, data, engine)
     sel = torch.tensor(idx, dtype=torch.int64, device=data.device)
-    rhs = model.test_point_grads(weight, data.x_test[sel], data.y_test[sel])
-    if solver == "exact":
-        memory.require_hessian(weight.shape[0], data.design.width, 8, "--solver exact",
-                               "use --solver cg or --solver lissa (Hessian-free)")
-    elif solver == "cg" and cg.rank > 0:
-        memory.require_gram(data.design.width, "--solver cg's preconditioner",
-                            "use --cg-rank 0 (plain CG) or --solver lissa")
-    est, report = ihvp_mod.solve(solver, weight, data.x_train, wd, rhs, lissa, cg,
-                                 design=data.design)
+    rhs = engine.test_gradients(tensors, data.x_test[sel], data.y_test[sel])
+    est, report = engine.solve(tensors, mrec, data, solver, rhs, lissa, cg, lam)
+    label = solver_label(solver, lam)
     record = {
         "stage": "ihvp",
-        "settings": ihvp_settings(solver, idx, lissa, cg),
+        "settings": ihvp_settings(solver, idx, lissa, cg, lam),
+        "label": label,
         "inputs": {"model": mrec["fingerprint"]},
         "device": device_mod.describe(data.device),
         "report": report,
     }
-    return art.save_artifact(workdir / art.ihvp_name(solver),
+    return art.save_artifact(workdir / art.ihvp_name(label),
                              {"ihvp": est, "test_indices": sel}, record)
 
 
@@ -221,7 +264,13 @@ def score_tests(workdir: Path, solver: str, tests: TestChoice | None, data: Data
 
 def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
               loaded=None, device=None) -> dict:
-    weight, mrec, data = loaded or load_model(workdir, device=device)
+    """Scores from the inverse-HVPs named ``solver`` (a label: ``exact``, ``cg``,
+    ``lissa`` or e.g. ``exact-damping0.01``)."""
+    tensors_m, mrec, data = loaded or load_model(workdir, device=device)
+    if solver is None:
+        spec = spec_of(mrec)
+        default = model_engine(mrec).default_solver(spec)
+        solver = solver_label(default, spec_damping(spec, default, None))
     tensors, irec, chosen = score_tests(workdir, solver, tests, data)
     if irec["inputs"]["model"] != mrec["fingerprint"]:
         raise InflError(f"{art.ihvp_name(solver)} was computed for another model than "
@@ -230,9 +279,8 @@ def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
     rows = torch.tensor([have.index(t) for t in chosen])
     start = time.perf_counter()
     with progress_bar("score", total=1) as update:
-        influence, predicted = score.influence_scores(
-            weight, data.x_train, data.y_train, mrec["settings"]["wd"],
-            tensors["ihvp"][rows].to(data.device))
+        influence, predicted = model_engine(mrec).scores(
+            tensors_m, mrec, data, tensors["ihvp"][rows].to(data.device))
         update()
     record = {
         "stage": "score",
@@ -253,7 +301,11 @@ def score_settings(solver: str, test_indices: list[int]) -> dict:
 
 
 def available_scores(workdir: Path) -> list[str]:
-    return [s for s in SOLVER_PRIORITY if (workdir / art.scores_name(s)).is_file()]
+    """The score labels present, most accurate first: exact, cg, lissa, then damped ones."""
+    present = [s for s in SOLVER_PRIORITY if (workdir / art.scores_name(s)).is_file()]
+    damped = sorted(p.name[len("scores-"):-len(".safetensors")]
+                    for p in workdir.glob("scores-*-damping*.safetensors"))
+    return present + damped
 
 
 def load_scores(workdir: Path, solver: str, model_fp: str):
@@ -292,13 +344,19 @@ def loo_settings(solver: str, test_indices: list[int], select: str, k: int, seed
     return {"solver": solver, "test_indices": list(test_indices), "select": select,
             "k": None if select == "all" else k, "seed": seed if select == "random" else None,
             "method": settings.method, "tol": settings.tol, "rel_error": settings.rel_error,
-            "chunk_size": settings.chunk_size, "max_steps": settings.max_steps}
+            "chunk_size": settings.chunk_size, "max_steps": settings.max_steps,
+            **({"retrain_steps": settings.retrain_steps} if settings.method == "adam" else {})}
+
+
+LOO_METHODS = ("newton", "lbfgs", "adam")  # lbfgs: the logistic model; adam: the CNN
 
 
 def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1) -> None:
-    if settings.method not in loo_mod.METHODS:
+    """One-line refusals of LOO settings (``method`` None: the model's default; which methods
+    a model has is its engine's check)."""
+    if settings.method is not None and settings.method not in LOO_METHODS:
         raise BadInput(f"unknown method {settings.method!r}; choose one of: "
-                        f"{', '.join(loo_mod.METHODS)}")
+                       f"{', '.join(LOO_METHODS)}")
     if select not in selection.SELECTIONS:
         raise BadInput(f"unknown selection {select!r}; choose one of: "
                         f"{', '.join(selection.SELECTIONS)}")
@@ -347,47 +405,54 @@ def plan_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select
     return record, inputs, chosen, train_idx, selected
 
 
-def resolve_chunk_size(settings: loo_mod.LooSettings, device, classes: int,
-                       features: int) -> loo_mod.LooSettings:
-    """The settings with ``--chunk-size auto`` (None) made a number for ``device``."""
+def resolve_chunk_size(settings: loo_mod.LooSettings, device, engine, spec: ModelSpec,
+                       data: Dataset) -> loo_mod.LooSettings:
+    """The settings with ``--chunk-size auto`` (None) made a number for ``device`` and the
+    model (its engine's ``auto_chunk_size``)."""
     if settings.chunk_size is not None:
         return settings
-    return replace(settings, chunk_size=loo_mod.auto_chunk_size(
-        torch.device(device), classes, features, settings.max_steps))
+    return replace(settings, chunk_size=engine.auto_chunk_size(torch.device(device), spec, data,
+                                                               settings))
 
 
-def build_problem(weight, mrec, data: Dataset, test_indices: list[int],
-                  settings: loo_mod.LooSettings) -> loo_mod.LooProblem:
-    """The LOO problem of a model (its factored Hessian, with a progress bar), on the data's
-    device."""
+def build_problem(tensors, mrec, data: Dataset, test_indices: list[int],
+                  settings: loo_mod.LooSettings):
+    """The LOO problem of a model (its engine's; the logistic model's factored Hessian, with a
+    progress bar), on the data's device."""
     sel = torch.tensor(test_indices, dtype=torch.int64, device=data.device)
-    c = weight.shape[0]
-    if settings.method == "newton":
-        memory.require_hessian(c, data.design.width, 4, "--method newton",
-                               "use --method lbfgs (Hessian-free, slower per removal)")
-    with progress_bar("loo: Hessian blocks", total=c * (c - 1) // 2) as update:
-        return loo_mod.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
-                                  data.x_test[sel], data.y_test[sel],
-                                  build_factor=settings.method == "newton", on_block=update)
+    engine = model_engine(mrec)
+    with progress_bar("loo: set-up", total=engine.hessian_blocks(tensors)) as update:
+        return engine.loo_problem(tensors, mrec, data, data.x_test[sel], data.y_test[sel],
+                                  settings, on_block=update)
 
 
 def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
             seed: int, settings: loo_mod.LooSettings, loaded=None, cluster: str | None = None,
             cluster_timeout: float | None = None, device=None) -> dict:
-    """Retrain without every selected training point, certified; writes loo.safetensors.
+    """Retrain without every selected training point; writes loo.safetensors.
 
     The open chunks are solved in this process (on ``device``), or with ``cluster``
     (``local:N`` or ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.cluster`)."""
     validate_loo(settings, select, k)
-    weight, mrec, data = loaded or load_model(workdir, device=device)
+    tensors, mrec, data = loaded or load_model(workdir, device=device)
+    engine = model_engine(mrec)
+    spec = spec_of(mrec)
+    if settings.method is None:
+        settings = replace(settings, method=engine.default_method(spec))
+    engine.check_method(settings.method)
+    if cluster is not None and engine.kind != "logreg":
+        raise BadInput("--cluster solves the logistic model's LOO chunks; the CNN's run in "
+                       "this process (on a GPU: --device cuda)")
     validate_cluster(cluster, cluster_timeout, data.device)
-    settings = resolve_chunk_size(settings, data.device, weight.shape[0], data.n_features)
+    settings = resolve_chunk_size(settings, data.device, engine, spec, data)
+    loo_path = workdir / art.loo_name(settings.method, engine.kind)
     runner = None
     device_mod.reset_peak(data.device)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
     store = chunks.PartialResults(workdir / art.LOO_PARTIAL, train_idx, chosen, selected,
-                                  settings.chunk_size, record_settings, inputs)
+                                  settings.chunk_size, record_settings, inputs,
+                                  engine.result_keys(settings))
     total = len(train_idx)
     start = time.perf_counter()
     built = {}
@@ -397,7 +462,7 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
         s = mrec["settings"]
         runner = cluster_mod.ClusterRunner(
             cluster, lambda: cluster_mod.ProblemRecipe(
-                s, mrec["inputs"]["data"], weight, chosen,
+                s, mrec["inputs"]["data"], tensors["weight"], chosen,
                 f"{mrec['fingerprint']}:{','.join(map(str, chosen))}"),
             cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
 
@@ -405,7 +470,7 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
         """Built on first use: a rerun with every chunk saved needs no Hessian."""
         if "problem" not in built:
             t0 = time.perf_counter()
-            built["problem"] = build_problem(weight, mrec, data, chosen, settings)
+            built["problem"] = build_problem(tensors, mrec, data, chosen, settings)
             built["seconds"] = time.perf_counter() - t0
         return built["problem"]
 
@@ -422,6 +487,7 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
         raise Interrupted(f"interrupted; {store.n_done} of {total} removals are saved in "
                           f"{store.path}; rerun the same command to continue") from None
     record = _loo_record(store, record_settings, inputs, settings, built.get("problem"), mrec)
+    record.update(engine.loo_summary(store.arrays, settings))
     record.update(factor_seconds=built.get("seconds", 0.0), workers=run_facts["workers"],
                   seconds=time.perf_counter() - start, resumed_from=store.resumed_from,
                   removals_per_second=(run_facts.get("solved", 0) / run_facts["seconds"]
@@ -429,12 +495,12 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
                   cluster=cluster, scatter_seconds=run_facts.get("scatter_seconds"),
                   device=device_mod.describe(data.device),
                   peak_device_gib=device_mod.peak_gib(data.device))
-    result = art.save_artifact(workdir / art.LOO, store.final_tensors(), record)
+    result = art.save_artifact(loo_path, store.final_tensors(), record)
     store.discard()
-    if record["certified"] < total:
+    if record["error_kind"] == "certified" and record["certified"] < total:
         raise InflError(f"{total - record['certified']} of {total} removals did not reach "
                         f"gradient norm ≤ {settings.tol:g} (max bound "
-                        f"{record['max_grad_norm_bound']:.2e}); see {art.LOO}")
+                        f"{record['max_grad_norm_bound']:.2e}); see {loo_path.name}")
     return result
 
 
@@ -477,21 +543,38 @@ def _loo_record(store: chunks.PartialResults, record_settings: dict, inputs: dic
 
 # ----------------------------------------------------------------------------------- plot
 
-def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None) -> dict:
-    """Figures of predicted against actual change and ``metrics.json`` (see :mod:`plot`)."""
+def loo_artifact(workdir: Path, method: str | None = None) -> Path:
+    """The LOO artifact to read: the one ``method`` writes (newton and lbfgs:
+    loo.safetensors; the CNN's adam: loo-adam.safetensors), or by default loo.safetensors,
+    else loo-adam.safetensors."""
+    if method is not None:
+        return workdir / art.loo_name(method, "cnn")
+    plain = workdir / art.LOO
+    adam = workdir / art.loo_name("adam", "cnn")
+    return plain if plain.is_file() or not adam.is_file() else adam
+
+
+def _panel_title(mrec: dict, solver: str, lrec: dict) -> str:
     from . import plot
 
-    ltensors, lrec = art.load_artifact(workdir / art.LOO, "loo", hint="infl loo")
+    spec = spec_of(mrec)
+    if spec.kind == "cnn":
+        return f"CNN, {spec.protocol} [{solver}; LOO {lrec['settings']['method']}]"
+    return f"{plot.TITLES.get(solver.split('-')[0], solver)} [{solver}]"
+
+
+def _plot_inputs(workdir: Path, solvers: list[str] | None, loo_method: str | None):
+    """(LOO view, panels, LOO record, model record) of one work folder (see :mod:`plot`)."""
+    from . import plot
+
+    path = loo_artifact(workdir, loo_method)
+    ltensors, lrec = art.load_artifact(path, "loo", hint="infl loo")
     mrec = art.read_record(workdir / art.MODEL)
     if lrec["inputs"]["model"] != mrec["fingerprint"]:
-        raise InflError(f"{art.LOO} was computed for another model than {art.MODEL}; "
+        raise InflError(f"{path.name} was computed for another model than {art.MODEL}; "
                         "rerun `infl loo`")
     solvers = list(solvers) if solvers else [lrec["settings"]["solver"]]
     test_indices = ltensors["test_indices"].tolist()
-    select = lrec["settings"]["select"]
-    png = Path(out) if out else workdir / plot.default_figure_name(select, len(test_indices))
-    if png.suffix.lower() != ".png":
-        raise BadInput(f"--out must end in .png (a .pdf copy is written beside it), got {png}")
     train_idx = ltensors["train_indices"]
     panels = {}
     for solver in solvers:
@@ -501,22 +584,87 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None) -> dict
             if (workdir / art.ihvp_name(solver)).is_file() else {}
         panels[solver] = {"predicted": stensors["predicted_loss_diff"][rows][:, train_idx].numpy(),
                           "ihvp": irec.get("report", {}),
+                          "title": _panel_title(mrec, solver, lrec),
                           "device": f"{irec.get('device', 'cpu')}, {srec.get('device', 'cpu')}"}
-    loo_view = plot.LooView(test_indices=test_indices, train_indices=train_idx.numpy(),
-                            actual=ltensors["actual_loss_diff"].numpy(),
-                            bound=ltensors["actual_error_bound"].numpy(),
-                            selected=ltensors["selected"].numpy(), select=select)
-    metrics = plot.make_figures(loo_view, panels, png, art.atomic_write)
+    view = plot.LooView(test_indices=test_indices, train_indices=train_idx.numpy(),
+                        actual=ltensors["actual_loss_diff"].numpy(),
+                        bound=ltensors["actual_error_bound"].numpy(),
+                        selected=ltensors["selected"].numpy(), select=lrec["settings"]["select"],
+                        error_kind=lrec.get("error_kind", "certified"))
+    return view, panels, lrec, mrec
+
+
+def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
+             beside: list[Path] = (), loo_method: str | None = None) -> dict:
+    """Figures of predicted against actual change and ``metrics.json`` (see :mod:`plot`).
+    ``beside``: other work folders whose panels are drawn to the right (one test point each:
+    the paper's three panels from the logistic folder and the CNN's). For a CNN folder the
+    metrics also hold the ablation: R and ρ of every scores artifact against every LOO
+    artifact present, on the same removals."""
+    from . import plot
+
+    view, panels, lrec, mrec = _plot_inputs(workdir, solvers, loo_method)
+    kind = spec_of(mrec).kind
+    png = Path(out) if out else workdir / plot.default_figure_name(
+        view.select, len(view.test_indices), kind)
+    if png.suffix.lower() != ".png":
+        raise BadInput(f"--out must end in .png (a .pdf copy is written beside it), got {png}")
+    others = []
+    for folder in beside:
+        other_view, other_panels, _, _ = _plot_inputs(Path(folder), None, None)
+        if len(other_view.test_indices) != 1 or len(view.test_indices) != 1:
+            raise BadInput(f"--beside draws single-test-point panels side by side; {folder} or "
+                           f"{workdir} holds several test points")
+        others += [(other_view, p) for p in other_panels.values()]
+    metrics = plot.make_figures(view, panels, png, art.atomic_write, beside=others)
     metrics["loo"] = {key: lrec.get(key) for key in (
-        "settings", "max_grad_norm_bound", "pairs_selected", "pairs_within_target",
+        "settings", "error_kind", "max_grad_norm_bound", "pairs_selected", "pairs_within_target",
         "worst_bound_ratio", "max_error_bound", "baseline_error", "seconds")}
     metrics["model"] = {key: mrec.get(key) for key in (
-        "settings", "grad_norm", "grad_norm_certified", "train_loss", "test_accuracy")}
+        "settings", "model", "grad_norm", "grad_norm_certified", "train_loss", "test_accuracy",
+        "lambda_min", "lambda_max", "negative_eigenvalues", "local_minimum")}
     metrics["devices"] = {"train": mrec.get("device", "cpu"), "loo": lrec.get("device", "cpu"),
                           **{f"ihvp, score ({solver})": panels[solver]["device"]
-                             for solver in solvers}}
+                             for solver in panels}}
+    if kind == "cnn":
+        metrics["ablation"] = ablation(workdir, mrec)
     art.write_json(workdir / art.METRICS, metrics)
     return metrics
+
+
+def ablation(workdir: Path, mrec: dict) -> list[dict]:
+    """R and ρ (on each test point's selected removals, pooled) of every scores artifact in
+    ``workdir`` against every LOO artifact there, for the removals both LOO artifacts share
+    (the same top k when both were selected by the same scores)."""
+    from . import plot
+
+    loos = {}
+    for method in ("newton", "adam"):
+        path = workdir / art.loo_name(method, "cnn")
+        if path.is_file():
+            tensors, rec = art.load_artifact(path, "loo")
+            if rec["inputs"]["model"] == mrec["fingerprint"]:
+                loos[method] = (tensors, rec)
+    common = None
+    for tensors, _ in loos.values():
+        idx = set(tensors["train_indices"].tolist())
+        common = idx if common is None else common & idx
+    rows = []
+    for label in available_scores(workdir):
+        stensors, _ = load_scores(workdir, label, mrec["fingerprint"])
+        for method, (tensors, rec) in loos.items():
+            tests = tensors["test_indices"].tolist()
+            score_at = score_rows(stensors, tests, art.scores_name(label))
+            keep = [i for i, j in enumerate(tensors["train_indices"].tolist()) if j in common]
+            train_idx = tensors["train_indices"][keep]
+            predicted = stensors["predicted_loss_diff"][score_at][:, train_idx].numpy()
+            selected = tensors["selected"][:, keep].numpy()
+            actual = tensors["actual_loss_diff"][:, keep].numpy()
+            m = plot.agreement(actual[selected], predicted[selected])
+            rows.append({"end_point": spec_of(mrec).protocol, "prediction": label,
+                         "actual": method, "removals": len(keep),
+                         "pearson_r": m["pearson_r"], "spearman_rho": m["spearman_rho"]})
+    return rows
 
 
 # ----------------------------------------------------------------------------------- show
@@ -529,7 +677,7 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
 
     if count < 1:
         raise BadInput(f"-n must be ≥ 1, got {count}")
-    weight, mrec, data = load_model(workdir)
+    tensors, mrec, data = load_model(workdir)
     solver = most_accurate_scores(workdir, solver)
     stensors, _ = load_scores(workdir, solver, mrec["fingerprint"])
     if test_index is None:
@@ -556,5 +704,6 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
                             f"{mrec['settings']['dataset']} are not an image (not a perfect "
                             "square); `infl show` prints the table alone")
         png = None
-    return explain.explain(weight, data, test_index, predicted, actual, count, solver, png,
+    probs = model_engine(mrec).probabilities(tensors, data.x_test[test_index][None])[0]
+    return explain.explain(probs, data, test_index, predicted, actual, count, solver, png,
                            art.atomic_write)
