@@ -17,6 +17,8 @@ a 24 GB card, an 80–141 GB one and the CPU:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.func import grad, jvp, vmap
 
@@ -43,6 +45,14 @@ class Objective:
         self.n = int(y.shape[0])
         self.activations = int(activations)
         self.device = x.device
+        self.weights = None  # per-example weights of the data term (None: the plain mean)
+
+    def reweighted(self, weights: torch.Tensor) -> "Objective":
+        """The same objective with the weighted mean Σ w_i CE_i / Σ w_i as its data term
+        (leave-one-out: w_z = 0) in every value, gradient, HVP and Hessian."""
+        out = copy.copy(self)
+        out.weights = weights
+        return out
 
     # ---------------------------------------------------------------------------- batches
     def rows(self, vectors: int = 1) -> int:
@@ -68,6 +78,7 @@ class Objective:
     def value_and_grad(self, theta: torch.Tensor, weights: torch.Tensor | None = None):
         """(R(θ), ∇R(θ)); with per-example ``weights`` [n] the data term is the weighted mean
         Σ w_i CE_i / Σ w_i (leave-one-out: w_z = 0)."""
+        weights = self.weights if weights is None else weights
         total = torch.zeros((), dtype=theta.dtype, device=theta.device)
         g = torch.zeros_like(theta)
         lo = 0
@@ -90,6 +101,7 @@ class Objective:
             weights: torch.Tensor | None = None) -> torch.Tensor:
         """H v for v [k, P] (or [P]): the data Hessian's products summed over batches, / n
         (or the weighted mean), + wd·M⊙v."""
+        weights = self.weights if weights is None else weights
         single = vectors.dim() == 1
         v = vectors[None] if single else vectors
         out = torch.zeros_like(v)

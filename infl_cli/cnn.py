@@ -9,6 +9,14 @@ Parameters live in one flat vector θ [P] (``layout`` says where each tensor sit
 every derivative is a plain vector: torch.func's ``grad``, ``jvp`` and ``vmap`` apply to
 :func:`logits` directly, also with a batch of parameter vectors (many retrainings at once).
 Weight decay applies to the weights only (``decay_mask``), as in the authors' code.
+
+One direction of θ changes nothing: adding c·(1, …, 1) to the dense bias shifts every logit
+by c, which the softmax ignores, and no weight decay holds that bias. So the loss is flat along
+u = (1, …, 1)/√10 on the dense bias for every θ, every gradient is orthogonal to u, and every
+Hessian has H·u = 0: an exact zero eigenvalue that is a symmetry of the paper's net, not a
+property of any minimum (``null_directions``). The engine works on the complement of u:
+spectra, solves and Newton steps there (a fixed "gauge"); predictions and test losses do not
+depend on it.
 Initialisation: weights from a normal truncated at 2 standard deviations, std 2/√(fan-in)
 (dense layer: 1/√10), biases 0, from a seeded generator.
 
@@ -79,6 +87,14 @@ class Architecture:
             if layer.decayed:
                 mask[offset:offset + math.prod(shape)] = 1
         return mask
+
+    def null_directions(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        """U [P, 1]: the unit vector along which every loss of the net is constant (the
+        dense bias's shift, module doc)."""
+        u = torch.zeros((self.n_params, 1), dtype=dtype, device=device)
+        offset, shape = self.layout["dense.bias"]
+        u[offset:offset + shape[0], 0] = 1.0 / math.sqrt(shape[0])
+        return u
 
     def init(self, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
         """θ₀ [P]: truncated-normal weights, zero biases (module doc)."""

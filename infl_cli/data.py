@@ -256,6 +256,15 @@ def recorded_dataset(settings: dict, download: bool = True) -> Dataset:
                         download, bias=settings.get("bias", False))
 
 
+def subset(data: Dataset, indices, tag: str) -> Dataset:
+    """The training set restricted to ``indices`` (the test set kept), its fingerprint derived
+    from the whole one's and ``tag``."""
+    index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    return replace(data, name=f"{data.name} [{tag}]", x_train=data.x_train[index],
+                   y_train=data.y_train[index],
+                   fingerprint=_fingerprint(index, extra=f"{data.fingerprint}|{tag}"))
+
+
 def with_bias(data: Dataset) -> Dataset:
     """``data`` with a last feature equal to 1 for every example (train and test). With
     integer/scale inputs the constant is scale/scale, an integer too."""

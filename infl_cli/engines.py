@@ -38,7 +38,8 @@ class ModelSpec:
     ``kind`` logreg | cnn. For the CNN: ``width`` (channels), ``protocol`` exact | paper,
     and the Adam schedule: ``adam_steps`` (exact: the warm-up before Newton; paper: all of
     training), ``adam_lr``, ``train_batch``, ``decay_epochs`` (the learning rate ×0.1 and
-    ×0.01 after these epochs, as the authors' code), ``seed`` (initialisation and batches).
+    ×0.01 after these epochs, as the authors' code), ``seed`` (initialisation and batches),
+    ``train_size`` (the first N images of the CNN's training set; None: all).
     None: the protocol's default (:mod:`~infl_cli.cnn_engine`)."""
 
     kind: str = "logreg"
@@ -49,6 +50,7 @@ class ModelSpec:
     train_batch: int = 500
     decay_epochs: tuple = (10_000, 20_000)
     seed: int = 0
+    train_size: int | None = None
 
     def record(self) -> dict:
         """The settings that define the model (the logistic model has none beyond its kind)."""
@@ -76,17 +78,17 @@ def validate_spec(spec: ModelSpec, protocol_given: bool = False,
     if spec.protocol not in PROTOCOLS:
         raise BadInput(f"unknown protocol {spec.protocol!r}; choose one of: "
                        f"{', '.join(PROTOCOLS)}")
-    if spec.kind == "logreg" and (protocol_given or width_given):
-        what = "--protocol" if protocol_given else "--width"
+    if spec.kind == "logreg" and (protocol_given or width_given or spec.train_size is not None):
+        what = ("--protocol" if protocol_given else "--width" if width_given
+                else "--train-size")
         raise BadInput(f"{what} applies to --model cnn; the logistic model is trained to its "
                        "certified optimum, the only protocol it has")
     if spec.width < 1:
         raise BadInput(f"--width must be ≥ 1 (channels per convolution), got {spec.width}")
-    for name in ("adam_steps", "train_batch"):
+    for name, least in (("adam_steps", 0), ("train_batch", 1), ("train_size", 2)):
         value = getattr(spec, name)
-        if value is not None and value < (0 if name == "adam_steps" else 1):
-            raise BadInput(f"--{name.replace('_', '-')} must be ≥ "
-                           f"{0 if name == 'adam_steps' else 1}, got {value}")
+        if value is not None and value < least:
+            raise BadInput(f"--{name.replace('_', '-')} must be ≥ {least}, got {value}")
     if spec.adam_lr is not None and not spec.adam_lr > 0:
         raise BadInput(f"--adam-lr must be > 0, got {spec.adam_lr}")
     if len(spec.decay_epochs) != 2 or not 0 <= spec.decay_epochs[0] <= spec.decay_epochs[1]:

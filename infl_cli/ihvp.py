@@ -103,79 +103,104 @@ class CgSettings:
     rank: int = 64
 
 
-class _Batches:
-    """Mini-batches without replacement within an epoch. The data are permuted once (one copy)
-    and cut into contiguous blocks; each epoch visits the blocks in a fresh random order, so a
-    step costs no gather of rows."""
+class LogisticCurvature:
+    """Mini-batch Hessian-vector products of the logistic model, for LiSSA: the data and their
+    probabilities at W are permuted once (one copy) so that a batch is a contiguous block.
+    Any engine provides the same four things: ``n``, ``floor`` (a lower bound on λ_min(H),
+    for the divergence check), ``permute(perm)``, ``block(lo, hi, v)`` (H_B v on the permuted
+    rows lo..hi) and ``rows(idx, v)`` (H_B v on rows idx)."""
 
-    def __init__(self, x, probs, batch_size, generator):
+    def __init__(self, weight, x, wd: float):
+        self.weight, self.x, self.wd = weight, x, wd
+        self.probs = model.probabilities(weight, x)
+        self.n = int(x.shape[0])
+        self.floor = wd  # λ_min(H) ≥ wd
+
+    def permute(self, perm: torch.Tensor) -> None:
+        self.xp, self.pp = self.x[perm], self.probs[perm]
+
+    def block(self, lo: int, hi: int, v: torch.Tensor) -> torch.Tensor:
+        return model.hvp(self.weight, self.xp[lo:hi], self.wd, v, probs=self.pp[lo:hi])
+
+    def rows(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return model.hvp(self.weight, self.x[idx], self.wd, v, probs=self.probs[idx])
+
+
+class _Batches:
+    """Mini-batches without replacement within an epoch: the rows are permuted once and cut
+    into contiguous blocks; each epoch visits the blocks in a fresh random order."""
+
+    def __init__(self, curvature, batch_size, generator, device):
         # the random stream is drawn on the CPU, so every device sees the same batches
-        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-        self.xp, self.pp = x[perm], probs[perm]
+        perm = torch.randperm(curvature.n, generator=generator).to(device)
+        curvature.permute(perm)
+        self.curvature = curvature
         self.batch, self.gen = batch_size, generator
-        self.n_blocks = x.shape[0] // batch_size
+        self.n_blocks = curvature.n // batch_size
         self.order, self.pos = [], 0
 
-    def next(self):
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """H_B v on the next batch."""
         if self.pos == len(self.order):
             self.order = torch.randperm(self.n_blocks, generator=self.gen).tolist()
             self.pos = 0
         lo = self.order[self.pos] * self.batch
         self.pos += 1
-        return self.xp[lo:lo + self.batch], self.pp[lo:lo + self.batch]
+        return self.curvature.block(lo, lo + self.batch, v)
 
 
-def estimate_sampled_max_eigenvalue(weight, x, probs, wd, batch_size, generator, batches=8,
-                                    iterations=30) -> float:
-    """Largest eigenvalue over ``batches`` random mini-batch Hessians, by power iteration."""
-    n = x.shape[0]
-    c, d = weight.shape
+def estimate_sampled_max_eigenvalue(curvature, shape, batch_size, generator, device,
+                                    batches=8, iterations=30) -> float:
+    """Largest eigenvalue over ``batches`` random mini-batch Hessians, by power iteration
+    (vectors of ``shape``)."""
+    n = curvature.n
     best = 0.0
     for _ in range(batches):
-        idx = torch.randint(n, (min(batch_size, n),), generator=generator).to(x.device)
-        xb, pb = x[idx], probs[idx]
-        v = torch.randn(c, d, generator=generator, dtype=torch.float64).to(x.device)
+        idx = torch.randint(n, (min(batch_size, n),), generator=generator).to(device)
+        v = torch.randn(*shape, generator=generator, dtype=torch.float64).to(device)
         v /= v.norm()
         lam = 0.0
         for _ in range(iterations):
-            hv = model.hvp(weight, xb, wd, v, probs=pb)
+            hv = curvature.rows(idx, v)
             lam = float((hv * v).sum())
             v = hv / hv.norm()
         best = max(best, lam)
     return best
 
 
-def lissa(weight, x, wd, rhs: torch.Tensor, settings: LissaSettings):
-    """LiSSA estimates of H⁻¹ rhs for rhs [T, C, d]; all T test points share the batches.
+def lissa(curvature, rhs: torch.Tensor, settings: LissaSettings):
+    """LiSSA estimates of H⁻¹ rhs for rhs [T, ...] (one vector per test point, any shape);
+    all T test points share the batches. ``curvature``: the model's mini-batch
+    Hessian-vector products (:class:`LogisticCurvature` and its twins).
 
-    Returns (estimate [T, C, d], info dict: scale used, steps per repeat, hvp count).
+    Returns (estimate [T, ...], info dict: scale used, steps per repeat, hvp count).
     """
     gen = torch.Generator().manual_seed(settings.seed)
-    n = x.shape[0]
-    batch = min(settings.batch_size, n)
-    probs = model.probabilities(weight, x)
+    device = rhs.device
+    batch = min(settings.batch_size, curvature.n)
+    shape = tuple(rhs.shape[1:])
     if settings.scale == "auto":
-        lam = estimate_sampled_max_eigenvalue(weight, x, probs, wd, batch, gen)
+        lam = estimate_sampled_max_eigenvalue(curvature, shape, batch, gen, device)
         scale = settings.scale_margin * lam
     else:
         scale = float(settings.scale)
     if not scale > 0:
         raise InflError(f"LiSSA scale must be > 0, got {scale}")
-    # ‖v_j‖ ≤ scale·‖g‖/(λ_min + damping·scale) with λ_min ≥ wd when the recursion converges
-    bound = scale * float(batched_norm(rhs).max()) / (wd + settings.damping * scale)
+    # ‖v_j‖ ≤ scale·‖g‖/(λ_min + damping·scale) when the recursion converges
+    bound = scale * float(batched_norm(rhs).max()) / max(
+        curvature.floor + settings.damping * scale, 1e-300)
     check = max(1, settings.check_every)
     estimates = torch.zeros_like(rhs)
     steps_per_repeat, hvps = [], 0
     total = settings.repeats * settings.depth
     with progress_bar(f"ihvp lissa (scale {scale:.3g}, batch {batch})", total=total) as update:
         for r in range(settings.repeats):
-            batches = _Batches(x, probs, batch, gen)
+            batches = _Batches(curvature, batch, gen, device)
             v = rhs.clone()
             tail = _TailAverage(settings.average_tail, check)
             previous, quiet, change = None, 0, math.inf
             for j in range(1, settings.depth + 1):
-                xb, pb = batches.next()
-                hv = model.hvp(weight, xb, wd, v, probs=pb)
+                hv = batches.hvp(v)
                 v = rhs + (1.0 - settings.damping) * v - hv / scale
                 hvps += rhs.shape[0]
                 tail.add(v)
@@ -183,7 +208,7 @@ def lissa(weight, x, wd, rhs: torch.Tensor, settings: LissaSettings):
                     continue
                 norm = float(batched_norm(v).max())
                 if not math.isfinite(norm) or norm > 100 * bound:
-                    lam = estimate_sampled_max_eigenvalue(weight, x, probs, wd, batch, gen)
+                    lam = estimate_sampled_max_eigenvalue(curvature, shape, batch, gen, device)
                     raise InflError(
                         f"LiSSA diverged at step {j} with scale {scale:.4g} (norm {norm:.3g});"
                         f" sampled Hessian eigenvalues reach about {lam:.3g}: use --scale "
@@ -219,7 +244,7 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
     start = time.perf_counter()
     if solver == "lissa":
         settings = lissa_settings or LissaSettings()
-        est, info = lissa(weight, x, wd, rhs, settings)
+        est, info = lissa(LogisticCurvature(weight, x, wd), rhs, settings)
         report = {"settings": asdict(settings), **info, "iterations": info["steps"]}
     elif solver == "cg":
         est, report = _cg(weight, x, wd, rhs, cg_settings or CgSettings())

@@ -23,7 +23,8 @@ def conjugate_gradient(apply_h: Callable[[torch.Tensor], torch.Tensor], rhs: tor
                        rtol: float, max_iter: int, x0: torch.Tensor | None = None,
                        on_iter: Callable[[int, torch.Tensor], None] | None = None,
                        precondition: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """Solve H x = b for every right-hand side in ``rhs`` [k, C, d] with conjugate gradients.
+    """Solve H x = b for every right-hand side in ``rhs`` [k, ...] (k vectors of any shape)
+    with conjugate gradients.
 
     Each column stops updating once its recursive relative residual ‖Hx − b‖/‖b‖ is ≤ rtol;
     all stop after ``max_iter`` iterations. Returns (x, iterations, hvp_count) where
@@ -40,16 +41,20 @@ def conjugate_gradient(apply_h: Callable[[torch.Tensor], torch.Tensor], rhs: tor
     rz = batched_dot(r, z)
     active = batched_norm(r) / b_norm > rtol
     iters, hvps = 0, 0
+
+    def per_column(values):  # [k] → [k, 1, ..., 1], to scale vectors of any shape
+        return values.view(-1, *([1] * (rhs.dim() - 1)))
+
     while bool(active.any()) and iters < max_iter:
         hp = apply_h(p[active])
         hvps += int(active.sum())
         alpha = rz[active] / batched_dot(p[active], hp)
-        x[active] += alpha[:, None, None] * p[active]
-        r[active] -= alpha[:, None, None] * hp
+        x[active] += per_column(alpha) * p[active]
+        r[active] -= per_column(alpha) * hp
         z_new = apply_m(r[active])
         rz_new = batched_dot(r[active], z_new)
         beta = rz_new / rz[active]
-        p[active] = z_new + beta[:, None, None] * p[active]
+        p[active] = z_new + per_column(beta) * p[active]
         rz[active] = rz_new
         iters += 1
         rel = batched_norm(r) / b_norm

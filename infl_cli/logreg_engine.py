@@ -20,6 +20,7 @@ DEFAULT_TEST = 8  # the paper's test point (0 for a test set of 8 points or fewe
 class LogregEngine:
     kind = "logreg"
     default_wd = DEFAULT_WD
+    default_tol = 1e-8  # every LOO ‖∇R₋z‖, certified
     solvers = SOLVERS
     methods = METHODS
     tensor_names = ("weight",)

@@ -9,6 +9,8 @@ inverse-HVPs hold, ``loo`` to every test point its scores hold.
 
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -364,7 +366,7 @@ def validate_loo(settings: loo_mod.LooSettings, select: str = "top", k: int = 1)
         raise BadInput(f"-k must be ≥ 1, got {k}")
     if (settings.chunk_size is not None and settings.chunk_size < 1) or settings.max_steps < 1:
         raise BadInput("--chunk-size and --max-steps must be ≥ 1")
-    if not settings.tol > 0:
+    if settings.tol is not None and not settings.tol > 0:
         raise BadInput(f"--tol must be > 0, got {settings.tol}")
     if not 0 <= settings.rel_error < 1:
         raise BadInput(f"--rel-error must be in [0, 1) (0: stop at --tol), "
@@ -439,6 +441,8 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     spec = spec_of(mrec)
     if settings.method is None:
         settings = replace(settings, method=engine.default_method(spec))
+    if settings.tol is None:
+        settings = replace(settings, tol=engine.default_tol)
     engine.check_method(settings.method)
     if cluster is not None and engine.kind != "logreg":
         raise BadInput("--cluster solves the logistic model's LOO chunks; the CNN's run in "
@@ -526,8 +530,8 @@ def _loo_record(store: chunks.PartialResults, record_settings: dict, inputs: dic
         "max_grad_norm_bound": float(np.nanmax(grad_bound)),
         "pairs_selected": int(sel.sum()),
         "pairs_within_target": int(within.sum()),
-        "max_error_bound": float(np.nanmax(np.where(sel, bound, np.nan))),
-        "worst_bound_ratio": float(np.nanmax(ratio)),
+        "max_error_bound": _nanmax(np.where(sel, bound, np.nan)),
+        "worst_bound_ratio": _nanmax(ratio),
         "below_target": [{"test_index": int(store.test_indices[t]),
                           "train_index": int(store.train_indices[j]),
                           "actual_change": float(actual[t, j]),
@@ -622,7 +626,8 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
         "worst_bound_ratio", "max_error_bound", "baseline_error", "seconds")}
     metrics["model"] = {key: mrec.get(key) for key in (
         "settings", "model", "grad_norm", "grad_norm_certified", "train_loss", "test_accuracy",
-        "lambda_min", "lambda_max", "negative_eigenvalues", "local_minimum")}
+        "lambda_min", "lambda_max", "negative_eigenvalues", "converged", "local_minimum",
+        "null_direction_curvature")}
     metrics["devices"] = {"train": mrec.get("device", "cpu"), "loo": lrec.get("device", "cpu"),
                           **{f"ihvp, score ({solver})": panels[solver]["device"]
                              for solver in panels}}
@@ -630,6 +635,12 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
         metrics["ablation"] = ablation(workdir, mrec)
     art.write_json(workdir / art.METRICS, metrics)
     return metrics
+
+
+def _nanmax(a) -> float:
+    """The largest non-NaN value; NaN when there is none (Adam LOO has no error bars)."""
+    a = np.asarray(a, dtype=float)
+    return float(np.nanmax(a)) if np.isfinite(a).any() or np.isinf(a).any() else math.nan
 
 
 def ablation(workdir: Path, mrec: dict) -> list[dict]:

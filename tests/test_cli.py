@@ -81,7 +81,7 @@ def test_help_shows_defaults():
         assert shown in text, shown
     loo_help = re.sub(r"[│\s]+", " ", infl("loo", "--help").stdout)
     assert "[default: 500, or n when the training set is smaller]" in loo_help
-    assert "[default: 1e-08]" in loo_help
+    assert "[default: 1e-08; CNN: 1e-10]" in loo_help
 
 
 def test_run_log_is_readable_and_a_rerun_skips_every_stage(tmp_path):
