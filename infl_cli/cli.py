@@ -326,11 +326,12 @@ def _report_loo(rec):
         rows["max ‖∇R₋z‖ (float64)"] = rec["max_grad_norm"]
         if kind == "estimate":
             rows.update({
-                "smallest λ_min(H₋z) (computed, at θ̂)": rec.get("lambda_min_smallest", "–"),
+                "smallest λ_min of the last Newton matrices (computed)":
+                    rec.get("lambda_min_smallest", "–"),
                 "every Newton matrix positive definite":
                     rec.get("all_newton_matrices_positive_definite", "–"),
                 "largest error estimate (first order)": rec["max_error_bound"],
-                "Newton-CG fallbacks": rec["fallbacks"]})
+                "Levenberg–Marquardt Newton fallbacks (R₋z's own Hessian)": rec["fallbacks"]})
         else:
             rows["Adam steps per retraining"] = s.get("retrain_steps", "–")
     rows.update({

@@ -216,6 +216,12 @@ def test_paper_protocol_runs_with_small_step_counts(tmp_path):
      "--model cnn needs 28 × 28 images without --bias"),
     (["train", "--model", "cnn", "--dataset", "mnist-tiny", "--decay-epochs", "5"],
      "--decay-epochs must be two epochs"),
+    (["train", "--model", "cnn", "--dataset", "mnist-tiny", "--train-size", "5000"],
+     "--train-size 5,000 exceeds the 1,000 training images"),
+    (["train", "--model", "cnn", "--dataset", "mnist-tiny", "--train-size", "1"],
+     "--train-size must be ≥ 2"),
+    (["train", "--dataset", "mnist-tiny", "--train-size", "100"],
+     "--train-size applies to --model cnn"),
     (["run", "--model", "cnn", "--dataset", "mnist-tiny", "--cluster", "local:2"],
      "--cluster solves the logistic model's LOO chunks"),
 ])
