@@ -159,7 +159,9 @@ class DesignMatrix(_Common):
         # the data are these integers / scale exactly; the float64 x differ from them by at
         # most one rounding, covered by the +1 in the γ of every product bound
         self._integers = (int_core, int_rim)
-        abs_core, abs_rim = np.abs(int_core), abs(int_rim)
+        nonnegative = (int_core.min(initial=0) >= 0) and (int_rim.data.min(initial=0) >= 0)
+        abs_core, abs_rim = (int_core, int_rim) if nonnegative else (np.abs(int_core),
+                                                                       abs(int_rim))
         col_sums = np.empty(self.width)  # exact: integers below 2^53
         col_sums[self.core] = abs_core.sum(axis=0)
         col_sums[self.rim] = np.asarray(abs_rim.sum(axis=0)).ravel()
