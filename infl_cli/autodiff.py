@@ -121,14 +121,18 @@ class Objective:
         out = out / count + self.wd * self.mask * v
         return out[0] if single else out
 
-    def hessian(self, theta: torch.Tensor, chunk: int = 64, on_chunk=None) -> torch.Tensor:
+    def hessian(self, theta: torch.Tensor, chunk: int = 64, on_chunk=None,
+                first_rows: torch.Tensor | None = None) -> torch.Tensor:
         """The exact Hessian [P, P] from P HVPs with the identity's columns, ``chunk`` at a
         time (fewer when the device's memory is short); symmetrised (its two triangles differ
-        by rounding only)."""
+        by rounding only). ``first_rows``: H's first rows, already computed."""
         p = theta.shape[0]
         h = torch.empty((p, p), dtype=theta.dtype, device=theta.device)
         eye = torch.eye(p, dtype=theta.dtype, device=theta.device)
-        for lo in range(0, p, chunk):
+        done = 0 if first_rows is None else first_rows.shape[0]
+        if done:
+            h[:done] = first_rows
+        for lo in range(done, p, chunk):
             h[lo:lo + chunk] = self.hvp(theta, eye[lo:lo + chunk])
             if on_chunk is not None:
                 on_chunk(min(lo + chunk, p))

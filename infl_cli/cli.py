@@ -138,8 +138,9 @@ DEVICE = typer.Option("auto", "--device",
                            "else the CPU) | cpu | cuda | cuda:N. Artifacts are the same "
                            "files on any device.")
 MAX_STEPS = typer.Option(10, "--max-steps",
-                         help="Newton steps before a removal falls back to Newton-CG on its "
-                              "exact Hessian.")
+                         help="Newton steps before a removal falls back (the logistic model: "
+                              "to Newton-CG on its exact Hessian; the CNN: to "
+                              "Levenberg–Marquardt Newton on R₋z).")
 CLUSTER = typer.Option(None, "--cluster",
                        help="Solve the LOO chunks on Dask: local:N (a local cluster of N "
                             "one-thread worker processes) or tcp://HOST:PORT (a running "

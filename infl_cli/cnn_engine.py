@@ -10,8 +10,8 @@ the number of negative ones); otherwise the record says so (``converged``,
 with ``--damping``). LOO: from θ̂, Newton steps on R₋z with the Newton matrix
 H₋z = (n·(H − wd·M) − ∇²CE_z)/(n − 1) + wd·M at θ̂ (the removed example's own Hessian is P
 HVPs on one input), until ‖∇R₋z‖ ≤ ``tol``; λ_min(H₋z) is reported for each removal, and a
-removal whose iteration does not get there is finished by Newton-CG on R₋z's own Hessian at
-the iterate (flagged). The error bar of each actual change is a first-order *estimate*,
+removal whose chord steps stall, diverge or start from an H₋z that is not positive definite
+is finished by the Levenberg–Marquardt Newton of training on R₋z itself (flagged). The error bar of each actual change is a first-order *estimate*,
 ‖∇f_t‖·‖∇R₋z‖/λ_min(H₋z) (the distance to the nearby minimum for a locally convex R₋z), not
 a proof: nothing here bounds the CNN's Hessian away from the iterate.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -37,8 +38,9 @@ from . import autodiff, cnn
 from .bounds import fnorm
 from .data import IMAGE_SHAPE, TORCHVISION_SETS, subset
 from .errors import BadInput, InflError
+from .ihvp import cg_with_progress
 from .ihvp import lissa as lissa_recursion
-from .linalg import batched_norm, conjugate_gradient
+from .linalg import batched_norm
 from .progress import console, progress_bar
 
 DEFAULT_WD = 0.001
@@ -87,25 +89,28 @@ def _objective(arch: cnn.Architecture, data, wd: float, dtype=torch.float64):
                               wd, arch.decay_mask(dtype, data.device), _activations(arch))
 
 
-def _estimate_hessian_time(obj, theta) -> float:
-    """Seconds to form the exact Hessian, from one chunk of HVPs."""
+def _estimate_hessian_time(obj, theta):
+    """(Seconds to form the exact Hessian, from one chunk of HVPs; that chunk: H's first rows,
+    kept for :meth:`~infl_cli.autodiff.Objective.hessian`)."""
     probe = min(8, theta.shape[0])
     start = time.perf_counter()
-    obj.hvp(theta, torch.eye(theta.shape[0], dtype=theta.dtype, device=theta.device)[:probe])
-    return (time.perf_counter() - start) * theta.shape[0] / probe
+    rows = obj.hvp(theta, torch.eye(theta.shape[0], dtype=theta.dtype,
+                                    device=theta.device)[:probe])
+    return (time.perf_counter() - start) * theta.shape[0] / probe, rows
 
 
 def exact_hessian(obj, theta, what: str = "the exact Hessian") -> torch.Tensor:
     """H(θ) [P, P] with a progress bar, after printing the estimated time when it is long
     (the full-width net on a CPU: hours)."""
     p = theta.shape[0]
-    estimate = _estimate_hessian_time(obj, theta)
+    estimate, first_rows = _estimate_hessian_time(obj, theta)
     if estimate > 120:
         console.print(f"forming {what} ({p:,} × {p:,}, {p:,} Hessian-vector products) takes "
                       f"about {estimate / 3600:.1f} h on {theta.device}; going on",
                       highlight=False, soft_wrap=True)
     with progress_bar(f"hessian ({p} HVPs)", total=p) as update:
-        return obj.hessian(theta, on_chunk=lambda done: update(completed=done))
+        return obj.hessian(theta, on_chunk=lambda done: update(completed=done),
+                           first_rows=first_rows)
 
 
 class Gauge:
@@ -401,20 +406,12 @@ class CnnEngine:
             def apply_h(v):
                 return obj.hvp(theta, v) + damping * v
 
-            decades = round(max(-math.log10(cg.rtol), 1.0), 1)
-            with progress_bar("ihvp cg: log10 residual reduced", total=decades) as update:
-                est, iters, hvps = conjugate_gradient(
-                    apply_h, rhs, cg.rtol, cg.max_iter,
-                    on_iter=lambda i, rel: update(completed=min(max(-math.log10(
-                        max(float(rel.max()), 1e-300)), 0.0), decades),
-                        status=f"iteration {i}"))
+            est, iters, hvps = cg_with_progress(apply_h, rhs, cg)
             report.update(iterations=iters, hvps=hvps, settings={"damping": damping,
                                                                   "rtol": cg.rtol,
                                                                   "max_iter": cg.max_iter})
         else:
             est, info = lissa_recursion(CnnCurvature(obj, theta), rhs, lissa)
-            from dataclasses import asdict
-
             report.update(info, iterations=info["steps"], settings=asdict(lissa))
         report["seconds"] = time.perf_counter() - start
         if not bool(torch.isfinite(est).all()):

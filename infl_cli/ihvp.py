@@ -275,6 +275,21 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
     return est, report
 
 
+def cg_with_progress(apply_h, rhs: torch.Tensor, settings: CgSettings, precondition=None):
+    """:func:`~infl_cli.linalg.conjugate_gradient` with a progress bar in decades of residual
+    reduction (what CG buys); returns (x, iterations, hvps)."""
+    decades = round(max(-math.log10(settings.rtol), 1.0), 1)
+
+    def show(i, rel):
+        worst = max(float(rel.max()), 1e-300)
+        update(completed=min(max(-math.log10(worst), 0.0), decades),
+               status=f"iteration {i}, residual {worst:.1e}")
+
+    with progress_bar("ihvp cg: log10 residual reduced", total=decades) as update:
+        return conjugate_gradient(apply_h, rhs, settings.rtol, settings.max_iter,
+                                  precondition=precondition, on_iter=show)
+
+
 def _cg(weight, x, wd, rhs, settings: CgSettings):
     """(Preconditioned) CG over the features active in the training data; on the others H is
     wd·I and the solution is rhs/wd exactly. ``rank`` 0 is plain CG (as the authors ran it)."""
@@ -285,17 +300,8 @@ def _cg(weight, x, wd, rhs, settings: CgSettings):
     precondition = (SubspacePreconditioner(wa, xa, wd, settings.rank, probs)
                     if settings.rank > 0 else None)
     setup = time.perf_counter() - start
-    decades = round(max(-math.log10(settings.rtol), 1.0), 1)
-
-    def show(i, rel):  # progress in decades of residual reduction, which is what CG buys
-        worst = max(float(rel.max()), 1e-300)
-        update(completed=min(max(-math.log10(worst), 0.0), decades),
-               status=f"iteration {i}, residual {worst:.1e}")
-
-    with progress_bar("ihvp cg: log10 residual reduced", total=decades) as update:
-        sol, iters, hvps = conjugate_gradient(
-            lambda v: model.hvp(wa, xa, wd, v, probs=probs), rhs[:, :, active].contiguous(),
-            settings.rtol, settings.max_iter, precondition=precondition, on_iter=show)
+    sol, iters, hvps = cg_with_progress(lambda v: model.hvp(wa, xa, wd, v, probs=probs),
+                                        rhs[:, :, active].contiguous(), settings, precondition)
     est = rhs / wd
     est[:, :, active] = sol
     report = {"settings": asdict(settings),

@@ -88,6 +88,19 @@ def run_summary(work: Path, wall: float) -> dict:
             "worst_pearson_r": panel["worst_pearson_r"]}
 
 
+def prepare(args):
+    """A fresh work folder and the common arguments: (root, data options, device options,
+    the JSON's header naming the card)."""
+    root = Path(args.workdir).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    data = ["--dataset", args.dataset, "--no-download"] + (
+        ["--data-dir", Path(args.data_dir).resolve()] if args.data_dir else [])
+    out = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+           "torch": torch.__version__, "cuda": torch.version.cuda}
+    return root, data, ["--device", args.device], out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (mnist)")
@@ -98,14 +111,7 @@ def main() -> None:
     ap.add_argument("--out", default="artifacts/bench/gpu.json")
     ap.add_argument("--skip-cpu", action="store_true", help="leave out the CPU reference run")
     args = ap.parse_args()
-    root = Path(args.workdir).resolve()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    data = ["--dataset", args.dataset, "--no-download"] + (
-        ["--data-dir", Path(args.data_dir).resolve()] if args.data_dir else [])
-    dev = ["--device", args.device]
-    out = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-           "torch": torch.__version__, "cuda": torch.version.cuda}
+    root, data, dev, out = prepare(args)
     started = time.perf_counter()
 
     # 1. the main job

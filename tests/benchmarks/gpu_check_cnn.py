@@ -27,18 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
-from gpu_check import console, infl, table  # noqa: E402
+from gpu_check import console, infl, prepare, table  # noqa: E402
 
 from infl_cli import artifacts as art  # noqa: E402
 
@@ -79,15 +77,8 @@ def main() -> None:
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("-k", type=int, default=100)
     args = ap.parse_args()
-    root = Path(args.workdir).resolve()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    data = ["--dataset", args.dataset, "--no-download"] + (
-        ["--data-dir", Path(args.data_dir).resolve()] if args.data_dir else [])
-    dev = ["--device", args.device]
-    out = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-           "torch": torch.__version__, "cuda": torch.version.cuda,
-           "exact_args": args.exact_args, "paper_args": args.paper_args}
+    root, data, dev, out = prepare(args)
+    out.update(exact_args=args.exact_args, paper_args=args.paper_args)
     started = time.perf_counter()
 
     exact = root / "exact"
