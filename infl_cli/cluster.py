@@ -28,9 +28,6 @@ import re
 import time
 from dataclasses import dataclass
 
-import torch
-
-from . import loo
 from .errors import BadInput, InflError
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler, and for a LocalCluster to start
@@ -78,11 +75,15 @@ class ProblemRecipe:
 
     settings: dict  # the model's training settings: dataset, data folder, bias, wd
     data_fingerprint: str
-    weight: torch.Tensor
+    weight: object  # torch.Tensor [C, d]
     test_indices: list
     key: str  # identifies the problem (model fingerprint, test points) across tasks
+    certificate: object = None  # training's certified gradient at Ŵ (the driver's too)
 
-    def build(self, factor) -> loo.LooProblem:
+    def build(self, factor):
+        import torch
+
+        from . import loo
         from .data import recorded_dataset
 
         data = recorded_dataset(self.settings, download=False)
@@ -92,12 +93,15 @@ class ProblemRecipe:
                             "from those the model was trained on")
         sel = torch.tensor(self.test_indices, dtype=torch.int64)
         return loo.LooProblem(self.weight, data.design, data.y_train, self.settings["wd"],
-                              data.x_test[sel], data.y_test[sel], factor=factor)
+                              data.x_test[sel], data.y_test[sel], factor=factor,
+                              certificate=self.certificate)
 
 
 def _solve_remote(recipe: ProblemRecipe, factor, lo: int, hi: int, removed, selected,
-                  settings: loo.LooSettings):
+                  settings):
     """A Dask task: one chunk, on a worker's cached copy of the problem."""
+    from . import loo
+
     problem = _PROBLEMS.get(recipe.key)
     if problem is None:
         _PROBLEMS.clear()  # one run at a time per worker: free the previous one
@@ -134,7 +138,7 @@ class ClusterRunner:
             raise InflError(f"could not reach a Dask scheduler at {self.target} within "
                             f"{self.timeout:g} s ({type(exc).__name__})") from None
 
-    def __call__(self, problem_factory, store, settings: loo.LooSettings, update) -> dict:
+    def __call__(self, problem_factory, store, settings, update) -> dict:
         import distributed
 
         client, cluster = self._connect()

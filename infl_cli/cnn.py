@@ -30,12 +30,12 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import SMALL_MNIST, small_mnist_indices  # noqa: F401 (the CNN's training set)
+
 CLASSES = 10
-SMALL_MNIST = 5_500
 DEFAULT_TEST = 6558  # the paper's test point for this panel
 
 
@@ -131,12 +131,3 @@ class Architecture:
 def images(x: torch.Tensor) -> torch.Tensor:
     """Flat MNIST inputs [n, 784] (pixels / 255) as images [n, 1, 28, 28]."""
     return x.reshape(x.shape[0], 1, 28, 28)
-
-
-def small_mnist_indices(n_train: int = 55_000, size: int = SMALL_MNIST) -> np.ndarray:
-    """The authors' "small MNIST": the first ``size`` of NumPy's legacy shuffle of
-    arange(n_train) seeded 0 (scripts/load_mnist.py)."""
-    state = np.random.RandomState(0)
-    perm = np.arange(n_train)
-    state.shuffle(perm)
-    return perm[:size]

@@ -36,15 +36,13 @@ from torch.func import grad, vmap
 
 from . import autodiff, cnn
 from .bounds import fnorm
-from .data import IMAGE_SHAPE, TORCHVISION_SETS, subset
-from .errors import BadInput, InflError
+from .engines import CnnPolicy
+from .errors import InflError
 from .ihvp import cg_with_progress
 from .ihvp import lissa as lissa_recursion
 from .linalg import batched_norm
 from .progress import console, progress_bar
 
-DEFAULT_WD = 0.001
-PAPER_DAMPING = 0.01
 EXACT_ADAM = (10_000, 1e-3)   # warm-up steps, learning rate
 PAPER_ADAM = (500_000, 1e-4)  # all of training, the authors' schedule
 MAX_NEWTON = 50
@@ -263,50 +261,13 @@ def lm_newton(obj, gauge: Gauge, theta, tol: float, max_steps: int = MAX_NEWTON,
 
 # --------------------------------------------------------------------------- engine
 
-class CnnEngine:
-    kind = "cnn"
-    default_wd = DEFAULT_WD
-    default_tol = 1e-10  # every LOO ‖∇R₋z‖ (float64 evaluation)
-    solvers = ("exact", "cg", "lissa")
-    methods = ("newton", "adam")
+class CnnEngine(CnnPolicy):
     tensor_names = ("params", "hessian")
 
     def describe(self, spec) -> str:
         arch = cnn.Architecture(spec.width)
         return (f"All-CNN-C, width {spec.width} ({arch.n_params:,} parameters), "
                 f"{spec.protocol} protocol")
-
-    def training_data(self, data, spec):
-        """The authors' "small MNIST" (5,500 of the 55,000 training images) for the
-        MNIST-format sets; every training image of mnist-tiny or an NPZ of 28 × 28 images."""
-        if data.image_shape != IMAGE_SHAPE or data.bias:
-            raise BadInput(f"--model cnn needs 28 × 28 images without --bias (mnist, "
-                           f"mnist-tiny, fashion-mnist, kmnist, or an NPZ of 784 features); "
-                           f"{data.name} has {data.n_features} features"
-                           + (" with the bias feature" if data.bias else ""))
-        if data.name in TORCHVISION_SETS and data.n_train == 55_000:
-            data = subset(data, cnn.small_mnist_indices(), "small MNIST: 5,500")
-        if spec.train_size is not None:
-            if spec.train_size > data.n_train:
-                raise BadInput(f"--train-size {spec.train_size:,} exceeds the "
-                               f"{data.n_train:,} training images of {data.name}")
-            data = subset(data, np.arange(spec.train_size), f"first {spec.train_size:,}")
-        return data
-
-    def default_test(self, data) -> int:
-        for index in (cnn.DEFAULT_TEST, 8):
-            if data.n_test > index:
-                return index
-        return 0
-
-    def default_solver(self, spec) -> str:
-        return "exact" if spec.protocol == "exact" else "cg"
-
-    def default_method(self, spec) -> str:
-        return "newton" if spec.protocol == "exact" else "adam"
-
-    def default_damping(self, spec) -> float:
-        return PAPER_DAMPING if spec.protocol == "paper" else 0.0
 
     # --------------------------------------------------------------------------- train
     def fit(self, data, wd: float, tol: float, max_iter: int, spec):
@@ -368,10 +329,6 @@ class CnnEngine:
         return obj.all_example_grads(theta, cnn.images(x), y)
 
     # ---------------------------------------------------------------------------- ihvp
-    def check_solver(self, solver: str, damping: float) -> None:
-        if solver not in self.solvers:
-            raise BadInput(f"unknown solver {solver!r}; choose one of: {', '.join(self.solvers)}")
-
     def _hessian(self, tensors, obj):
         if "hessian" in tensors:
             return tensors["hessian"]
@@ -445,11 +402,6 @@ class CnnEngine:
         return influence, -influence / data.n_train
 
     # ----------------------------------------------------------------------------- loo
-    def check_method(self, method: str) -> None:
-        if method not in self.methods:
-            raise BadInput(f"unknown method {method!r} for the CNN; choose one of: "
-                           f"{', '.join(self.methods)}")
-
     def auto_chunk_size(self, device, spec, data, settings) -> int:
         return DEVICE_CHUNK if device.type == "cuda" else CPU_CHUNK
 

@@ -36,34 +36,62 @@ import torch
 
 from .bounds import SAFETY, UNIT_ROUNDOFF, gamma
 
-RIM_DENSITY = 0.10  # a column non-zero in at most this fraction of rows goes to the rim
+from .design_parts import RIM_DENSITY  # noqa: E402 (a column this sparse goes to the rim)
 BLOCK_ROWS = 4096   # rows per block in blocked passes (bounded temporaries, short sums)
 DEVICE_PASS_MEMORY = 0.25  # a device pass takes at most this fraction of the free memory
 
 
-def make_design(x: torch.Tensor, scale: float | None = None, device=None, dense: bool = False):
-    """The design of training inputs ``x`` [n, d] (a CPU tensor) for ``device``: the core/rim
-    :class:`DesignMatrix` on the CPU, :class:`DenseDesign` on any other device (or with
-    ``dense``, on the CPU too: the device code path, for tests)."""
+def make_design(x=None, scale: float | None = None, device=None, dense: bool = False,
+                parts: dict | None = None):
+    """The design of training inputs ``x`` [n, d] (a CPU tensor of float64 features; or, with
+    ``parts``, their precomputed pieces, :mod:`~infl_cli.design_parts`) for ``device``: the
+    core/rim :class:`DesignMatrix` on the CPU, :class:`DenseDesign` on any other device (or
+    with ``dense``, on the CPU too: the device code path, for tests)."""
     device = torch.device(device or "cpu")
+    if parts is None:
+        parts = parts_of(x, scale)
     if device.type == "cpu" and not dense:
-        return DesignMatrix(x, scale=scale)
-    return DenseDesign(x, scale=scale, device=device)
+        return DesignMatrix(parts=parts, scale=scale)
+    return DenseDesign(parts=parts, scale=scale, device=device)
+
+
+def parts_of(x: torch.Tensor, scale: float | None, rim_density: float = RIM_DENSITY) -> dict:
+    """The pieces of the design of float64 features ``x`` [n, d] (a tensor or an array) that
+    are integers divided by ``scale`` (checked), or general real features (``scale`` None)."""
+    from . import design_parts
+
+    xn = x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) \
+        else np.asarray(x, dtype=np.float64)
+    if scale is not None:
+        ints = np.rint(xn * scale)
+        if float(np.abs(ints - xn * scale).max(initial=0)) > 1e-6:
+            raise ValueError(f"the inputs are not integers divided by {scale}")
+        xn = ints.astype(np.int64)
+    return design_parts.compute(xn, scale, rim_density)
 
 
 class _Common:
     """What both designs derive alike from the data: active columns, norms, integer sums."""
 
-    def _init_common(self, x: torch.Tensor, scale: float | None) -> torch.Tensor:
-        """Active columns and their density; returns x as a float64 CPU tensor."""
-        x = x.detach().to("cpu", torch.float64)
-        nonzero = (x != 0).sum(dim=0).numpy()
-        self.active = torch.from_numpy(nonzero > 0)  # [d], on the CPU
-        self.positions = np.flatnonzero(nonzero)
-        self.n, self.width = int(x.shape[0]), int(self.positions.size)
-        self.density = nonzero[self.positions] / max(self.n, 1)
+    def _init_common(self, parts: dict, scale: float | None) -> None:
+        """Active columns, their split and the norms, from the design's pieces."""
+        from . import design_parts
+
+        self.positions = np.asarray(parts["positions"], dtype=np.int64)
+        self.core = np.asarray(parts["core"], dtype=np.int64)
+        self.rim = np.asarray(parts["rim"], dtype=np.int64)
+        self.n, self.width = design_parts.n_rows(parts), int(self.positions.size)
+        self.active = torch.zeros(int(np.asarray(parts["n_features"]).reshape(-1)[0]),
+                                  dtype=torch.bool)
+        self.active[torch.from_numpy(self.positions)] = True  # [d], on the CPU
         self.scale = scale
-        return x
+        squares = np.asarray(parts["row_sq"], dtype=np.float64)
+        if scale is None:
+            self._set_norms(squares)
+        else:
+            self._set_norms(squares, (np.asarray(parts["row_int_sq"]),
+                                      np.asarray(parts["row_int_abs"]),
+                                      np.asarray(parts["col_int_abs"])))
 
     def _set_norms(self, squares: np.ndarray, integers=None) -> None:
         """Row norms (upper bounds) from the float64 squares per row, or, with ``integers``
@@ -129,16 +157,23 @@ class DesignMatrix(_Common):
 
     device = torch.device("cpu")
 
-    def __init__(self, x: torch.Tensor, rim_density: float = RIM_DENSITY,
-                 block_rows: int = BLOCK_ROWS, scale: float | None = None):
+    def __init__(self, x: torch.Tensor | None = None, rim_density: float = RIM_DENSITY,
+                 block_rows: int = BLOCK_ROWS, scale: float | None = None,
+                 parts: dict | None = None):
         """``scale``: the inputs are integers divided by it (pixels / 255); makes the
         certified products exact integer sums (None: general real features, bounded by the
-        general model)."""
-        x = self._init_common(x, scale)
-        self.core = np.flatnonzero(self.density > rim_density)
-        self.rim = np.flatnonzero(self.density <= rim_density)
-        core = np.ascontiguousarray(x[:, torch.from_numpy(self.positions[self.core])].numpy())
-        rim = sp.csr_matrix(x[:, torch.from_numpy(self.positions[self.rim])].numpy())
+        general model). ``parts``: the design's pieces (:mod:`~infl_cli.design_parts`) instead
+        of ``x``."""
+        import scipy.sparse as sp
+
+        from . import design_parts
+
+        parts = parts if parts is not None else parts_of(x, scale, rim_density)
+        self._init_common(parts, scale)
+        shape = (self.n, self.rim.size)
+        core = np.ascontiguousarray(design_parts.core_float(parts, scale))
+        rim = sp.csr_matrix((design_parts.rim_float(parts, scale), parts["rim_indices"],
+                             parts["rim_indptr"]), shape=shape)
         self.block_rows = max(1, int(block_rows))
         self._core = {np.float64: core}
         self._rim = {np.float64: rim}
@@ -146,28 +181,12 @@ class DesignMatrix(_Common):
         self._abs = None
         self.rim_nnz = int(rim.nnz)
         self._integers = None
-        squares = np.square(core).sum(axis=1) + np.asarray(rim.multiply(rim).sum(axis=1)).ravel()
-        if scale is None:
-            self._set_norms(squares)
-            return
-        int_core, int_rim = np.rint(core * scale), rim.copy()
-        int_rim.data = np.rint(rim.data * scale)
-        off = max(float(np.abs(int_core - core * scale).max(initial=0)),
-                  float(np.abs(int_rim.data - rim.data * scale).max(initial=0)))
-        if off > 1e-6:
-            raise ValueError(f"the inputs are not integers divided by {scale}")
-        # the data are these integers / scale exactly; the float64 x differ from them by at
-        # most one rounding, covered by the +1 in the γ of every product bound
-        self._integers = (int_core, int_rim)
-        nonnegative = (int_core.min(initial=0) >= 0) and (int_rim.data.min(initial=0) >= 0)
-        abs_core, abs_rim = (int_core, int_rim) if nonnegative else (np.abs(int_core),
-                                                                       abs(int_rim))
-        col_sums = np.empty(self.width)  # exact: integers below 2^53
-        col_sums[self.core] = abs_core.sum(axis=0)
-        col_sums[self.rim] = np.asarray(abs_rim.sum(axis=0)).ravel()
-        self._set_norms(squares, (
-            np.square(int_core).sum(axis=1) + np.asarray(int_rim.multiply(int_rim).sum(axis=1))
-            .ravel(), abs_core.sum(axis=1) + np.asarray(abs_rim.sum(axis=1)).ravel(), col_sums))
+        if scale is not None:
+            # the data are these integers / scale exactly; the float64 x differ from them by at
+            # most one rounding, covered by the +1 in the γ of every product bound
+            int_rim = sp.csr_matrix((np.asarray(parts["rim_int"], dtype=np.float64),
+                                     parts["rim_indices"], parts["rim_indptr"]), shape=shape)
+            self._integers = (np.asarray(parts["core_int"], dtype=np.float64), int_rim)
 
     # ------------------------------------------------------------------------- storage
     def core_array(self, dtype=np.float64) -> np.ndarray:
@@ -331,28 +350,33 @@ class DesignMatrix(_Common):
 class DenseDesign(_Common):
     """X restricted to its active columns as one dense tensor on ``device`` (module doc)."""
 
-    def __init__(self, x: torch.Tensor, scale: float | None = None, device="cpu",
-                 block_rows: int | None = None):
+    def __init__(self, x: torch.Tensor | None = None, scale: float | None = None,
+                 device="cpu", block_rows: int | None = None, parts: dict | None = None):
         """``block_rows``: rows per block in passes (None: from the device's free memory, at
-        most :data:`BLOCK_ROWS` × 16 and at least 1,024)."""
+        most :data:`BLOCK_ROWS` × 16 and at least 1,024). ``parts``: the design's pieces
+        (:mod:`~infl_cli.design_parts`) instead of ``x``."""
+        from . import design_parts
+
         self.device = torch.device(device)
-        x = self._init_common(x, scale)
-        xa = x[:, torch.from_numpy(self.positions)].numpy()
-        self._x = {torch.float64: self._tensor(xa)}
+        parts = parts if parts is not None else parts_of(x, scale)
+        self._init_common(parts, scale)
+
+        def assemble(core, rim_values):
+            out = np.zeros((self.n, self.width))
+            out[:, self.core] = core
+            rows = np.repeat(np.arange(self.n), np.diff(parts["rim_indptr"]))
+            out[rows, self.rim[parts["rim_indices"]]] = rim_values
+            return self._tensor(out)
+
+        self._x = {torch.float64: assemble(design_parts.core_float(parts, scale),
+                                           design_parts.rim_float(parts, scale))}
         self._ints = None
         self._abs = None
         self._fixed_block_rows = block_rows
         self.block_rows = block_rows or BLOCK_ROWS
-        squares = np.square(xa).sum(axis=1)
-        if scale is None:
-            self._set_norms(squares)
-            return
-        ints = np.rint(xa * scale)
-        if float(np.abs(ints - xa * scale).max(initial=0)) > 1e-6:
-            raise ValueError(f"the inputs are not integers divided by {scale}")
-        self._ints = self._tensor(ints)
-        self._set_norms(squares, (np.square(ints).sum(axis=1), np.abs(ints).sum(axis=1),
-                                  np.abs(ints).sum(axis=0)))
+        if scale is not None:
+            self._ints = assemble(np.asarray(parts["core_int"], dtype=np.float64),
+                                  np.asarray(parts["rim_int"], dtype=np.float64))
 
     def dense(self, dtype=torch.float64) -> torch.Tensor:
         """The whole [n, width] matrix in ``dtype`` (float32 made once, on first use)."""

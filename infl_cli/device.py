@@ -32,23 +32,21 @@ def available() -> list[str]:
 
 
 def resolve(spec: str | None) -> torch.device:
-    """The device that ``--device`` names (None: auto); a device that is not there is a
-    one-line :class:`BadInput` naming those that are."""
-    spec = (spec or "auto").strip().lower()
+    """The device that ``--device`` names (None: auto); a malformed name, or a device that is
+    not there, is a one-line :class:`BadInput` (the latter naming the devices that are)."""
+    from .settings import check_device_name
+
+    spec = check_device_name(spec)
     have = available()
     if spec == "auto":
         return torch.device("cuda:0" if len(have) > 1 else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    match = _CUDA.match(spec)
-    if match is None:
-        raise BadInput(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}; available "
-                       f"here: {', '.join(have)}")
     if len(have) == 1:
         raise BadInput(f"--device {spec}: torch sees no CUDA device here (torch "
                        f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                        f"available here: {', '.join(have)}")
-    index = int(match.group(1) or 0)
+    index = int(_CUDA.match(spec).group(1) or 0)
     if f"cuda:{index}" not in have:
         raise BadInput(f"--device {spec}: there is no CUDA device {index}; available here: "
                        f"{', '.join(have)}")

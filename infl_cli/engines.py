@@ -19,6 +19,10 @@ CNN's flat θ [P]) and live on the data's device.
 
 Whatever both engines need alike (artifacts, selection, chunks, plots, the CG and LiSSA loops
 over an ``apply_h`` callable) lives once, outside them.
+
+Each engine's *policy* (its defaults and the solvers and methods it has: :class:`LogregPolicy`,
+:class:`CnnPolicy`, :func:`policy_for`) lives here without torch, so that the command line
+checks every setting before anything heavy is imported; the engines extend their policies.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import BadInput
+from .settings import LOGREG_METHODS, SOLVERS
 
 KINDS = ("logreg", "cnn")
 PROTOCOLS = ("exact", "paper")
@@ -94,6 +99,111 @@ def validate_spec(spec: ModelSpec, protocol_given: bool = False,
     if len(spec.decay_epochs) != 2 or not 0 <= spec.decay_epochs[0] <= spec.decay_epochs[1]:
         raise BadInput(f"--decay-epochs must be two epochs A,B with 0 ≤ A ≤ B, got "
                        f"{','.join(map(str, spec.decay_epochs))}")
+
+
+class LogregPolicy:
+    """Multinomial logistic regression: its defaults and what it offers."""
+
+    kind = "logreg"
+    default_wd = 0.01
+    default_tol = 1e-8  # every LOO ‖∇R₋z‖, certified
+    solvers = SOLVERS
+    methods = LOGREG_METHODS
+    paper_test = 8  # the paper's test point (0 for a test set of 8 points or fewer)
+
+    def training_data(self, data, spec):
+        return data
+
+    def default_test(self, data) -> int:
+        return self.paper_test if data.n_test > self.paper_test else 0
+
+    def default_solver(self, spec) -> str:
+        return "lissa"
+
+    def default_method(self, spec) -> str:
+        return "newton"
+
+    def default_damping(self, spec) -> float:
+        return 0.0
+
+    def check_solver(self, solver: str, damping: float) -> None:
+        if damping and solver != "lissa":
+            raise BadInput(f"--damping {damping:g} with --solver {solver}: the logistic "
+                           "model's Hessian is positive definite (λ_min ≥ wd); damping is a "
+                           "LiSSA setting here")
+
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise BadInput(f"unknown method {method!r} for the logistic model; choose one of: "
+                           f"{', '.join(self.methods)}")
+
+
+class CnnPolicy:
+    """Koh's All-CNN-C: its defaults and what it offers (per protocol)."""
+
+    kind = "cnn"
+    default_wd = 0.001
+    default_tol = 1e-10  # every LOO ‖∇R₋z‖ (float64 evaluation)
+    solvers = ("exact", "cg", "lissa")
+    methods = ("newton", "adam")
+    paper_test = 6558  # the paper's test point for this panel
+    paper_damping = 0.01
+
+    def training_data(self, data, spec):
+        """The authors' "small MNIST" (5,500 of the 55,000 training images) for the
+        MNIST-format sets; every training image of mnist-tiny or an NPZ of 28 × 28 images."""
+        import numpy as np
+
+        from .data import IMAGE_SHAPE, TORCHVISION_SETS, small_mnist_indices, subset
+
+        if data.image_shape != IMAGE_SHAPE or data.bias:
+            raise BadInput(f"--model cnn needs 28 × 28 images without --bias (mnist, "
+                           f"mnist-tiny, fashion-mnist, kmnist, or an NPZ of 784 features); "
+                           f"{data.name} has {data.n_features} features"
+                           + (" with the bias feature" if data.bias else ""))
+        if data.name in TORCHVISION_SETS and data.n_train == 55_000:
+            data = subset(data, small_mnist_indices(), "small MNIST: 5,500")
+        if spec.train_size is not None:
+            if spec.train_size > data.n_train:
+                raise BadInput(f"--train-size {spec.train_size:,} exceeds the "
+                               f"{data.n_train:,} training images of {data.name}")
+            data = subset(data, np.arange(spec.train_size), f"first {spec.train_size:,}")
+        return data
+
+    def default_test(self, data) -> int:
+        for index in (self.paper_test, 8):
+            if data.n_test > index:
+                return index
+        return 0
+
+    def default_solver(self, spec) -> str:
+        return "exact" if spec.protocol == "exact" else "cg"
+
+    def default_method(self, spec) -> str:
+        return "newton" if spec.protocol == "exact" else "adam"
+
+    def default_damping(self, spec) -> float:
+        return self.paper_damping if spec.protocol == "paper" else 0.0
+
+    def check_solver(self, solver: str, damping: float) -> None:
+        if solver not in self.solvers:
+            raise BadInput(f"unknown solver {solver!r}; choose one of: {', '.join(self.solvers)}")
+
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise BadInput(f"unknown method {method!r} for the CNN; choose one of: "
+                           f"{', '.join(self.methods)}")
+
+
+_POLICIES = {"logreg": LogregPolicy(), "cnn": CnnPolicy()}
+
+
+def policy_for(kind: str | None):
+    """The torch-free policy of a model kind (None: the logistic model)."""
+    kind = kind or "logreg"
+    if kind not in _POLICIES:
+        raise BadInput(f"unknown model {kind!r}; choose one of: {', '.join(KINDS)}")
+    return _POLICIES[kind]
 
 
 def engine_for(kind: str | None):

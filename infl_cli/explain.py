@@ -32,7 +32,7 @@ def explain(probs, data, test_index: int, predicted: np.ndarray, actual, count: 
     changes, error bounds) from the LOO artifact, or None. Returns the figure's path (None
     without one), the test point's facts and the rows."""
     count = min(count, len(predicted) // 2)
-    label = int(data.y_test[test_index])
+    label = int(data.test_y[test_index])
     test = {"test_index": test_index, "label": label, "label_name": data.class_name(label),
             "predicted_class": int(probs.argmax()),
             "predicted_name": data.class_name(int(probs.argmax())),
@@ -46,7 +46,7 @@ def explain(probs, data, test_index: int, predicted: np.ndarray, actual, count: 
     for kind, indices in (("helpful", helpful), ("harmful", harmful)):
         for position, j in enumerate(indices.tolist(), start=1):
             a, b = lookup.get(j, (None, None))
-            label_j = int(data.y_train[j])
+            label_j = int(data.train_y[j])
             rows.append({"kind": kind, "rank": position, "train_index": j, "label": label_j,
                          "label_name": data.class_name(label_j),
                          "predicted_change": float(predicted[j]),
@@ -67,14 +67,17 @@ def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, writ
 
     test_index = test["test_index"]
     # one grey scale for every image: the training features' range (pixels: [0, 1])
-    pixels = data.x_train[:, :-1] if data.bias else data.x_train
-    lo, hi = min(0.0, float(pixels.min())), max(float(pixels.max()), 1e-300)
+    stored = data.train_x
+    scale = data.pixel_scale if stored.dtype.kind in "iu" else 1.0
+    lo = min(0.0, float(stored.min()) / scale)
+    hi = max(float(stored.max()) / scale, 1e-300)
     fig = plt.figure(figsize=(3.0 + 1.3 * count, 4.4))
     # columns: the test image, a narrow one for the row labels, then the training images
     grid = fig.add_gridspec(2, count + 2, width_ratios=[1.7, 0.45] + [1] * count, wspace=0.2,
                             hspace=0.65)
     ax = fig.add_subplot(grid[:, 0])
-    ax.imshow(data.image(data.x_test[test_index]), cmap="gray_r", vmin=lo, vmax=hi)
+    ax.imshow(data.image(data.features("test", [test_index])[0]), cmap="gray_r", vmin=lo,
+              vmax=hi)
     ax.set_title(f"test {test_index}\nlabel {test['label_name']}, predicted "
                  f"{test['predicted_name']}\np(label) = {test['probability_of_label']:.3f}",
                  fontsize=9)
@@ -88,8 +91,8 @@ def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, writ
         chosen = [r for r in rows if r["kind"] == kind]
         for col, r in enumerate(chosen, start=2):
             sub = fig.add_subplot(grid[row_index, col])
-            sub.imshow(data.image(data.x_train[r["train_index"]]), cmap="gray_r", vmin=lo,
-                       vmax=hi)
+            sub.imshow(data.image(data.features("train", [r["train_index"]])[0]),
+                       cmap="gray_r", vmin=lo, vmax=hi)
             caption = (f"#{r['train_index']} label {r['label_name']}\n"
                        f"pred {r['predicted_change']:+.2e}")
             if r["actual_change"] is not None:

@@ -19,47 +19,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from . import bounds, model
+from . import bounds, model, settings
 from .errors import InflError
 from .linalg import HessianFactor, SubspacePreconditioner, batched_norm, conjugate_gradient
 from .progress import progress_bar
 
-SOLVERS = ("lissa", "cg", "exact")
-PRESETS = ("default", "paper")
-
-
-@dataclass
-class LissaSettings:
-    """LiSSA settings. ``scale`` is a number or "auto" (``scale_margin`` × the largest
-    eigenvalue found on sampled mini-batch Hessians). Each repeat runs at most ``depth`` steps.
-    Its estimate is v_j/scale when ``average_tail`` is 0 (the authors' choice), else the mean
-    of v_i/scale over the last ``average_tail`` fraction of the steps so far (tail averaging,
-    which cancels most of the sampling noise at no extra cost). Every ``check_every`` steps
-    the estimate is compared with the previous check; a repeat stops early once the relative
-    change ‖e_j − e_{j−check}‖/‖e_j‖ is ≤ ``stop_tol`` at two checks in a row (0: never)."""
-
-    scale: float | str = "auto"
-    damping: float = 0.0
-    depth: int = 10_000
-    batch_size: int = 500
-    repeats: int = 1
-    seed: int = 0
-    average_tail: float = 0.5
-    scale_margin: float = 1.2
-    stop_tol: float = 1e-3
-    check_every: int = 100
-
-    @classmethod
-    def paper(cls) -> "LissaSettings":
-        """Koh & Liang's settings: scale 25, damping 0, depth 5,000, batch 1, 10 repeats, the
-        last iterate, no early stop."""
-        return cls(scale=25.0, damping=0.0, depth=5_000, batch_size=1, repeats=10, seed=0,
-                   average_tail=0.0, stop_tol=0.0)
+SOLVERS, PRESETS = settings.SOLVERS, settings.PRESETS
+LissaSettings, CgSettings = settings.LissaSettings, settings.CgSettings
 
 
 class _TailAverage:
@@ -91,16 +62,6 @@ class _TailAverage:
             total += block_sum
             count += block_count
         return total / count
-
-
-@dataclass
-class CgSettings:
-    """CG stops when every relative residual ‖Hs − g‖/‖g‖ is ≤ ``rtol`` or after ``max_iter``
-    iterations; ``rank`` is the subspace rank of its preconditioner (0: plain CG)."""
-
-    rtol: float = 1e-10
-    max_iter: int = 1_000
-    rank: int = 64
 
 
 class LogisticCurvature:
@@ -235,23 +196,28 @@ def lissa(curvature, rhs: torch.Tensor, settings: LissaSettings):
 
 def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
           lissa_settings: LissaSettings | None = None, cg_settings: CgSettings | None = None,
-          design=None):
+          design=None, factor: HessianFactor | None = None, certificate=None):
     """H⁻¹ rhs with the named solver. Returns (estimate [T, C, d], report dict) where the
     report holds settings, iterations, HVP count, seconds, the true relative residuals
     ‖Hs − g‖/‖g‖ and, per test point, a proven bound on the relative error ‖s − s*‖/‖s*‖
     (:func:`~infl_cli.bounds.ihvp_error`: λ_min(H) ≥ wd). With ``design`` the residual is
-    computed with certified products and its rounding is part of the bound."""
+    computed with certified products and its rounding is part of the bound (``certificate``:
+    training's certified gradient, whose probabilities it reuses). ``factor``: for ``exact``,
+    the Cholesky factor of H when the caller has it (the work folder's)."""
     start = time.perf_counter()
     if solver == "lissa":
         settings = lissa_settings or LissaSettings()
         est, info = lissa(LogisticCurvature(weight, x, wd), rhs, settings)
         report = {"settings": asdict(settings), **info, "iterations": info["steps"]}
     elif solver == "cg":
-        est, report = _cg(weight, x, wd, rhs, cg_settings or CgSettings())
+        est, report = _cg(weight, x, wd, rhs, cg_settings or CgSettings(), design,
+                          None if certificate is None else certificate.probs)
     elif solver == "exact":
         c = weight.shape[0]
-        with progress_bar("ihvp exact: Hessian blocks", total=c * (c - 1) // 2) as update:
-            factor = HessianFactor(weight, x if design is None else design, wd, on_block=update)
+        if factor is None:
+            with progress_bar("ihvp exact: Hessian blocks", total=c * (c - 1) // 2) as update:
+                factor = HessianFactor(weight, x if design is None else design, wd,
+                                       on_block=update)
         est = factor.solve(rhs)
         report = {"settings": {}, "iterations": 1, "hvps": 0,
                   "factored_dimension": factor.dimension}
@@ -262,7 +228,8 @@ def solve(solver: str, weight, x, wd, rhs: torch.Tensor,
         raise InflError(f"{solver} produced a non-finite inverse-HVP")
     g_norm = batched_norm(rhs).cpu().numpy()
     if design is not None:
-        residual, rounding = model.certified_residual(weight, design, wd, est, rhs)
+        residual, rounding = model.certified_residual(weight, design, wd, est, rhs,
+                                                      certificate)
     else:  # no design: the float64 residual, its rounding not bounded
         residual = batched_norm(model.hvp(weight, x, wd, est) - rhs).cpu().numpy()
         rounding = np.zeros_like(residual)
@@ -290,12 +257,19 @@ def cg_with_progress(apply_h, rhs: torch.Tensor, settings: CgSettings, precondit
                                   precondition=precondition, on_iter=show)
 
 
-def _cg(weight, x, wd, rhs, settings: CgSettings):
+def _cg(weight, x, wd, rhs, settings: CgSettings, design=None, probs=None):
     """(Preconditioned) CG over the features active in the training data; on the others H is
-    wd·I and the solution is rhs/wd exactly. ``rank`` 0 is plain CG (as the authors ran it)."""
-    active = model.active_features(x)
-    xa, wa = x[:, active].contiguous(), weight[:, active].contiguous()
-    probs = model.probabilities(wa, xa)
+    wd·I and the solution is rhs/wd exactly. ``rank`` 0 is plain CG (as the authors ran it).
+    With ``design`` its products are the design's (no dense copy of the inputs) and ``probs``
+    (the softmax at W, when the caller has it) are reused."""
+    if design is not None:
+        active = design.active.to(weight.device)
+        xa, wa = design, weight[:, active].contiguous()
+    else:
+        active = model.active_features(x)
+        xa, wa = x[:, active].contiguous(), weight[:, active].contiguous()
+    if probs is None:
+        probs = model.probabilities(wa, xa)
     start = time.perf_counter()
     precondition = (SubspacePreconditioner(wa, xa, wd, settings.rank, probs)
                     if settings.rank > 0 else None)

@@ -140,6 +140,34 @@ class HessianFactor:
             self.inverse = torch.cholesky_inverse(self.chol).mT
             self.chol = None  # solves are products with the inverse: free the factor
 
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor, form: str, classes: int, wd: float,
+                    active: torch.Tensor) -> "HessianFactor":
+        """A factor from a kept matrix over the active features: the Cholesky factor L of H
+        (``form`` "cholesky") or H⁻¹ itself ("inverse"); ``active`` the design's mask [d]."""
+        self = cls.__new__(cls)
+        self.shape = (classes, int(active.sum()))
+        self.wd, self.dtype, self.active = wd, matrix.dtype, active.to(matrix.device)
+        self.dimension = int(matrix.shape[0])
+        self.chol, self.inverse = (matrix, None) if form == "cholesky" else (None, matrix)
+        return self
+
+    @property
+    def form(self) -> str:
+        return "inverse" if self.inverse is not None else "cholesky"
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """What the factor holds: H⁻¹, or the Cholesky factor L (H = LLᵀ)."""
+        return self.inverse if self.inverse is not None else self.chol
+
+    def inverted(self, dtype: torch.dtype = torch.float32) -> "HessianFactor":
+        """The explicit-inverse factor in ``dtype`` made from this Cholesky factor (L rounded
+        to ``dtype`` first: as accurate as factoring in ``dtype``, without forming H again)."""
+        inverse = torch.cholesky_inverse(self.chol.to(dtype)).mT
+        return HessianFactor.from_matrix(inverse, "inverse", self.shape[0], self.wd,
+                                         self.active)
+
     def _solve_reduced(self, red: torch.Tensor) -> torch.Tensor:
         red = red.to(self.dtype)
         if self.inverse is not None:

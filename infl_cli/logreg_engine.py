@@ -1,6 +1,10 @@
 """The engine of multinomial logistic regression (the closed-form model: :mod:`model`,
 :mod:`train`, :mod:`ihvp`, :mod:`score`, :mod:`loo`), behind :mod:`engines`' interface.
-Tensors: ``weight`` W [C, d]."""
+
+Tensors: ``weight`` W [C, d]; and what training certified at Ŵ, kept so that no later stage
+recomputes it: ``grad`` (∇R(Ŵ) over the active features, within the record's ``grad_bound``),
+``train_probs`` [n, C] (the softmax at Ŵ from certified logits) and ``train_row_error`` [n]
+(proven bounds on those probabilities' errors, :func:`~infl_cli.model.certified_gradient`)."""
 
 from __future__ import annotations
 
@@ -9,34 +13,30 @@ import torch
 from . import ihvp as ihvp_mod
 from . import loo as loo_mod
 from . import memory, model, score, train
-from .errors import BadInput
-
-SOLVERS = ihvp_mod.SOLVERS
-METHODS = loo_mod.METHODS
-DEFAULT_WD = 0.01
-DEFAULT_TEST = 8  # the paper's test point (0 for a test set of 8 points or fewer)
+from .engines import LogregPolicy
 
 
-class LogregEngine:
-    kind = "logreg"
-    default_wd = DEFAULT_WD
-    default_tol = 1e-8  # every LOO ‖∇R₋z‖, certified
-    solvers = SOLVERS
-    methods = METHODS
+class LogregEngine(LogregPolicy):
     tensor_names = ("weight",)
-
-    def training_data(self, data, spec):
-        return data
-
-    def default_test(self, data) -> int:
-        return DEFAULT_TEST if data.n_test > DEFAULT_TEST else 0
 
     def describe(self, spec) -> str:
         return "multinomial logistic regression"
 
     def fit(self, data, wd: float, tol: float, max_iter: int, spec):
         weight, info = train.fit(data, wd, tol, max_iter)
-        return {"weight": weight}, info
+        cert = info.pop("certificate")
+        info["grad_bound"] = cert.bound
+        return {"weight": weight, "grad": cert.grad, "train_probs": cert.probs,
+                "train_row_error": cert.row_error}, info
+
+    @staticmethod
+    def certificate(tensors, mrec):
+        """The certified gradient at Ŵ that training kept (None for a model written before it
+        was kept: then it is recomputed)."""
+        if "train_probs" not in tensors or "grad_bound" not in mrec:
+            return None
+        return model.CertifiedGradient(tensors["grad"], tensors["train_probs"], None,
+                                       float(mrec["grad_bound"]), tensors["train_row_error"])
 
     def probabilities(self, tensors, x) -> torch.Tensor:
         return model.probabilities(tensors["weight"], x)
@@ -44,49 +44,48 @@ class LogregEngine:
     def test_gradients(self, tensors, x, y) -> torch.Tensor:
         return model.test_point_grads(tensors["weight"], x, y)
 
-    def default_damping(self, spec) -> float:
-        return 0.0
-
-    def check_solver(self, solver: str, damping: float) -> None:
-        if damping and solver != "lissa":
-            raise BadInput(f"--damping {damping:g} with --solver {solver}: the logistic "
-                           "model's Hessian is positive definite (λ_min ≥ wd); damping is a "
-                           "LiSSA setting here")
-
-    def solve(self, tensors, mrec, data, solver, rhs, lissa, cg, damping=0.0):
+    def solve(self, tensors, mrec, data, solver, rhs, lissa, cg, damping=0.0, keeper=None):
+        """H⁻¹·rhs; ``exact`` takes the float64 Cholesky factor from ``keeper`` (the work
+        folder's, :mod:`~infl_cli.kept`) when there is one."""
         weight = tensors["weight"]
+        factor = None
         if solver == "exact":
             memory.require_hessian(weight.shape[0], data.design.width, 8, "--solver exact",
                                    "use --solver cg or --solver lissa (Hessian-free)")
+            if keeper is not None:
+                factor = keeper.hessian(weight, data.design, mrec["settings"]["wd"],
+                                        torch.float64)
         elif solver == "cg" and cg.rank > 0:
             memory.require_gram(data.design.width, "--solver cg's preconditioner",
                                 "use --cg-rank 0 (plain CG) or --solver lissa")
-        return ihvp_mod.solve(solver, weight, data.x_train, mrec["settings"]["wd"], rhs, lissa,
-                              cg, design=data.design)
+        # LiSSA samples rows of the dense inputs; CG and exact work on the design alone
+        x = data.x_train if solver == "lissa" else None
+        return ihvp_mod.solve(solver, weight, x, mrec["settings"]["wd"], rhs, lissa,
+                              cg, design=data.design, factor=factor,
+                              certificate=self.certificate(tensors, mrec))
 
     def scores(self, tensors, mrec, data, ihvps):
-        return score.influence_scores(tensors["weight"], data.x_train, data.y_train,
-                                      mrec["settings"]["wd"], ihvps)
+        cert = self.certificate(tensors, mrec)
+        return score.influence_scores(tensors["weight"], data.design, data.y_train,
+                                      mrec["settings"]["wd"], ihvps,
+                                      probs=None if cert is None else cert.probs)
 
-    def check_method(self, method: str) -> None:
-        if method not in METHODS:
-            raise BadInput(f"unknown method {method!r} for the logistic model; choose one of: "
-                           f"{', '.join(METHODS)}")
-
-    def loo_problem(self, tensors, mrec, data, x_test, y_test, settings, on_block=None):
+    def loo_problem(self, tensors, mrec, data, x_test, y_test, settings, on_block=None,
+                    keeper=None):
+        """The LOO problem; its preconditioner, the float32 inverse Hessian, from ``keeper``
+        (the work folder's, :mod:`~infl_cli.kept`) when there is one."""
         weight = tensors["weight"]
+        factor = None
         if settings.method == "newton":
             memory.require_hessian(weight.shape[0], data.design.width, 4, "--method newton",
                                    "use --method lbfgs (Hessian-free, slower per removal)")
+            if keeper is not None:
+                factor = keeper.hessian(weight, data.design, mrec["settings"]["wd"],
+                                        torch.float32, on_block=on_block)
         return loo_mod.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
-                                  x_test, y_test, build_factor=settings.method == "newton",
-                                  on_block=on_block)
-
-    def default_solver(self, spec) -> str:
-        return "lissa"
-
-    def default_method(self, spec) -> str:
-        return "newton"
+                                  x_test, y_test, factor=factor,
+                                  build_factor=settings.method == "newton",
+                                  on_block=on_block, certificate=self.certificate(tensors, mrec))
 
     def auto_chunk_size(self, device, spec, data, settings) -> int:
         return loo_mod.auto_chunk_size(device, data.n_classes, data.n_features,

@@ -48,36 +48,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import bounds, model
+from . import bounds, model, settings
 from .linalg import HessianFactor, batched_dot, batched_norm
 
-METHODS = ("newton", "lbfgs")
+METHODS = settings.LOGREG_METHODS
 FLOOR_FACTOR = 4.0  # a gradient within this factor of its rounding bound is at the floor
-CPU_CHUNK = 50       # removals per chunk on the CPU (--chunk-size auto)
+CPU_CHUNK = settings.CPU_CHUNK  # removals per chunk on the CPU (--chunk-size auto)
 DEVICE_CHUNK = 1000  # at most this many on a GPU, where one pass is a few large products
 CHUNK_MEMORY = 0.25  # a GPU chunk's tensors take at most this fraction of the free memory
-
-
-@dataclass
-class LooSettings:
-    """How each removal is solved. ``tol``: every removal must reach ‖∇R₋z‖ ≤ tol (certified,
-    rounding included). ``rel_error``: drive each removal until its certified error bound is
-    ≤ rel_error × |actual change| on each test point that selected it (0: stop at ``tol``).
-    ``max_steps``: Newton steps before the exact-Hessian fallback. ``chunk_size``: removals
-    solved together. ``fast_correction``: the second step's gradient from a float32 pass."""
-
-    method: str = "newton"
-    tol: float = 1e-8
-    rel_error: float = 0.01
-    max_steps: int = 10
-    chunk_size: int = CPU_CHUNK
-    fast_correction: bool = True
-    retrain_steps: int = 30_000  # --method adam (the CNN): Adam steps per retraining
+LooSettings = settings.LooSettings
 
 
 def auto_chunk_size(device: torch.device, classes: int, features: int, max_steps: int) -> int:
@@ -100,13 +83,15 @@ class LooProblem:
     ``y_test`` [T] the test points whose losses are tracked. ``factor``: a float32 explicit
     inverse :class:`~infl_cli.linalg.HessianFactor` of H(Ŵ) (built when not given, which is
     the expensive part: ``on_block`` reports its progress); ``None`` with ``method="lbfgs"``.
+    ``certificate``: the certified gradient at Ŵ (:func:`~infl_cli.model.certified_gradient`)
+    when the caller has it (training keeps it), else computed here.
     Scalars that enter the bounds are summed by :func:`~infl_cli.bounds.fsum` (the same bits
     in every process).
     """
 
     def __init__(self, weight: torch.Tensor, design, y_train: torch.Tensor, wd: float,
                  x_test: torch.Tensor, y_test: torch.Tensor, factor: HessianFactor | None = None,
-                 build_factor: bool = True, on_block=None):
+                 build_factor: bool = True, on_block=None, certificate=None):
         self.design = design
         self.device = design.device
         self.wd = float(wd)
@@ -117,11 +102,11 @@ class LooProblem:
             else weight.contiguous()  # [C, d_a]
         self.classes = int(self.weight.shape[0])
         self.y = y_train.to(self.device, torch.int64)
-        cert = model.certified_gradient(self.weight, design, self.y, self.wd)
-        self.grad_hat = cert.grad  # ∇R(Ŵ) [C, d_a], exact to grad_hat_error
-        self.grad_hat_error = cert.bound
-        self.row_error = cert.row_error
-        self.p0 = cert.probs  # softmax at Ŵ [n, C]
+        cert = certificate or model.certified_gradient(self.weight, design, self.y, self.wd)
+        self.grad_hat = cert.grad.to(self.device)  # ∇R(Ŵ) [C, d_a], exact to grad_hat_error
+        self.grad_hat_error = float(cert.bound)
+        self.row_error = cert.row_error.to(self.device)
+        self.p0 = cert.probs.to(self.device)  # softmax at Ŵ [n, C]
         self.p0_32 = self.p0.to(torch.float32)
         self.grad_hat_norm = bounds.fnorm(self.grad_hat)
         self.weight_norm = bounds.fnorm(self.weight)

@@ -162,7 +162,7 @@ def certified_gradient(weight: torch.Tensor, design, y: torch.Tensor,
 
 
 def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
-                       g: torch.Tensor):
+                       g: torch.Tensor, certificate: CertifiedGradient | None = None):
     """‖H s_t − g_t‖ for inverse-HVP estimates s and right-hand sides g [T, C, d] (all
     features), with a proven bound on each value's rounding error: (norms [T], bounds [T]) as
     NumPy arrays.
@@ -177,7 +177,10 @@ def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
     """
     from .bounds import SAFETY, UNIT_ROUNDOFF, gamma
 
-    _, p, _, row_error = certified_probabilities(weight, design)
+    if certificate is not None:  # training's: the same probabilities and bounds
+        p, row_error = certificate.probs, certificate.row_error
+    else:
+        _, p, _, row_error = certified_probabilities(weight, design)
     t, c, _ = s.shape
     n = design.n
     active = design.active.to(s.device)

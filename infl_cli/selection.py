@@ -18,12 +18,9 @@ points and for training points, so the two draws are independent and platform-st
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .errors import BadInput, InflError
-
-SELECTIONS = ("top", "random", "all")
-DEFAULT_K = 500  # the paper's 500 points, or every training point of a smaller set
+from .settings import DEFAULT_K, SELECTIONS
 _TEST_STREAM, _TRAIN_STREAM = 1, 2
 
 
@@ -80,8 +77,11 @@ def check_selection(select: str, k: int, n_train: int) -> None:
                         f"--select {select}, got {k}")
 
 
-def select_removals(select: str, k: int, influence: torch.Tensor, seed: int):
-    """(train_indices int64 [K], selected bool [T, K]) for influence scores [T, n]."""
+def select_removals(select: str, k: int, influence, seed: int):
+    """(train_indices int64 [K], selected bool [T, K]) for influence scores [T, n] (a torch
+    tensor)."""
+    import torch
+
     t, n = influence.shape
     check_selection(select, k, n)
     if select == "all":

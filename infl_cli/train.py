@@ -27,7 +27,9 @@ MAX_NEWTON = 50
 
 
 def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
-    """Return (weight [C, d] float64, info dict with loss, grad norm, iterations, seconds)."""
+    """Return (weight [C, d] float64, info dict with loss, grad norm, iterations, seconds,
+    certificate: the :class:`~infl_cli.model.CertifiedGradient` at Ŵ over the active
+    features)."""
     import numpy as np
     from scipy.optimize import minimize
 
@@ -70,12 +72,11 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
             w, x, y, wd, tol, lambda gn: _show(update, g0, gn, span))
         certified = _polish(w, x, y, wd, precondition)
     w = certified.pop("weight")
-    full = torch.zeros(data.n_classes, data.x_train.shape[1], dtype=torch.float64,
-                       device=device)
+    full = torch.zeros(data.n_classes, data.n_features, dtype=torch.float64, device=device)
     full[:, active] = w
+    loss, grad = model.objective_and_grad(w, x, y, wd)  # over the active features: the
+    gn = float(grad.norm())                            # others' gradient is wd·0 = 0
     w = full
-    loss, grad = model.objective_and_grad(w, data.x_train, y, wd)
-    gn = float(grad.norm())
     if not math.isfinite(gn):
         raise InflError("training diverged (non-finite gradient); check the data")
     if gn > tol:
@@ -138,11 +139,13 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
     float64 one is below ``tol``: the float64 gradient of 55,000 terms is itself only good to
     about 1e-13, but every error bar on an actual loss change includes ‖∇R(Ŵ)‖/wd, so Ŵ is taken to
     where the proven bound ‖ĝ‖ + (rounding bound) stops falling. Returns a dict with the
-    weight and the certified figures."""
+    weight, the certified figures and the ``certificate`` itself (the
+    :class:`~infl_cli.model.CertifiedGradient` at that weight)."""
     x = design
-    grad, probs, _, rounding, _ = model.certified_gradient(w, design, y, wd)
+    cert = model.certified_gradient(w, design, y, wd)
+    grad, probs, _, rounding, _ = cert
     best = {"weight": w, "grad_norm_certified": fnorm(grad) + rounding,
-            "grad_rounding": rounding, "polish_steps": 0}
+            "grad_rounding": rounding, "polish_steps": 0, "certificate": cert}
     for step in range(1, max_steps + 1):
         p = probs
         if precondition is None and memory.gram_fits(x.width):
@@ -151,12 +154,13 @@ def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
                                              -grad[None], rtol=1e-6, max_iter=200,
                                              precondition=precondition)
         w = w + direction[0]
-        grad, probs, _, rounding, _ = model.certified_gradient(w, design, y, wd)
+        cert = model.certified_gradient(w, design, y, wd)
+        grad, probs, _, rounding, _ = cert
         bound = fnorm(grad) + rounding
         if not bound < 0.5 * best["grad_norm_certified"]:
             break
         best = {"weight": w, "grad_norm_certified": bound, "grad_rounding": rounding,
-                "polish_steps": step}
+                "polish_steps": step, "certificate": cert}
     return best
 
 

@@ -99,10 +99,14 @@ def test_run_log_is_readable_and_a_rerun_skips_every_stage(tmp_path):
                         lissa[-1]), lissa[-1]
     assert lissa[-1].endswith(", done")
     assert any(line.startswith("train: log10 |grad| reduced: ") for line in log.splitlines())
-    before = (tmp_path / "loo.safetensors").stat().st_mtime_ns
+    names = ("loo.safetensors", "fig2_middle.png", "fig2_middle.pdf", "explain-8.png",
+             "metrics.json")
+    before = {name: (tmp_path / name).stat().st_mtime_ns for name in names}
     second = infl(*args)
-    assert second.returncode == 0 and second.stderr.count("up to date") == 4
-    assert (tmp_path / "loo.safetensors").stat().st_mtime_ns == before
+    # every stage skipped, and neither the figures nor the explanation redrawn
+    assert second.returncode == 0 and second.stderr.count("up to date") == 6, second.stderr
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in names} == before
+    assert "helpful" in second.stderr  # the explanation's table, from its record
     times = json.loads((tmp_path / "timings.json").read_text())
     assert set(times) >= {"train", "ihvp", "score", "loo", "plot", "total"}
     assert times["total"] >= times["loo"] >= 0

@@ -3,7 +3,6 @@ differences and plain autograd, Newton LOO against a long L-BFGS retraining, bot
 through the CLI, the architecture itself, and the CNN's bad inputs."""
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import assert_clean_failure, copy_work, infl, listing
 from infl_cli import autodiff, cnn, cnn_engine
+from infl_cli.data import subset
 from infl_cli.engines import ModelSpec
 
 WD = 0.03  # on 120 images Newton reaches a local minimum in ~16 steps (wd 0.001: not in 50)
@@ -20,8 +20,7 @@ WD = 0.03  # on 120 images Newton reaches a local minimum in ~16 steps (wd 0.001
 @pytest.fixture(scope="module")
 def small(tiny):
     """120 training images of mnist-tiny (the CNN engine's tests stay fast on a CPU)."""
-    return replace(tiny, x_train=tiny.x_train[:120], y_train=tiny.y_train[:120],
-                   fingerprint="small-120")
+    return subset(tiny, np.arange(120), "first 120")
 
 
 @pytest.fixture(scope="module")

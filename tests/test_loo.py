@@ -8,6 +8,7 @@ import torch
 
 from conftest import copy_work
 from infl_cli import bounds, loo, model, score, selection, stages, train
+from infl_cli.data import subset
 from infl_cli.errors import Interrupted
 from infl_cli.linalg import HessianFactor
 
@@ -36,10 +37,9 @@ def _solve(problem, removed, **kw):
 def _reference(tiny, w, z, tol=1e-13):
     """Ŵ₋z from scratch (no warm start), polished to its certified floor, and the test losses'
     changes f_t(Ŵ₋z) − f_t(Ŵ) with their own error bound (the reference is not exact)."""
-    keep = torch.ones(tiny.n_train, dtype=torch.bool)
+    keep = np.ones(tiny.n_train, dtype=bool)
     keep[z] = False
-    sub = type(tiny)(tiny.name, tiny.x_train[keep], tiny.y_train[keep], tiny.x_test,
-                     tiny.y_test, "sub", tiny.pixel_scale)
+    sub = subset(tiny, np.flatnonzero(keep), f"without {z}")
     w_z, info = train.fit(sub, WD, tol)
     x_t, y_t = tiny.x_test[TESTS], tiny.y_test[TESTS]
     change = (model.cross_entropy(w_z, x_t, y_t) - model.cross_entropy(w, x_t, y_t)).numpy()

@@ -96,11 +96,11 @@ def _run_stages(work, path, *extra):
 
 def _retrained_change(data, w_hat, z, tests, tol=1e-13):
     """f_t(Ŵ₋z) − f_t(Ŵ) from a from-scratch fit without z, with that fit's own bound."""
-    from dataclasses import replace
+    from infl_cli.data import subset
 
-    keep = torch.ones(data.n_train, dtype=torch.bool)
+    keep = np.ones(data.n_train, dtype=bool)
     keep[z] = False
-    sub = replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+    sub = subset(data, np.flatnonzero(keep), f"without {z}")
     w_z, info = train.fit(sub, WD, tol)
     x_t, y_t = data.x_test[tests], data.y_test[tests]
     change = (model.cross_entropy(w_z, x_t, y_t) - model.cross_entropy(w_hat, x_t, y_t)).numpy()

@@ -19,6 +19,12 @@ Sections (all by default):
   exported by ``python -m infl_cli.examples``; needs the ``examples`` extra): ``infl run``
   wall time, certification, and R of the default solver (LiSSA) against ``--solver exact``
   on the same top 100;
+* ``startup``: what a command costs beyond its work (issue "Every command pays..."),
+  ``--repeats`` times, interleaved, medians: ``python -c pass``, ``infl --help`` and
+  ``infl loo --help``; on the run's folder, ``ihvp --solver cg``, ``score``, ``plot`` alone
+  and a second ``infl run`` with every stage current; with ``--baseline PATH`` (a checkout of an
+  earlier commit, e.g. ``git worktree add /tmp/base 88061f2``) a cold ``infl run`` and the LOO
+  stage alone of both codes, interleaved in one window;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -50,7 +57,7 @@ from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
-SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples")
+SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup")
 EXAMPLES = {"digits": ["-t", 12], "breast_cancer": ["-t", 12, "--bias"]}  # as in the README
 
 
@@ -71,6 +78,78 @@ def infl(*args) -> float:
     if proc.returncode != 0:
         sys.exit(f"infl {args[0]} failed: {proc.stderr.strip().splitlines()[-1]}")
     return time.perf_counter() - start
+
+
+def timed(cmd, cwd=None, env=None) -> float:
+    """Wall seconds of a child process (exits on failure)."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+                          env=None if env is None else {**os.environ, **env})
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed: {proc.stderr.strip()[-500:]}")
+    return time.perf_counter() - start
+
+
+def bench_startup(args, work: Path) -> dict:
+    """What each command costs beyond its work (module doc: ``startup``)."""
+    infl_cmd = [sys.executable, "-m", "infl_cli"]
+    rows, out = [], {}
+    light = {"python -c pass": [sys.executable, "-c", "pass"],
+             "infl --help": infl_cmd + ["--help"], "infl loo --help": infl_cmd + ["loo", "--help"],
+             "infl --version": infl_cmd + ["--version"]}
+    heavy = {"infl ihvp --solver cg": infl_cmd + ["ihvp", "--solver", "cg", "-w", work],
+             "infl score": infl_cmd + ["score", "-w", work],
+             "infl plot": infl_cmd + ["plot", "-w", work],
+             "infl run (every stage current)": infl_cmd + [
+                 "run", "-w", work, "--dataset", args.dataset, "--data-dir", args.data_dir,
+                 "--no-download"]}
+    samples = {name: [] for name in {**light, **heavy}}
+    for _ in range(args.repeats):
+        for name, cmd in {**light, **heavy}.items():
+            samples[name].append(timed(cmd))
+    for name, values in samples.items():
+        out[name] = {"median_s": statistics.median(values), "runs": values}
+        rows.append((name, statistics.median(values), ", ".join(f"{v:.2f}" for v in values)))
+    solve = art.read_record(work / art.ihvp_name("cg"))["report"]["seconds"]
+    out["ihvp cg: the solve itself (s)"] = solve
+    rows.append(("ihvp cg: the solve itself (record)", solve, ""))
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        compare = {"now": (Path.cwd(), work / "cmp-now"), "baseline": (base, work / "cmp-base")}
+        runs = {key: {"run": [], "run: its loo stage": [], "loo": [], "loo_hessian": []}
+                for key in compare}
+        for _ in range(args.repeats):
+            for key, (repo, folder) in compare.items():
+                shutil.rmtree(folder, ignore_errors=True)
+                env = {"PYTHONPATH": str(repo)}
+                runs[key]["run"].append(timed(
+                    [sys.executable, "-m", "infl_cli", "run", "-w", folder, "--dataset",
+                     args.dataset, "--data-dir", Path(args.data_dir).resolve(),
+                     "--no-download"], cwd=repo, env=env))
+                runs[key]["run: its loo stage"].append(
+                    json.loads((folder / "timings.json").read_text())["loo"])
+            for key, (repo, folder) in compare.items():  # the LOO stage alone, cold
+                for f in list(folder.glob("loo*.safetensors")) + list(folder.glob("hessian-*")):
+                    f.unlink()
+                timed([sys.executable, "-m", "infl_cli", "loo", "-w", folder], cwd=repo,
+                      env={"PYTHONPATH": str(repo)})
+                lrec = art.read_record(folder / art.LOO)
+                runs[key]["loo"].append(lrec["seconds"])
+                runs[key]["loo_hessian"].append(lrec["factor_seconds"])
+        for key, r in runs.items():
+            for what, values in r.items():
+                out[f"{key}: {what} (s)"] = {"median_s": statistics.median(values),
+                                             "runs": values}
+                rows.append((f"{key}: {what}", statistics.median(values),
+                             ", ".join(f"{v:.1f}" for v in values)))
+        for what in ("run", "loo"):
+            ratio = (statistics.median(runs["now"][what])
+                     / statistics.median(runs["baseline"][what]))
+            out[f"ratio now / baseline: {what}"] = ratio
+            rows.append((f"ratio now / baseline: {what}", ratio, ""))
+        out["baseline"] = str(base)
+    table("start-up and reruns (medians, seconds)", rows, ("what", "median", "runs"))
+    return out
 
 
 def child_peak_gb() -> float:
@@ -361,6 +440,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of `infl run` and of each iterative solver; medians are reported")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--baseline", default=None,
+                    help="startup: a checkout of an earlier commit to compare `infl run` and "
+                         "the LOO stage with, interleaved")
     args = ap.parse_args()
     if args.all_sample_child:
         return all_sample_child(Path(args.all_sample_child), args.all_sample)
@@ -383,6 +465,8 @@ def main() -> None:
         result["cluster"] = bench_cluster(args, work)
     if "examples" in sections:
         result["examples"] = bench_examples(args, work)
+    if "startup" in sections:
+        result["startup"] = bench_startup(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 

@@ -1,0 +1,176 @@
+"""The tables each command prints (rich only: no torch)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .progress import console
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def table(title: str, rows: dict) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, fmt(value))
+    console.print(table)
+
+
+def columns(title: str, header: list, rows: list) -> None:
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*[fmt(v) for v in row])
+    console.print(table)
+
+
+def listing(values, fmt: str = "{:.2e}") -> str:
+    """All values when there are few, else the median and the largest."""
+    values = list(values)
+    if len(values) <= 6:
+        return ", ".join(fmt.format(v) for v in values)
+    ordered = sorted(values)
+    return f"median {fmt.format(ordered[len(ordered) // 2])}, max {fmt.format(ordered[-1])}"
+
+
+def report_train(rec):
+    spec = rec["settings"].get("model", {"kind": "logreg"})
+    rows = {"dataset": rec["settings"]["dataset"]
+            + (" (+ bias feature)" if rec["settings"].get("bias") else ""),
+            "model": rec.get("model", "multinomial logistic regression"),
+            "n_train": rec["n_train"]}
+    if spec["kind"] == "logreg":
+        rows["classes × features"] = f"{rec.get('n_classes', 10)} × {rec.get('n_features', 784)}"
+    rows.update({"train loss": rec["train_loss"], "‖∇R‖ (float64)": rec["grad_norm"]})
+    if spec["kind"] == "logreg":
+        rows.update({"‖∇R‖ ≤ (certified)": rec.get("grad_norm_certified", "–"),
+                     "rounding model": rec.get("rounding_model", "–"),
+                     "floor: rounding bound of ‖∇R‖": rec.get("grad_rounding", "–"),
+                     "L-BFGS iterations": rec["lbfgs_iterations"],
+                     "Newton iterations": rec["newton_iterations"]})
+    else:
+        rows.update({"Adam steps": rec["adam_steps"], "Newton steps": rec.get("newton_steps", "–")})
+        if "lambda_min" in rec:
+            rows.update({"λ_min(H) (computed)": rec["lambda_min"],
+                         "λ_max(H) (computed)": rec["lambda_max"],
+                         "negative eigenvalues": rec["negative_eigenvalues"],
+                         "local minimum": "yes (‖∇R‖ ≤ tol, λ_min > 0)"
+                         if rec.get("local_minimum") else
+                         "no claim (‖∇R‖ above tol)" if not rec.get("converged", True) else
+                         "no claim (λ_min ≤ 0)"})
+    rows.update({"train accuracy": rec["train_accuracy"], "test accuracy": rec["test_accuracy"],
+                 "device": rec.get("device", "cpu"), "seconds": rec["seconds"]})
+    table("train", rows)
+
+
+def report_ihvp(rec):
+    r = rec["report"]
+    tests = rec["settings"]["test_indices"]
+    table(f"ihvp ({rec['settings']['solver']})", {
+        **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
+           if len(tests) <= 6 else {"test points": len(tests)}),
+        "relative residual ‖Hs−g‖/‖g‖": listing(r["relative_residual"]),
+        ("relative error ‖s−s*‖/‖s*‖ ≤ (proven: λ_min ≥ wd)"
+         if r.get("error_bound_certified", True) else
+         "relative error ‖s−s*‖/‖s*‖ (estimate: computed λ_min)"):
+            listing(r["error_bound_relative"]),
+        "iterations": r["iterations"], "HVPs": r["hvps"], "seconds": r["seconds"],
+        "device": rec.get("device", "cpu"),
+        **({"scale": r["scale_used"], "steps per repeat": r["steps_per_repeat"],
+            "stopped early": r["stopped_early"]} if "scale_used" in r else {}),
+        **({"preconditioner seconds": r["preconditioner_seconds"]}
+           if "preconditioner_seconds" in r else {})})
+
+
+def report_score(rec):
+    tests = rec["settings"]["test_indices"]
+    table(f"score ({rec['settings']['solver']})", {
+        **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
+           if len(tests) <= 6 else {"test points": len(tests)}),
+        "n_train": rec["n_train"], "seconds": rec["seconds"], "device": rec.get("device", "cpu")})
+
+
+def report_loo(rec):
+    s = rec["settings"]
+    tests = rec["test_indices"]
+    kind = rec.get("error_kind", "certified")
+    rows = {
+        **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
+           if len(tests) <= 6 else {"test points": len(tests)}),
+        "selection": s["select"] + ("" if s["k"] is None else f", k = {s['k']}"),
+        "removals (union)": rec["n_removals"], "method": s["method"],
+    }
+    if kind == "certified":
+        rows.update({f"certified ‖∇R₋z‖ ≤ {s['tol']:g}": f"{rec['certified']} of {rec['n_removals']}",
+                     "max ‖∇R₋z‖ (proven bound)": rec["max_grad_norm_bound"]})
+        if s["rel_error"] > 0:
+            rows[f"error bound ≤ {s['rel_error']:g}·|change|"] = \
+                f"{rec['pairs_within_target']} of {rec['pairs_selected']} pairs"
+        rows.update({
+            "worst error bound / |change|": rec["worst_bound_ratio"],
+            "largest error bound (certified)": rec["max_error_bound"],
+            "baseline error, from Ŵ": listing(rec["baseline_error"] or []),
+            "Newton-CG fallbacks": rec["fallbacks"],
+            "float64 passes (certifying)": rec["float64_passes"],
+            "float32 correction passes": rec["float32_passes"]})
+    else:
+        rows[f"‖∇R₋z‖ ≤ {s['tol']:g} (float64, not a proof)"] = \
+            f"{rec['certified']} of {rec['n_removals']}"
+        rows["max ‖∇R₋z‖ (float64)"] = rec["max_grad_norm"]
+        if kind == "estimate":
+            rows.update({
+                "smallest λ_min of the last Newton matrices (computed)":
+                    rec.get("lambda_min_smallest", "–"),
+                "every Newton matrix positive definite":
+                    rec.get("all_newton_matrices_positive_definite", "–"),
+                "largest error estimate (first order)": rec["max_error_bound"],
+                "Levenberg–Marquardt Newton fallbacks (R₋z's own Hessian)": rec["fallbacks"]})
+        else:
+            rows["Adam steps per retraining"] = s.get("retrain_steps", "–")
+    rows.update({
+        "workers": rec["workers"] if not rec.get("cluster") else
+        f"{rec['workers']} ({rec['cluster']}; scatter {rec['scatter_seconds']:.1f} s)",
+        "removals per second": rec["removals_per_second"] or "–",
+        "device": rec.get("device", "cpu") + (f", peak {rec['peak_device_gib']:.1f} GiB"
+                                             if rec.get("peak_device_gib") else ""),
+        "set-up seconds" if kind != "certified" else "Hessian seconds": rec["factor_seconds"],
+        "seconds": rec["seconds"]})
+    table("loo", rows)
+    if kind == "certified" and rec["below_target"]:
+        columns(f"removals whose bound stays above {s['rel_error']:g}·|change| (at the float64 "
+                 "floor)", ["test", "train index", "actual change", "error bound"],
+                 [(b["test_index"], b["train_index"], b["actual_change"], b["error_bound"])
+                  for b in rec["below_target"]])
+
+
+def report_plot(metrics):
+    for solver, m in metrics["panels"].items():
+        rows = {"Pearson R": m["pearson_r"], "Spearman ρ": m["spearman_rho"],
+                "slope": m["slope"], "intercept": m["intercept"], "pairs": m["k"]}
+        if len(m["per_test"]) > 1:
+            rows.update({"median R over test points": m["median_pearson_r"],
+                         "worst R": f"{m['worst_pearson_r']:.6g} (test {m['worst_test_index']})",
+                         "median ρ": m["median_spearman_rho"], "worst ρ": m["worst_spearman_rho"]})
+        rows["figure"] = metrics["figure"] + (f", {metrics['summary_figure']}"
+                                              if "summary_figure" in metrics else "")
+        table(f"plot ({solver})", rows)
+        if "bands" in m:
+            columns(f"agreement by effect size ({solver})", ["band", "pairs", "Pearson R",
+                                                                 "Spearman ρ"],
+                     [(b["band"], b["k"], b["pearson_r"], b["spearman_rho"]) for b in m["bands"]])
+
+
+def report_show(result):
+    t = result["test"]
+    rows = [(r["kind"], r["rank"], r["train_index"], r["label_name"], r["predicted_change"],
+             "–" if r["actual_change"] is None else
+             f"{r['actual_change']:.6g} ± {r['error_bound']:.1e}") for r in result["rows"]]
+    figure = f"; {result['figure']}" if result["figure"] else ""
+    columns(f"test {t['test_index']}: label {t['label_name']}, predicted {t['predicted_name']} "
+             f"(p(label) = {t['probability_of_label']:.3f}){figure}",
+             ["", "rank", "train index", "label", "predicted change", "actual change"], rows)

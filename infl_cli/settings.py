@@ -1,0 +1,207 @@
+"""Every stage's settings, their names and their one-line refusals, without torch.
+
+The command line reads, checks and refuses its options here before anything computes, so that
+``--help``, ``--version`` and every option error answer in a fraction of a second (torch takes
+1.5–3 s to import). The computing modules (:mod:`~infl_cli.ihvp`, :mod:`~infl_cli.loo`) take
+their settings from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import BadInput
+
+# ----------------------------------------------------------------------------- names
+DATASETS = ("mnist", "mnist-tiny", "fashion-mnist", "kmnist")
+SOLVERS = ("lissa", "cg", "exact")  # inverse-HVP solvers
+SOLVER_PRIORITY = ("exact", "cg", "lissa")  # most accurate first
+PRESETS = ("default", "paper")  # LiSSA presets
+LOO_METHODS = ("newton", "lbfgs", "adam")  # lbfgs: the logistic model; adam: the CNN
+LOGREG_METHODS = ("newton", "lbfgs")
+SELECTIONS = ("top", "random", "all")
+DEFAULT_K = 500  # the paper's 500 points, or every training point of a smaller set
+
+CPU_CHUNK = 50  # removals per chunk on the CPU (--chunk-size auto)
+
+
+@dataclass
+class LissaSettings:
+    """LiSSA settings. ``scale`` is a number or "auto" (``scale_margin`` × the largest
+    eigenvalue found on sampled mini-batch Hessians). Each repeat runs at most ``depth`` steps.
+    Its estimate is v_j/scale when ``average_tail`` is 0 (the authors' choice), else the mean
+    of v_i/scale over the last ``average_tail`` fraction of the steps so far (tail averaging,
+    which cancels most of the sampling noise at no extra cost). Every ``check_every`` steps
+    the estimate is compared with the previous check; a repeat stops early once the relative
+    change ‖e_j − e_{j−check}‖/‖e_j‖ is ≤ ``stop_tol`` at two checks in a row (0: never)."""
+
+    scale: float | str = "auto"
+    damping: float = 0.0
+    depth: int = 10_000
+    batch_size: int = 500
+    repeats: int = 1
+    seed: int = 0
+    average_tail: float = 0.5
+    scale_margin: float = 1.2
+    stop_tol: float = 1e-3
+    check_every: int = 100
+
+    @classmethod
+    def paper(cls) -> "LissaSettings":
+        """Koh & Liang's settings: scale 25, damping 0, depth 5,000, batch 1, 10 repeats, the
+        last iterate, no early stop."""
+        return cls(scale=25.0, damping=0.0, depth=5_000, batch_size=1, repeats=10, seed=0,
+                   average_tail=0.0, stop_tol=0.0)
+
+
+@dataclass
+class CgSettings:
+    """CG stops when every relative residual ‖Hs − g‖/‖g‖ is ≤ ``rtol`` or after ``max_iter``
+    iterations; ``rank`` is the subspace rank of its preconditioner (0: plain CG)."""
+
+    rtol: float = 1e-10
+    max_iter: int = 1_000
+    rank: int = 64
+
+
+@dataclass
+class LooSettings:
+    """How each removal is solved. ``tol``: every removal must reach ‖∇R₋z‖ ≤ tol (certified,
+    rounding included). ``rel_error``: drive each removal until its certified error bound is
+    ≤ rel_error × |actual change| on each test point that selected it (0: stop at ``tol``).
+    ``max_steps``: Newton steps before the exact-Hessian fallback. ``chunk_size``: removals
+    solved together. ``fast_correction``: the second step's gradient from a float32 pass."""
+
+    method: str = "newton"
+    tol: float = 1e-8
+    rel_error: float = 0.01
+    max_steps: int = 10
+    chunk_size: int = CPU_CHUNK
+    fast_correction: bool = True
+    retrain_steps: int = 30_000  # --method adam (the CNN): Adam steps per retraining
+
+
+# ------------------------------------------------------------------------ refusals
+def lissa_settings(preset, scale, depth, batch_size, repeats, seed, average_tail, stop_tol,
+                   check_every) -> LissaSettings:
+    """LiSSA's settings from the command line (its ``--damping`` is applied by the stage, once
+    the solver is known)."""
+    if preset not in PRESETS:
+        raise BadInput(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    s = LissaSettings.paper() if preset == "paper" else LissaSettings()
+    if scale is not None:
+        if scale.strip().lower() == "auto":
+            s.scale = "auto"
+        else:
+            try:
+                s.scale = float(scale)
+            except ValueError:
+                raise BadInput(f"--scale must be 'auto' or a number, got {scale!r}") from None
+    for name, value in (("depth", depth), ("batch_size", batch_size),
+                        ("repeats", repeats), ("seed", seed), ("average_tail", average_tail),
+                        ("stop_tol", stop_tol), ("check_every", check_every)):
+        if value is not None:
+            setattr(s, name, value)
+    return s
+
+
+def validate_train(wd: float | None, tol: float, spec=None) -> None:
+    if wd is not None and not wd > 0:
+        raise BadInput(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")
+    if not tol > 0:
+        raise BadInput(f"--train-tol must be > 0, got {tol}")
+    if spec is not None:
+        from .engines import validate_spec
+
+        validate_spec(spec)
+
+
+def validate_ihvp(solver: str | None, lissa: LissaSettings, cg: CgSettings,
+                  damping: float | None = None) -> None:
+    """One-line refusals of IHVP settings (``solver`` None: the model's default, checked
+    once known)."""
+    if solver is not None and solver not in SOLVERS:
+        raise BadInput(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+    if damping is not None:
+        if solver == "lissa" and not 0 <= damping < 1:
+            raise BadInput(f"--damping must be in [0, 1) for LiSSA's recursion, got {damping}")
+        if not damping >= 0:
+            raise BadInput(f"--damping must be ≥ 0, got {damping}")
+    _validate_lissa(lissa)
+    _validate_cg(cg)
+
+
+def _validate_lissa(s: LissaSettings) -> None:
+    if s.scale != "auto" and not (isinstance(s.scale, (int, float)) and s.scale > 0):
+        raise BadInput(f"--scale must be 'auto' or a number > 0, got {s.scale!r}")
+    if not 0 <= s.damping < 1:
+        raise BadInput(f"--damping must be in [0, 1), got {s.damping}")
+    for name in ("depth", "batch_size", "repeats"):
+        if getattr(s, name) < 1:
+            raise BadInput(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(s, name)}")
+    if not 0 <= s.average_tail <= 1:
+        raise BadInput(f"--average-tail must be in [0, 1], got {s.average_tail}")
+    if not s.stop_tol >= 0:
+        raise BadInput(f"--stop-tol must be ≥ 0 (0: no early stop), got {s.stop_tol}")
+    if s.check_every < 1:
+        raise BadInput(f"--check-every must be ≥ 1, got {s.check_every}")
+
+
+def _validate_cg(s: CgSettings) -> None:
+    if not s.rtol > 0:
+        raise BadInput(f"--cg-rtol must be > 0, got {s.rtol}")
+    if s.max_iter < 1:
+        raise BadInput(f"--cg-max-iter must be ≥ 1, got {s.max_iter}")
+    if s.rank < 0:
+        raise BadInput(f"--cg-rank must be ≥ 0, got {s.rank}")
+
+
+def validate_loo(settings: LooSettings, select: str = "top", k: int | None = 1) -> None:
+    """One-line refusals of LOO settings (``method`` None: the model's default; which methods
+    a model has is its engine's check)."""
+    if settings.method is not None and settings.method not in LOO_METHODS:
+        raise BadInput(f"unknown method {settings.method!r}; choose one of: "
+                       f"{', '.join(LOO_METHODS)}")
+    if select not in SELECTIONS:
+        raise BadInput(f"unknown selection {select!r}; choose one of: {', '.join(SELECTIONS)}")
+    if select != "all" and k is not None and k < 1:
+        raise BadInput(f"-k must be ≥ 1, got {k}")
+    if (settings.chunk_size is not None and settings.chunk_size < 1) or settings.max_steps < 1:
+        raise BadInput("--chunk-size and --max-steps must be ≥ 1")
+    if settings.tol is not None and not settings.tol > 0:
+        raise BadInput(f"--tol must be > 0, got {settings.tol}")
+    if not 0 <= settings.rel_error < 1:
+        raise BadInput(f"--rel-error must be in [0, 1) (0: stop at --tol), "
+                       f"got {settings.rel_error}")
+
+
+def validate_cluster(cluster: str | None, timeout: float | None, device: str | None = None,
+                     check_installed: bool = True) -> None:
+    """A bad ``--cluster`` fails before anything runs (Dask is imported only with one). The
+    workers solve on their CPUs: ``--cluster`` with a CUDA ``device`` (a name or a torch
+    device) is refused."""
+    if cluster is None:
+        return
+    from . import cluster as cluster_mod
+
+    cluster_mod.parse(cluster)
+    if device is not None and not str(device).strip().lower().startswith(("cpu", "auto")):
+        raise BadInput(f"--cluster solves the LOO chunks on the Dask workers' CPUs; it does "
+                       f"not combine with --device {device} (one GPU runs all 55,000 MNIST "
+                       "removals in seconds: leave out --cluster, or use --device cpu)")
+    if timeout is not None and not timeout > 0:
+        raise BadInput(f"--cluster-timeout must be > 0, got {timeout}")
+    if check_installed:
+        cluster_mod.check_available()
+
+
+def check_device_name(spec: str | None) -> str:
+    """The ``--device`` value, normalised, if it is well formed (auto, cpu, cuda, cuda:N);
+    whether the device exists is asked of torch only when a stage computes
+    (:func:`infl_cli.device.resolve`)."""
+    import re
+
+    name = (spec or "auto").strip().lower()
+    if name in ("auto", "cpu") or re.match(r"^cuda(?::\d+)?$", name):
+        return name
+    raise BadInput(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")

@@ -1,0 +1,146 @@
+"""What the stages share: test-point choices, up-to-date checks, the model and its scores.
+
+Nothing here imports torch at module level: a stage that only checks whether its artifact is
+current, or only reads records and arrays, never waits for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import artifacts as art
+from .. import selection
+from ..engines import ModelSpec, engine_for, policy_for, spec_of
+from ..errors import InflError
+from ..settings import SOLVER_PRIORITY
+
+is_current = art.is_current
+
+
+@dataclass
+class TestChoice:
+    """Test points asked for on the command line: ``-t`` indices, or a ``--test-sample`` of
+    that many drawn with ``seed``; neither means the stage's default."""
+
+    indices: list | None = None
+    sample: int | None = None
+    seed: int = 0
+
+    def resolve(self, n_test: int, default: list[int], available: list[int] | None = None,
+                source: str = "") -> list[int]:
+        return selection.resolve_test_indices(self.indices, self.sample, self.seed, n_test,
+                                              default, available, source)
+
+
+def resolve_path(path: Path | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path is not None else None
+
+
+def compute_device(device):
+    """The torch device a stage computes on: as given, or the CPU (the CLI resolves
+    ``auto``), with reduced-precision shortcuts off."""
+    import torch
+
+    from .. import device as device_mod
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    device_mod.check_precision()
+    return device
+
+
+def model_record(workdir: Path) -> dict:
+    return art.checked_record(workdir / art.MODEL, "train", "infl train")
+
+
+def model_dataset(mrec: dict, data=None):
+    """The training data a model record names (the model kind takes its training set from
+    the dataset as loaded, or from ``data``), checked against the record's fingerprint."""
+    from ..data import recorded_dataset
+
+    s = mrec["settings"]
+    data = policy_for(spec_of(mrec).kind).training_data(
+        data if data is not None else recorded_dataset(s), spec_of(mrec))
+    if data.fingerprint != mrec["inputs"]["data"]:
+        raise InflError(f"the data now at {s['data_dir'] or s['dataset']} differ from those the "
+                        f"model was trained on; rerun `infl train`")
+    return data
+
+
+def load_model(workdir: Path, data=None, device=None):
+    """(model tensors, model record, training data) with the data checked against the model's
+    record, the tensors and the data on ``device`` (default: the CPU), wherever the model was
+    trained. ``data``: the dataset as loaded (the model kind takes its training set from it)."""
+    device = compute_device(device)
+    tensors, record = art.load_artifact(workdir / art.MODEL, "train", hint="infl train")
+    data = model_dataset(record, data)
+    return {key: t.to(device) for key, t in tensors.items()}, record, data.to(device)
+
+
+def model_tensors(workdir: Path, names: tuple, stage: str = "train"):
+    """Some of the model's tensors as NumPy arrays, with its record (no torch)."""
+    arrays, record = art.load_arrays(workdir / art.MODEL, stage, hint="infl train")
+    return {name: arrays[name] for name in names if name in arrays}, record
+
+
+def model_engine(mrec: dict):
+    """The engine of a model record (:mod:`~infl_cli.engines`)."""
+    return engine_for(spec_of(mrec).kind)
+
+
+def solver_label(solver: str, damping: float) -> str:
+    """How an inverse-HVP is named: the solver, with the damping λ of (H + λI) for cg and
+    exact when it is not 0 (``exact-damping0.01``); LiSSA's damping is one of its settings."""
+    if solver != "lissa" and damping:
+        return f"{solver}-damping{damping:g}"
+    return solver
+
+
+def spec_damping(spec: ModelSpec, solver: str, damping: float | None) -> float:
+    """λ of (H + λI) for cg and exact: as given, else the model's default (the CNN's paper
+    protocol: the authors' 0.01; otherwise 0). LiSSA's damping is one of its settings: 0."""
+    if solver == "lissa":
+        return 0.0
+    if damping is not None:
+        return float(damping)
+    return policy_for(spec.kind).default_damping(spec)
+
+
+def available_scores(workdir: Path) -> list[str]:
+    """The score labels present, most accurate first: exact, cg, lissa, then damped ones,
+    then those of other estimators and imported tools (by name)."""
+    present = [s for s in SOLVER_PRIORITY if (workdir / art.scores_name(s)).is_file()]
+    damped = sorted(p.name[len("scores-"):-len(".safetensors")]
+                    for p in workdir.glob("scores-*-damping*.safetensors"))
+    return present + damped
+
+
+def load_scores(workdir: Path, solver: str, model_fp: str, numpy: bool = False):
+    """(tensors, record) of the scores named ``solver``, checked against the model; NumPy
+    arrays with ``numpy``, else torch tensors."""
+    load = art.load_arrays if numpy else art.load_artifact
+    tensors, rec = load(workdir / art.scores_name(solver), "score",
+                        hint=f"infl score --solver {solver}")
+    if rec["inputs"]["model"] != model_fp:
+        raise InflError(f"{art.scores_name(solver)} was computed for another model than "
+                        f"{art.MODEL}; rerun `infl ihvp` and `infl score`")
+    return tensors, rec
+
+
+def score_rows(tensors, test_indices: list[int], name: str) -> list[int]:
+    """Rows of a scores artifact for these test indices (each must be there)."""
+    have = [int(t) for t in tensors["test_indices"].tolist()]
+    missing = [t for t in test_indices if t not in have]
+    if missing:
+        raise InflError(f"{name} has no scores for test index {missing[0]} (it has "
+                        f"{', '.join(map(str, have[:12]))}{', …' if len(have) > 12 else ''})")
+    return [have.index(t) for t in test_indices]
+
+
+def most_accurate_scores(workdir: Path, solver: str | None) -> str:
+    if solver is not None:
+        return solver
+    have = available_scores(workdir)
+    if not have:
+        raise InflError(f"no scores in {workdir}; run `infl score` first")
+    return have[0]

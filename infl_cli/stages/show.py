@@ -1,0 +1,104 @@
+"""``infl show``: one test prediction explained by its most helpful and most harmful training
+points (:mod:`~infl_cli.explain`); reads records and arrays and draws, without torch for a
+model that kept its test probabilities (every model trained since they are kept)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts as art
+from ..errors import BadInput
+from .common import load_scores, model_dataset, model_engine, most_accurate_scores, score_rows
+
+
+def show_settings(workdir: Path, test_index: int | None, count: int, solver: str | None,
+                  out: Path | None):
+    """(settings, inputs, image path, sidecar path) of an explanation, from the records alone:
+    the sidecar ``explain-<t>.json`` records them with the table, so that ``infl run`` redraws
+    nothing whose inputs have not changed."""
+    if count < 1:
+        raise BadInput(f"-n must be ≥ 1, got {count}")
+    mrec = art.checked_record(workdir / art.MODEL, "train", "infl train")
+    solver = most_accurate_scores(workdir, solver)
+    srec = art.checked_record(workdir / art.scores_name(solver), "score",
+                              f"infl score --solver {solver}")
+    if test_index is None:
+        test_index = int(srec["settings"]["test_indices"][0])
+    n_test = mrec.get("n_test")
+    if n_test is not None and not 0 <= test_index < n_test:
+        raise BadInput(f"test index {test_index} out of range: the test set has "
+                       f"{n_test} points (0..{n_test - 1})")
+    png = Path(out) if out else workdir / f"explain-{test_index}.png"
+    if png.suffix.lower() != ".png":
+        raise BadInput(f"--out must end in .png, got {png}")
+    loo = workdir / art.LOO
+    settings = {"test_index": test_index, "count": count, "solver": solver, "figure": str(png)}
+    inputs = {"model": mrec["fingerprint"], "scores": srec["fingerprint"],
+              "loo": art.read_record(loo)["fingerprint"] if loo.is_file() else None}
+    return settings, inputs, png, png.with_suffix(".json")
+
+
+def drawn(settings: dict, inputs: dict, png: Path, sidecar: Path) -> dict | None:
+    """The recorded explanation when it was made from these settings and inputs and its image
+    (where it has one) is there; else None."""
+    try:
+        made = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if made.get("settings") != settings or made.get("inputs") != inputs:
+        return None
+    result = made.get("result") or {}
+    if result.get("figure") is not None and not png.is_file():
+        return None
+    return result
+
+
+def run_show(workdir: Path, test_index: int | None, count: int, solver: str | None,
+             out: Path | None) -> dict:
+    """The explanation of one test prediction as images (see :mod:`explain`); by default of
+    the first test point scored. Writes only the image and its sidecar: it takes no lock."""
+    from .. import explain
+
+    settings, inputs, png, sidecar = show_settings(workdir, test_index, count, solver, out)
+    test_index, solver = settings["test_index"], settings["solver"]
+    arrays, mrec = art.load_arrays(workdir / art.MODEL, "train", hint="infl train")
+    data = model_dataset(mrec)
+    if not 0 <= test_index < data.n_test:
+        raise BadInput(f"test index {test_index} out of range: the test set has "
+                       f"{data.n_test} points (0..{data.n_test - 1})")
+    stensors, _ = load_scores(workdir, solver, mrec["fingerprint"], numpy=True)
+    row = score_rows(stensors, [test_index], art.scores_name(solver))[0]
+    predicted = stensors["predicted_loss_diff"][row]
+    actual = None
+    if (workdir / art.LOO).is_file():
+        ltensors, lrec = art.load_arrays(workdir / art.LOO, "loo")
+        lt = [int(t) for t in ltensors["test_indices"].tolist()]
+        if lrec["inputs"]["model"] == mrec["fingerprint"] and test_index in lt:
+            t = lt.index(test_index)
+            actual = (ltensors["train_indices"], ltensors["actual_loss_diff"][t],
+                      ltensors["actual_error_bound"][t])
+    if data.image_shape is None:
+        if out is not None:
+            raise BadInput(f"--out: the {data.n_features - data.bias} features of "
+                           f"{mrec['settings']['dataset']} are not an image (not a perfect "
+                           "square); `infl show` prints the table alone")
+        png = None
+    if "test_probs" in arrays:
+        probs = arrays["test_probs"][test_index]
+    else:  # a model written before test probabilities were kept
+        tensors, mrec_, data_t = _torch_model(workdir, data)
+        probs = model_engine(mrec).probabilities(
+            tensors, data_t.x_test[test_index][None])[0].cpu().numpy()
+    result = explain.explain(np.asarray(probs), data, test_index, predicted, actual, count,
+                             solver, png, art.atomic_write)
+    art.write_json(sidecar, {"settings": settings, "inputs": inputs, "result": result})
+    return result
+
+
+def _torch_model(workdir: Path, data):
+    from .common import load_model
+
+    return load_model(workdir, data)
