@@ -127,7 +127,7 @@ def softmax_rounding(probs, logits, logit_error):
 def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
                         delta_row_max, dp_frobenius, x_sq_sum: float, max_exponent,
                         own_sq_norm, own_dp_l1, base_norm, change_norm, delta_norm, wd: float,
-                        grad_hat_error: float, base_error):
+                        grad_hat_error: float, base_error, denominator=None):
     """Bound on ‖ĝ − ∇R₋z(W₀ + Δ)‖ for the float64 delta-form gradient of each removal [k]
     (torch tensors [k], on any device)
 
@@ -149,11 +149,15 @@ def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
     * the base: n/(n−1) times the certified error of ∇R(W₀), plus ``base_error`` (rounding of
       ∇L(z, W₀) and of the combination);
     * the final sum of four terms and the division by n − 1: γ_5 of their norms.
+
+    ``denominator`` [k]: the objective's S_j in place of n − 1 (a change that removes no point
+    has S = n: :class:`~infl_cli.loo.Changes`).
     """
     kappa = 2 * gamma(width + 1) + 2 * gamma(classes + 5 + FUNCTION_ROUNDING) * max_exponent.exp()
     forward = kappa * delta_row_max * (x_sq_sum + own_sq_norm)
     back = gamma(block_rows + math.ceil(n / block_rows) + 1) * dp_frobenius * math.sqrt(x_sq_sum)
     own = UNIT_ROUNDOFF * own_dp_l1 * own_sq_norm.sqrt()
-    change = (forward + back + own) / (n - 1)
+    denominator = (n - 1) if denominator is None else denominator
+    change = (forward + back + own) / denominator
     combine = gamma(5) * (base_norm + change_norm + wd * delta_norm)
-    return SAFETY * (n / (n - 1) * grad_hat_error + base_error + change + combine)
+    return SAFETY * (n / denominator * grad_hat_error + base_error + change + combine)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +62,60 @@ CPU_CHUNK = settings.CPU_CHUNK  # removals per chunk on the CPU (--chunk-size au
 DEVICE_CHUNK = 1000  # at most this many on a GPU, where one pass is a few large products
 CHUNK_MEMORY = 0.25  # a GPU chunk's tensors take at most this fraction of the free memory
 LooSettings = settings.LooSettings
+
+
+@dataclass
+class Changes:
+    """A batch of k changes of the training objective, each certified alike (the shared
+    retraining core: leave-one-out, label fixes, and both at once). Change j removes at most
+    one point, ``removed[j]`` (−1: none), and gives the points ``relabel_index`` of entries with
+    ``relabel_change == j`` the labels ``relabel_label``; its objective is
+
+        R_j(W) = (1/S_j)·Σ_{i ≠ removed[j]} CE(x_i, y'_i; W) + (wd/2)·‖W‖²,  S_j = n − [removed],
+
+    wd-strongly convex whatever the change, so every certificate holds for it."""
+
+    removed: np.ndarray
+    relabel_change: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    relabel_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    relabel_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return int(len(self.removed))
+
+    @classmethod
+    def removals(cls, removed) -> "Changes":
+        """Leave-one-out: change j removes point ``removed[j]``."""
+        return cls(np.asarray(removed, dtype=np.int64))
+
+    @classmethod
+    def relabelings(cls, sets) -> "Changes":
+        """Change j gives the points ``sets[j][0]`` the labels ``sets[j][1]``."""
+        sets = list(sets)
+        owner = [np.full(len(i), j, dtype=np.int64) for j, (i, _) in enumerate(sets)]
+        return cls(np.full(len(sets), -1, dtype=np.int64),
+                   np.concatenate(owner) if owner else np.zeros(0, np.int64),
+                   np.concatenate([np.asarray(i, np.int64) for i, _ in sets]) if sets
+                   else np.zeros(0, np.int64),
+                   np.concatenate([np.asarray(y, np.int64) for _, y in sets]) if sets
+                   else np.zeros(0, np.int64))
+
+    def select(self, rows) -> "Changes":
+        """The changes ``rows`` (in that order), renumbered 0..len(rows)−1."""
+        rows = np.asarray(rows, dtype=np.int64)
+        where = {int(j): i for i, j in enumerate(rows)}
+        keep = np.isin(self.relabel_change, rows)
+        return Changes(self.removed[rows],
+                       np.array([where[int(j)] for j in self.relabel_change[keep]],
+                                dtype=np.int64),
+                       self.relabel_index[keep], self.relabel_label[keep])
+
+    def labels(self, y: np.ndarray, j: int) -> np.ndarray:
+        """The training labels of change ``j`` (``y`` with its relabellings)."""
+        out = np.array(y, dtype=np.int64, copy=True)
+        mine = self.relabel_change == j
+        out[self.relabel_index[mine]] = self.relabel_label[mine]
+        return out
 
 
 def auto_chunk_size(device: torch.device, classes: int, features: int, max_steps: int) -> int:
@@ -102,6 +157,7 @@ class LooProblem:
             else weight.contiguous()  # [C, d_a]
         self.classes = int(self.weight.shape[0])
         self.y = y_train.to(self.device, torch.int64)
+        self.y_np = self.y.cpu().numpy()
         cert = certificate or model.certified_gradient(self.weight, design, self.y, self.wd)
         self.grad_hat = cert.grad.to(self.device)  # ∇R(Ŵ) [C, d_a], exact to grad_hat_error
         self.grad_hat_error = float(cert.bound)
@@ -172,47 +228,70 @@ class LooProblem:
         return torch.as_tensor(np.asarray(removed, dtype=np.int64)).to(self.device)
 
     # ------------------------------------------------------------------------ gradients
-    def base_gradient(self, removed: torch.Tensor, xz: torch.Tensor):
-        """∇R₋z(Ŵ) = (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1) for each removal [k, C, d_a], and a bound on
-        its rounding beyond that of ∇R(Ŵ) [k]."""
+    def chunk(self, changes: "Changes") -> "_Chunk":
+        return _Chunk(self, changes)
+
+    def base_gradient(self, chunk: "_Chunk"):
+        """∇R_j(Ŵ) = (n·∇R(Ŵ) − ∇L(z_j, Ŵ) + Σ_relabelled (e_y − e_y') ⊗ x_i)/S_j for each
+        change [k, C, d_a] (for a removal alone: (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1)), and a bound on
+        its rounding beyond that of ∇R(Ŵ) [k]. The relabelling sums are of ±x_ij only: each is
+        off by at most γ_m·Σ|x_ij| over its m terms, ≤ γ_m·√2·Σ_i ‖x_i‖ in Frobenius norm."""
         n, wd = self.n, self.wd
-        k = len(removed)
+        k = chunk.k
+        removed, has = chunk.removed, chunk.has_removal
         r = self.p0[removed].clone()
         r[torch.arange(k, device=self.device), self.y[removed]] -= 1.0
-        own = r[:, :, None] * xz[:, None, :] + wd * self.weight[None]
-        base = (n * self.grad_hat[None] - own) / (n - 1)
-        xz_norm = self.row_norms[removed]
+        own = r[:, :, None] * chunk.xz[:, None, :] + (wd * has)[:, None, None] * self.weight[None]
+        numerator = n * self.grad_hat[None] - own
+        if chunk.relabels:
+            numerator = numerator + chunk.correction
+        base = numerator / chunk.denominator[:, None, None]
+        xz_norm = self.row_norms[removed] * has
         own_norm = own.reshape(k, -1).norm(dim=1)
+        combine = bounds.gamma(4 if chunk.relabels else 3) * (
+            n * self.grad_hat_norm + own_norm + chunk.correction_norm)
         error = (self.row_error[removed] * xz_norm
-                 + bounds.UNIT_ROUNDOFF * (r.norm(dim=1) * xz_norm + wd * self.weight_norm)
-                 + bounds.gamma(3) * (n * self.grad_hat_norm + own_norm)) / (n - 1)
+                 + bounds.UNIT_ROUNDOFF * (r.norm(dim=1) * xz_norm + wd * self.weight_norm * has)
+                 + chunk.correction_error + combine) / chunk.denominator
         return base, error
 
-    def gradient(self, removed: torch.Tensor, xz: torch.Tensor, deltas: torch.Tensor,
-                 base: torch.Tensor, base_error: torch.Tensor, certify: bool):
-        """∇R₋z(Ŵ + Δ) [k, C, d_a] in delta form; with ``certify`` a float64 pass and a bound on
-        each gradient's rounding error [k] (else a float32 pass and None)."""
-        k = len(removed)
+    def gradient(self, chunk: "_Chunk", rows, deltas: torch.Tensor, base: torch.Tensor,
+                 base_error: torch.Tensor, certify: bool):
+        """∇R_j(Ŵ + Δ) [k, C, d_a] for the changes ``rows`` of ``chunk`` in delta form; with
+        ``certify`` a float64 pass and a bound on each gradient's rounding error [k] (else a
+        float32 pass and None)."""
+        k = len(rows)
+        removed, xz = chunk.removed[rows], chunk.xz[rows]
+        denominator = chunk.denominator[rows]
         dtype = torch.float64 if certify else torch.float32
-        change, dp_frobenius, block_rows = delta_pass(
-            self.design, self.p0 if certify else self.p0_32, deltas, dtype)
+        row_max = deltas.norm(dim=2).max(dim=1).values  # max_c ‖Δ_c‖
+        exponent = self.row_norm_max * row_max  # |u_jc| ≤ ‖x_j‖·‖Δ_c‖ (Cauchy–Schwarz)
+        # where that allows e^|u| ≫ 1 (a large change), the largest computed |u| is measured
+        # in the pass instead, enlarged by u's own rounding bound (γ_{d+1}·‖x_j‖·‖Δ_c‖)
+        track = certify and bool((exponent > 1.0).any())
+        change, dp_frobenius, block_rows, u_max = delta_pass(
+            self.design, self.p0 if certify else self.p0_32, deltas, dtype, track)
+        if track:
+            exponent = torch.minimum(exponent, bounds.SAFETY * (
+                u_max + bounds.gamma(self.design.width + 1) * exponent))
         own_dp = _delta_probs(self.p0[removed], (deltas * xz[:, None, :]).sum(dim=2))
         own = own_dp[:, :, None] * xz[:, None, :]
         n = self.n
         change -= own
-        grad = base + change / (n - 1) + self.wd * deltas
+        grad = base + change / denominator[:, None, None] + self.wd * deltas
         if not certify:
             return grad, None
-        row_max = deltas.norm(dim=2).max(dim=1).values  # max_c ‖Δ_c‖
         rounding = bounds.delta_pass_rounding(
             n=n, block_rows=block_rows, width=self.design.width,
             classes=self.classes, delta_row_max=row_max, dp_frobenius=dp_frobenius,
-            x_sq_sum=self.x_sq_sum, max_exponent=self.row_norm_max * row_max,
-            own_sq_norm=self.row_norms[removed].square(), own_dp_l1=own_dp.abs().sum(dim=1),
+            x_sq_sum=self.x_sq_sum, max_exponent=exponent,
+            own_sq_norm=(self.row_norms[removed] * chunk.has_removal[rows]).square(),
+            own_dp_l1=own_dp.abs().sum(dim=1),
             base_norm=base.reshape(k, -1).norm(dim=1),
-            change_norm=change.reshape(k, -1).norm(dim=1) / (n - 1),
+            change_norm=change.reshape(k, -1).norm(dim=1) / denominator,
             delta_norm=deltas.reshape(k, -1).norm(dim=1), wd=self.wd,
-            grad_hat_error=self.grad_hat_error, base_error=base_error)
+            grad_hat_error=self.grad_hat_error, base_error=base_error,
+            denominator=denominator)
         return grad, rounding
 
     # ----------------------------------------------------------------------- test losses
@@ -273,10 +352,11 @@ def _delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return p * (m - s) / (1.0 + s)
 
 
-def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype):
+def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype, track_max=False):
     """Σ_j δp_j x_jᵀ over all training rows for each offset in ``deltas`` [k, C, d_a]:
     (change [k, C, d_a] float64, ‖δP‖_F per removal [k] float64 (float64 passes only),
-    rows per block).
+    rows per block, and with ``track_max`` the largest computed |u_jc| = |x_j·Δ_c| per change
+    [k] (else None)).
 
     One pass over the rows in blocks (the design's ``pass_rows``): per block u = X_b Δᵀ, then
     δp from u in place (vectorised torch), then the back-projection δPᵀ X_b, in ``dtype``;
@@ -285,8 +365,11 @@ def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype):
     ``dtype`` for speed)."""
     k, c, width = deltas.shape
     dp_sq = torch.zeros(k, dtype=torch.float64, device=deltas.device)
+    u_max = torch.zeros(k, dtype=torch.float64, device=deltas.device) if track_max else None
 
     def transform(u, lo, hi):
+        if track_max:
+            torch.maximum(u_max, u.view(hi - lo, k, c).abs().amax(dim=(0, 2)), out=u_max)
         m = torch.special.expm1(u, out=u).view(hi - lo, k, c)
         p = p0[lo:hi]
         s = torch.einsum("bkc,bc->bk", m, p)  # ⟨p_j, m_j⟩
@@ -296,7 +379,7 @@ def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype):
         return u  # m, now δp, is a view of u
 
     change, rows = design.pass_rows(deltas.reshape(k * c, width).T, transform, dtype)
-    return change.reshape(k, c, width), dp_sq.sqrt(), rows
+    return change.reshape(k, c, width), dp_sq.sqrt(), rows, u_max
 
 
 def _squares_by_removal(m: torch.Tensor) -> torch.Tensor:
@@ -307,6 +390,52 @@ def _squares_by_removal(m: torch.Tensor) -> torch.Tensor:
         a = m.numpy()
         return torch.from_numpy(np.einsum("bkc,bkc->k", a, a))
     return m.square().sum(dim=(0, 2))
+
+
+class _Chunk:
+    """The tensors of a batch of :class:`Changes` on the problem's device: the removed
+    points (index 0 and a zero input where a change removes none, so that one vectorised
+    formula serves both), the denominators S_j, and each change's relabelling correction
+    Σ (e_y − e_y') ⊗ x_i [k, C, d_a] with its norm and rounding bound."""
+
+    def __init__(self, problem: "LooProblem", changes: Changes):
+        self.changes = changes
+        self.k = k = len(changes)
+        device = problem.device
+        removed = np.asarray(changes.removed, dtype=np.int64)
+        has = removed >= 0
+        index = np.where(has, removed, 0)
+        self.removed = problem.index(index)
+        self.removed_np = removed
+        self.has_removal = torch.as_tensor(has.astype(np.float64), device=device)
+        xz = problem.design.rows(index).to(device)
+        if not has.all():
+            xz = xz * self.has_removal[:, None]
+        self.xz = xz
+        self.denominator = problem.n - self.has_removal
+        self.relabels = bool(len(changes.relabel_index))
+        self.correction = torch.zeros(k if self.relabels else 1, problem.classes,
+                                      problem.design.width, dtype=torch.float64, device=device)
+        self.correction_norm = torch.zeros(k, dtype=torch.float64, device=device)
+        self.correction_error = torch.zeros(k, dtype=torch.float64, device=device)
+        if not self.relabels:
+            return
+        y_old = problem.y_np[changes.relabel_index]
+        same = y_old == changes.relabel_label
+        for j in range(k):
+            mine = (changes.relabel_change == j) & ~same
+            if not mine.any():
+                continue
+            index_j = changes.relabel_index[mine]
+            d = np.zeros((index_j.size, problem.classes))
+            d[np.arange(index_j.size), y_old[mine]] += 1.0
+            d[np.arange(index_j.size), changes.relabel_label[mine]] -= 1.0
+            rows = problem.design.rows(index_j).to(device)
+            self.correction[j] = torch.as_tensor(d, device=device).T @ rows
+            self.correction_error[j] = (bounds.SAFETY * bounds.gamma(index_j.size + 1)
+                                        * math.sqrt(2.0)
+                                        * bounds.fsum(problem.row_norms[index_j]))
+        self.correction_norm = self.correction.reshape(k, -1).norm(dim=1)
 
 
 class RemovalPreconditioner:
@@ -320,7 +449,10 @@ class RemovalPreconditioner:
     over the factor's active features (or all features, as the factor accepts).
     """
 
-    def __init__(self, factor: HessianFactor, weight, x_removed, n: int):
+    def __init__(self, factor: HessianFactor, weight, x_removed, n: int,
+                 denominator: torch.Tensor | None = None):
+        """``x_removed`` [K, d]: a zero row where a change removes nothing (then U = 0 and
+        P⁻¹ = (S/n)·H⁻¹); ``denominator`` [K]: S_j (default n − 1)."""
         k, d = x_removed.shape
         c = weight.shape[0]
         p = model.probabilities(weight, x_removed)  # [K, C]
@@ -330,6 +462,9 @@ class RemovalPreconditioner:
         f = f.transpose(1, 2).contiguous()  # [K, m, C]: column m of U is f_m ⊗ x_z
         u = f[:, :, :, None] * x_removed[:, None, None, :]  # [K, m, C, d]
         self.n = n
+        self.denominator = (torch.full((k,), float(n - 1), dtype=torch.float64,
+                                       device=x_removed.device)
+                            if denominator is None else denominator.to(torch.float64))
         self.y = factor.solve_kron(f, x_removed)  # H⁻¹U [K, m, C, d]
         s = torch.einsum("kmcd,kqcd->kmq", u, self.y) / n
         self.inner = torch.linalg.inv(torch.eye(c, dtype=s.dtype, device=s.device) - s)
@@ -340,7 +475,8 @@ class RemovalPreconditioner:
         n = self.n
         y = self.y[rows]
         coef = torch.einsum("kmq,kqcd,kcd->km", self.inner[rows], y, g) / n
-        return (n - 1) * (self.factor.solve(g) / n + torch.einsum("kmcd,km->kcd", y, coef) / n)
+        return self.denominator[rows][:, None, None] * (
+            self.factor.solve(g) / n + torch.einsum("kmcd,km->kcd", y, coef) / n)
 
 
 def _secant_direction(grad, rows, history, apply_p):
@@ -417,79 +553,102 @@ def solve_chunk(problem: LooProblem, removed: np.ndarray, selected: np.ndarray,
     grad_norm + grad_rounding) [k], int64 ``steps`` and bool ``fallback`` [k]; stats counts
     float64 and float32 passes over the data.
     """
+    return solve_changes(problem, Changes.removals(removed), selected, settings)
+
+
+def solve_changes(problem: LooProblem, changes: Changes, selected: np.ndarray,
+                  settings: LooSettings, keep_deltas: bool = False, start=None):
+    """Retrain each of a batch of :class:`Changes` from Ŵ (the retraining core that
+    leave-one-out, label fixes and their studies share), certified: see :func:`solve_chunk`
+    for ``selected`` and the results. With ``keep_deltas`` the results also hold ``deltas``
+    [k, C, d_a] (a torch tensor: W_j − Ŵ over the active features); ``start`` [k, C, d_a]
+    continues from those offsets (a model certified before, driven further)."""
     device = problem.device
-    removed_np = np.asarray(removed, dtype=np.int64)
-    removed = problem.index(removed_np)
     selected = torch.as_tensor(np.asarray(selected, dtype=bool)).to(device)
-    xz = problem.design.rows(removed_np).to(device)
-    base, base_error = problem.base_gradient(removed, xz)
-    k = len(removed_np)
+    chunk = problem.chunk(changes)
+    base, base_error = problem.base_gradient(chunk)
+    k = chunk.k
     cert = _Certificate(len(problem.y_test), k, device)
     stats = {"float64_passes": 0, "float32_passes": 0}
     fallback = np.zeros(k, dtype=bool)
+    everyone = torch.arange(k, device=device)
     if settings.method == "lbfgs":
-        runs = [_lbfgs_retrain(problem, int(z), settings.tol) for z in removed_np]
+        if chunk.relabels or not (chunk.removed_np >= 0).all():
+            raise ValueError("--method lbfgs retrains removals only")
+        runs = [_lbfgs_retrain(problem, int(z), settings.tol) for z in chunk.removed_np]
         deltas = torch.stack([delta for delta, _ in runs])
         steps = np.array([iterations for _, iterations in runs], dtype=np.int64)
-        grad, rounding = problem.gradient(removed, xz, deltas, base, base_error, True)
+        grad, rounding = problem.gradient(chunk, everyone, deltas, base, base_error, True)
         stats["float64_passes"] += 1
-        cert.record(problem, torch.arange(k, device=device), deltas, grad, rounding)
+        cert.record(problem, everyone, deltas, grad, rounding)
     else:
-        deltas, steps = _newton(problem, removed, xz, base, base_error, selected, settings,
-                                cert, stats)
+        deltas, steps = _newton(problem, chunk, base, base_error, selected, settings, cert,
+                                stats, start)
         upper = (cert.grad_norm + cert.rounding).cpu().numpy()
         for i in np.flatnonzero(~(upper <= settings.tol)):  # not certified: exact Hessian
-            delta, iters = _newton_cg_retrain(problem, int(removed_np[i]), deltas[i],
-                                              settings.tol)
-            one = slice(i, i + 1)
-            grad, rounding = problem.gradient(removed[one], xz[one], delta[None], base[one],
+            delta, iters = _newton_cg_retrain(problem, changes, i, deltas[i], settings.tol)
+            one = torch.tensor([i], device=device)
+            grad, rounding = problem.gradient(chunk, one, delta[None], base[one],
                                               base_error[one], True)
             stats["float64_passes"] += 1
-            cert.record(problem, torch.tensor([i], device=device), delta[None], grad, rounding)
+            cert.record(problem, one, delta[None], grad, rounding)
+            deltas[i] = delta
             steps[i] += iters
             fallback[i] = True
     results = {"actual_loss_diff": cert.actual, "actual_error_bound": cert.bound,
                "grad_norm": cert.grad_norm, "grad_rounding": cert.rounding}
     results = {key: value.cpu().numpy() for key, value in results.items()}
     results.update(steps=steps.astype(np.int64), fallback=fallback)
+    if keep_deltas:
+        results["deltas"] = deltas
     return results, stats
 
 
-def _newton(problem: LooProblem, removed, xz, base, base_error, selected, settings, cert,
-            stats):
+def _newton(problem: LooProblem, chunk: _Chunk, base, base_error, selected, settings, cert,
+            stats, start=None):
     """The certified Newton iteration of one chunk (module doc). Returns (Δ [k, C, d_a],
-    steps [k] as a NumPy array); fills ``cert``."""
-    k = len(removed)
+    steps [k] as a NumPy array); fills ``cert``. ``start``: offsets to continue from (no
+    first step and no float32 correction: straight to the certifying passes)."""
+    k = chunk.k
     device = problem.device
-    precond = RemovalPreconditioner(problem.factor, problem.weight, xz, problem.n)
+    precond = RemovalPreconditioner(problem.factor, problem.weight, chunk.xz, problem.n,
+                                    chunk.denominator)
     everyone = torch.arange(k, device=device)
-    last_step = -precond.solve(base, everyone)
-    deltas = last_step.clone()
+    if start is None:
+        last_step = -precond.solve(base, everyone)
+        deltas = last_step.clone()
+        steps = np.ones(k, dtype=np.int64)
+    else:
+        deltas = start.to(device, torch.float64).clone()
+        last_step = torch.zeros_like(deltas)
+        steps = np.zeros(k, dtype=np.int64)
     last_grad = base.clone()
     history = []
-    steps = np.ones(k, dtype=np.int64)
+    fresh = start is not None  # the first certified gradient starts the secant pairs
 
     def step(rows, grad):
         """Record the secant pair that ``grad`` completes for ``rows``, then step them."""
-        s_full, y_full = torch.zeros_like(deltas), torch.zeros_like(deltas)
-        s_full[rows], y_full[rows] = last_step[rows], grad - last_grad[rows]
-        history.append((s_full, y_full))
+        nonlocal fresh
+        if not fresh:
+            s_full, y_full = torch.zeros_like(deltas), torch.zeros_like(deltas)
+            s_full[rows], y_full[rows] = last_step[rows], grad - last_grad[rows]
+            history.append((s_full, y_full))
+        fresh = False
         last_grad[rows] = grad
         last_step[rows] = -_secant_direction(grad, rows, history,
                                              lambda q: precond.solve(q, rows))
         deltas[rows] += last_step[rows]
         steps[rows.cpu().numpy()] += 1
 
-    if settings.fast_correction and settings.max_steps > 1:
-        grad, _ = problem.gradient(removed, xz, deltas, base, base_error, False)
+    if start is None and settings.fast_correction and settings.max_steps > 1:
+        grad, _ = problem.gradient(chunk, everyone, deltas, base, base_error, False)
         stats["float32_passes"] += 1
         step(everyone, grad)
     todo = everyone
     previous = torch.full((k,), math.inf, dtype=torch.float64, device=device)
     while len(todo):
         d = deltas[todo]
-        grad, rounding = problem.gradient(removed[todo], xz[todo], d, base[todo],
-                                          base_error[todo], True)
+        grad, rounding = problem.gradient(chunk, todo, d, base[todo], base_error[todo], True)
         stats["float64_passes"] += 1
         upper = cert.record(problem, todo, d, grad, rounding)
         finite = torch.isfinite(upper)
@@ -516,23 +675,26 @@ def _weighted_hvp(problem: LooProblem, probs: torch.Tensor, sample_weight: torch
 
 def _removal_weights(problem: LooProblem, index: int) -> torch.Tensor:
     weights = torch.ones(problem.n, dtype=torch.float64, device=problem.device)
-    weights[index] = 0.0
+    if index >= 0:
+        weights[index] = 0.0
     return weights
 
 
-def _newton_cg_retrain(problem: LooProblem, index: int, start: torch.Tensor, tol: float,
-                       max_steps: int = 20):
-    """The safe fallback for one removal: Newton steps whose direction solves the exact
-    Hessian of R₋z at the current iterate (conjugate gradients on full-data products).
-    Returns (Δ, steps); the caller certifies the result."""
+def _newton_cg_retrain(problem: LooProblem, changes: Changes, j: int, start: torch.Tensor,
+                       tol: float, max_steps: int = 20):
+    """The safe fallback for change ``j``: Newton steps whose direction solves the exact
+    Hessian of its objective at the current iterate (conjugate gradients on full-data
+    products). Returns (Δ, steps); the caller certifies the result."""
     from .linalg import conjugate_gradient
 
-    sample_weight = _removal_weights(problem, index)
+    sample_weight = _removal_weights(problem, int(changes.removed[j]))
+    y = problem.y
+    if changes.relabel_index.size:
+        y = torch.as_tensor(changes.labels(problem.y_np, j), device=problem.device)
     w = problem.weight + start
     steps = 0
     for steps in range(max_steps + 1):
-        grad = model.objective_and_grad(w, problem.design, problem.y, problem.wd,
-                                        sample_weight)[1]
+        grad = model.objective_and_grad(w, problem.design, y, problem.wd, sample_weight)[1]
         gn = float(grad.norm())
         if gn <= 0.1 * tol or not math.isfinite(gn) or steps == max_steps:
             break

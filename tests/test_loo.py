@@ -107,12 +107,12 @@ def test_correction_pass_is_accurate_and_only_saves_passes(tiny, fitted):
     runs with and without it agree within their certified bounds."""
     w, problem, influence, _ = fitted
     removed = score.top_k_by_magnitude(influence[0], 6).numpy()
-    index = problem.index(removed)
-    xz = problem.design.rows(removed)
-    base, base_error = problem.base_gradient(index, xz)
+    chunk = problem.chunk(loo.Changes.removals(removed))
+    rows = torch.arange(6)
+    base, base_error = problem.base_gradient(chunk)
     deltas = -problem.factor.solve(base) * (tiny.n_train - 1) / tiny.n_train  # ≈ a Newton step
-    exact, rounding = problem.gradient(index, xz, deltas, base, base_error, True)
-    fast, _ = problem.gradient(index, xz, deltas, base, base_error, False)
+    exact, rounding = problem.gradient(chunk, rows, deltas, base, base_error, True)
+    fast, _ = problem.gradient(chunk, rows, deltas, base, base_error, False)
     change = (exact - base).reshape(6, -1).norm(dim=1)
     assert float(((fast - exact).reshape(6, -1).norm(dim=1) / change).max()) < 1e-5
     assert bool((rounding < 1e-10).all())  # the rounding bound is far below any --tol
@@ -123,21 +123,60 @@ def test_correction_pass_is_accurate_and_only_saves_passes(tiny, fitted):
     assert (gap <= out_fast["actual_error_bound"] + out_slow["actual_error_bound"]).all()
 
 
-def test_delta_pass_equals_direct_gradient(tiny, fitted):
-    """The delta-form pass equals ∇R₋z computed directly (weighted objective) at Ŵ + Δ."""
+def _relabel_changes(tiny):
+    """Three changes: a removal, a relabelling of 40 points, and both a removal and 7
+    relabellings (one change may do both)."""
+    rng = np.random.default_rng(4)
+    some = rng.choice(tiny.n_train, 40, replace=False)
+    new = (tiny.train_y[some] + rng.integers(1, 10, 40)) % 10
+    changes = loo.Changes.relabelings([([], []), (some, new), (some[:7], new[:7])])
+    changes.removed[:] = [5, -1, 77]
+    return changes
+
+
+@pytest.mark.parametrize("kind", ["removals", "relabellings and removals"])
+def test_delta_pass_equals_direct_gradient(tiny, fitted, kind):
+    """The delta-form pass equals the gradient of each change's objective computed directly
+    (weights 0 for the removed point, the new labels) at Ŵ + Δ, and its certified rounding
+    bound covers the difference."""
     w, problem, influence, _ = fitted
-    removed = np.array([5, 77])
-    xz = problem.design.rows(removed)
-    base, base_error = problem.base_gradient(problem.index(removed), xz)
+    changes = loo.Changes.removals([5, 77]) if kind == "removals" else _relabel_changes(tiny)
+    chunk = problem.chunk(changes)
+    k = len(changes)
+    base, base_error = problem.base_gradient(chunk)
     deltas = 1e-3 * torch.from_numpy(
-        np.random.default_rng(2).standard_normal((2, 10, problem.design.width)))
-    grad, _ = problem.gradient(problem.index(removed), xz, deltas, base, base_error, True)
-    for i, z in enumerate(removed):
+        np.random.default_rng(2).standard_normal((k, 10, problem.design.width)))
+    grad, rounding = problem.gradient(chunk, torch.arange(k), deltas, base, base_error, True)
+    for i in range(k):
         weights = torch.ones(tiny.n_train, dtype=torch.float64)
-        weights[z] = 0
+        if changes.removed[i] >= 0:
+            weights[int(changes.removed[i])] = 0
+        labels = torch.from_numpy(changes.labels(tiny.train_y, i))
         direct = model.objective_and_grad(problem.weight + deltas[i], problem.design,
-                                          tiny.y_train, WD, weights)[1]
+                                          labels, WD, weights)[1]
         assert torch.allclose(grad[i], direct, rtol=0, atol=1e-13)
+        assert float((grad[i] - direct).norm()) <= float(rounding[i]) + 1e-14
+
+
+def test_relabelled_retraining_equals_independent_training(tiny, fitted):
+    """Label fixes through the same certified core: each retrained model is within its
+    certificate of a from-scratch fit on the relabelled data."""
+    from infl_cli.data import with_labels
+
+    w, problem, _, _ = fitted
+    changes = _relabel_changes(tiny)
+    changes.removed[:] = -1
+    out, _ = loo.solve_changes(problem, changes, np.ones((len(TESTS), 3), dtype=bool),
+                               loo.LooSettings(rel_error=0.0, tol=1e-9, max_steps=30),
+                               keep_deltas=True)
+    assert (out["grad_norm"] + out["grad_rounding"] <= 1e-9).all()
+    for j in (1, 2):
+        relabelled = with_labels(tiny, changes.labels(tiny.train_y, j), f"fix {j}")
+        w_j, info = train.fit(relabelled, WD, 1e-13)
+        active = problem.design.active
+        gap = float((problem.weight + out["deltas"][j] - w_j[:, active]).norm())
+        radius = (out["grad_norm"][j] + out["grad_rounding"][j]) / WD
+        assert gap <= radius + info["grad_norm_certified"] / WD, (j, gap, radius)
 
 
 def test_secant_direction_satisfies_the_secant_equation():
