@@ -158,6 +158,36 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
+STUDY_KEYS = ("mislabel", "self_influence")  # sections of metrics.json that studies own
+
+
+def update_json(path: Path, key: str, value: Any) -> None:
+    """Atomically set ``key`` of the JSON object in ``path`` (made when missing), keeping the
+    rest: studies keep their numbers in sections of the work folder's ``metrics.json``."""
+    try:
+        obj = json.loads(Path(path).read_text())
+        if not isinstance(obj, dict):
+            obj = {}
+    except (OSError, ValueError):
+        obj = {}
+    obj[key] = value
+    write_json(path, obj)
+
+
+def keep_study_sections(path: Path, metrics: dict) -> dict:
+    """``metrics`` with the study sections that ``path`` already holds (the figures' metrics
+    are rewritten whole; the studies' are not theirs to drop)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return metrics
+    if isinstance(old, dict):
+        for key in STUDY_KEYS:
+            if key in old and key not in metrics:
+                metrics[key] = old[key]
+    return metrics
+
+
 def is_current(path: Path, settings: dict, inputs: dict) -> bool:
     """True when the artifact ``path`` exists and was made with these settings from these
     inputs (its record says so; nothing else is read)."""

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from . import __version__
-from . import cli_commands, cli_run
+from . import cli_commands, cli_run, cli_studies
 from .errors import InflError, Interrupted
 from .progress import console
 
@@ -27,7 +27,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 for _name, _command in (("train", cli_commands.train_cmd), ("ihvp", cli_commands.ihvp_cmd),
                         ("score", cli_commands.score_cmd), ("loo", cli_commands.loo_cmd),
                         ("plot", cli_commands.plot_cmd), ("show", cli_commands.show_cmd),
-                        ("run", cli_run.run_cmd)):
+                        ("run", cli_run.run_cmd),
+                        ("self-influence", cli_studies.self_influence_cmd),
+                        ("mislabel", cli_studies.mislabel_cmd)):
     app.command(_name)(_command)
 
 

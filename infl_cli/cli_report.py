@@ -174,3 +174,51 @@ def report_show(result):
     columns(f"test {t['test_index']}: label {t['label_name']}, predicted {t['predicted_name']} "
              f"(p(label) = {t['probability_of_label']:.3f}){figure}",
              ["", "rank", "train index", "label", "predicted change", "actual change"], rows)
+
+
+def report_self_influence(record: dict, rows: list, order: str, figure) -> None:
+    table("self-influence", {
+        "training points": record["n_train"],
+        "sample certified independently": record["sample"],
+        "largest error on the sample, measured (relative)":
+            record["sample_measured_relative_error_max"],
+        "largest error on the sample, proven (relative)":
+            record["sample_proven_relative_error_max"],
+        "Hessian factor": record.get("hessian_factor") or "–",
+        "seconds": record["seconds"]})
+    check = record.get("check")
+    if check:
+        table(f"truth check: the {check['k']} largest, each removed (certified LOO)", {
+            "Pearson R (predicted vs actual own change)": check["pearson_r"],
+            "Spearman ρ": check["spearman_rho"], "slope": check["slope"],
+            "certified ‖∇R₋z‖ ≤ 1e-08": f"{check['certified']} of {check['k']}",
+            "error bound ≤ 1 % of |change|": f"{check['within_target']} of {check['k']}",
+            "largest error bound": check["largest_error_bound"], "figure": check["figure"]})
+    columns(f"training labels to check first (by {order})" + (f"; {figure}" if figure else ""),
+            ["rank", "train index", "label", "predicted (p)", "p(label)", "self-influence",
+             "predicted own change", "training loss"],
+            [(r["rank"], r["train_index"], r["label_name"],
+              f"{r['predicted_name']} ({r['predicted_probability']:.3f})",
+              f"{r['label_probability']:.3g}", r["self_influence"], r["predicted_own_change"],
+              r["train_loss"]) for r in rows])
+
+
+def report_mislabel(m: dict) -> None:
+    checks = m["checks"]
+    header = ["ordering", "AUC"] + [f"{c:g}" for c in checks]
+    for key, title in (("test_accuracy", "test accuracy (proven), mean over seeds"),
+                       ("fraction_fixed", "fraction of flips fixed, mean over seeds")):
+        columns(title, header,
+                [(name, f"{e['auc']:.4f} ± {e['auc_se']:.4f}",
+                  *[f"{v:.4f}" for v in e[key]]) for name, e in m["per_ordering"].items()])
+    table("mislabel", {
+        "clean model's test accuracy (proven)": m["clean"]["test_accuracy"],
+        "flipped models' test accuracy": f"{m['flipped_test_accuracy'][0]:.4f}",
+        "models certified": f"{m['models_certified']} of {m['models']} "
+                            f"(largest ‖∇R‖ ≤ {m['max_grad_bound']:.1e})",
+        "test predictions not proven": m["unproven_predictions"],
+        "every flip fixed = the clean model (within both certificates)":
+            m["all_fixed_equals_clean"],
+        "self-influence: largest proven relative error (samples)":
+            m["self_influence_sample_proven_relative_max"],
+        "figure": m["figure"], "seconds": m["seconds"]})

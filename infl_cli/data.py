@@ -418,8 +418,12 @@ def with_labels(data: Dataset, labels, tag: str) -> Dataset:
     y = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
     if y.shape != data.train_y.shape:
         raise ValueError(f"{y.shape[0]} labels for {data.n_train} training points")
-    return replace(data, name=f"{data.name} [{tag}]", train_y=y,
-                   fingerprint=_fingerprint(y, extra=f"{data.fingerprint}|{tag}"))
+    out = replace(data, name=f"{data.name} [{tag}]", train_y=y,
+                  fingerprint=_fingerprint(y, extra=f"{data.fingerprint}|{tag}"))
+    for shared in ("design", "x_train", "x_test"):  # the same inputs: built once, shared
+        if shared in data.__dict__:
+            out.__dict__[shared] = data.__dict__[shared]
+    return out
 
 
 def with_bias(data: Dataset) -> Dataset:

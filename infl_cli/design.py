@@ -180,13 +180,23 @@ class DesignMatrix(_Common):
         self._rim_blocks = {}
         self._abs = None
         self.rim_nnz = int(rim.nnz)
-        self._integers = None
-        if scale is not None:
-            # the data are these integers / scale exactly; the float64 x differ from them by at
-            # most one rounding, covered by the +1 in the γ of every product bound
+        self._parts = parts  # the integers are made on the first certified product
+        self._integer_arrays = None
+
+    @property
+    def _integers(self):
+        """(core, rim) of the integer inputs as float64 (exact), made on first use: the data
+        are these integers / scale exactly; the float64 x differ from them by at most one
+        rounding, covered by the +1 in the γ of every product bound."""
+        if self._integer_arrays is None and self.scale is not None:
+            import scipy.sparse as sp
+
+            parts = self._parts
             int_rim = sp.csr_matrix((np.asarray(parts["rim_int"], dtype=np.float64),
-                                     parts["rim_indices"], parts["rim_indptr"]), shape=shape)
-            self._integers = (np.asarray(parts["core_int"], dtype=np.float64), int_rim)
+                                     parts["rim_indices"], parts["rim_indptr"]),
+                                    shape=(self.n, self.rim.size))
+            self._integer_arrays = (np.asarray(parts["core_int"], dtype=np.float64), int_rim)
+        return self._integer_arrays
 
     # ------------------------------------------------------------------------- storage
     def core_array(self, dtype=np.float64) -> np.ndarray:
@@ -360,23 +370,31 @@ class DenseDesign(_Common):
         self.device = torch.device(device)
         parts = parts if parts is not None else parts_of(x, scale)
         self._init_common(parts, scale)
-
-        def assemble(core, rim_values):
-            out = np.zeros((self.n, self.width))
-            out[:, self.core] = core
-            rows = np.repeat(np.arange(self.n), np.diff(parts["rim_indptr"]))
-            out[rows, self.rim[parts["rim_indices"]]] = rim_values
-            return self._tensor(out)
-
-        self._x = {torch.float64: assemble(design_parts.core_float(parts, scale),
-                                           design_parts.rim_float(parts, scale))}
-        self._ints = None
+        self._parts = parts
+        self._x = {torch.float64: self._assemble(design_parts.core_float(parts, scale),
+                                                 design_parts.rim_float(parts, scale))}
         self._abs = None
         self._fixed_block_rows = block_rows
         self.block_rows = block_rows or BLOCK_ROWS
-        if scale is not None:
-            self._ints = assemble(np.asarray(parts["core_int"], dtype=np.float64),
-                                  np.asarray(parts["rim_int"], dtype=np.float64))
+        self._parts = parts  # the integers are made on the first certified product
+        self._int_tensor = None
+
+    def _assemble(self, core: np.ndarray, rim_values: np.ndarray) -> torch.Tensor:
+        parts = self._parts
+        out = np.zeros((self.n, self.width))
+        out[:, self.core] = core
+        rows = np.repeat(np.arange(self.n), np.diff(parts["rim_indptr"]))
+        out[rows, self.rim[parts["rim_indices"]]] = rim_values
+        return self._tensor(out)
+
+    @property
+    def _ints(self):
+        """The integer inputs as a float64 tensor on the device (exact), made on first use."""
+        if self._int_tensor is None and self.scale is not None:
+            self._int_tensor = self._assemble(
+                np.asarray(self._parts["core_int"], dtype=np.float64),
+                np.asarray(self._parts["rim_int"], dtype=np.float64))
+        return self._int_tensor
 
     def dense(self, dtype=torch.float64) -> torch.Tensor:
         """The whole [n, width] matrix in ``dtype`` (float32 made once, on first use)."""

@@ -58,6 +58,7 @@ from .linalg import HessianFactor, batched_dot, batched_norm
 
 METHODS = settings.LOGREG_METHODS
 FLOOR_FACTOR = 4.0  # a gradient within this factor of its rounding bound is at the floor
+DIVERGENCE = 8.0  # a change whose gradient grew this much over its best is left to the fallback
 CPU_CHUNK = settings.CPU_CHUNK  # removals per chunk on the CPU (--chunk-size auto)
 DEVICE_CHUNK = 1000  # at most this many on a GPU, where one pass is a few large products
 CHUNK_MEMORY = 0.25  # a GPU chunk's tensors take at most this fraction of the free memory
@@ -343,6 +344,34 @@ class LooProblem:
             * (change.abs() + u_y.abs() + 2 * weighted_m))
         bound = own + self.baseline_error[:, None] + evaluation
         return change, bound, own
+
+
+def test_predictions(problem: "LooProblem", deltas: torch.Tensor, grad_norm_bound):
+    """The class each model Ŵ + Δ_j predicts for each test point, and whether that is proven
+    to be the prediction of the *exact* retrained model W*_j: (class [T, k], proven [T, k],
+    margin [T, k]).
+
+    ‖W*_j − W_j‖ ≤ r_j = ‖∇R_j‖/wd (strong convexity), so each logit moves by at most
+    ‖x_t‖·‖δw_c‖ and a difference of two by at most √2·‖x_t‖·r_j; the computed logits
+    l̂ = x_t·Ŵ + x_t·Δ are off by at most the test logit error (γ_{d+1}·|x_t|·|Ŵ|), u's
+    (γ_{d+1}·‖x_t‖·‖Δ_c‖), and the shift by the largest logit at Ŵ (u·|l|). The predicted
+    class c is proven when its computed margin over every other class exceeds twice those
+    errors plus √2·‖x_t‖·r_j."""
+    u = torch.einsum("kcd,td->tkc", deltas, problem.x_test)  # [T, k, C]
+    logits = problem.test_logits[:, None, :] + u
+    top = logits.argmax(dim=2)
+    others = logits.scatter(2, top[:, :, None], -math.inf)
+    margin = logits.gather(2, top[:, :, None])[:, :, 0] - others.max(dim=2).values
+    xt_norm = problem.test_norms[:, None]
+    row_max = deltas.norm(dim=2).max(dim=1).values[None, :]
+    unit = bounds.UNIT_ROUNDOFF
+    error = (problem.test_logit_error[:, None]
+             + bounds.gamma(problem.design.width + 1) * xt_norm * row_max
+             + unit * (problem.test_logits.abs().max(dim=1).values[:, None] + u.abs().amax(2)))
+    radius = bounds.radius(torch.as_tensor(grad_norm_bound, dtype=torch.float64,
+                                           device=deltas.device), problem.wd)[None, :]
+    proven = margin > bounds.SAFETY * (2 * error + math.sqrt(2.0) * xt_norm * radius)
+    return top, proven, margin
 
 
 def _delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -646,18 +675,29 @@ def _newton(problem: LooProblem, chunk: _Chunk, base, base_error, selected, sett
         step(everyone, grad)
     todo = everyone
     previous = torch.full((k,), math.inf, dtype=torch.float64, device=device)
+    best = torch.full((k,), math.inf, dtype=torch.float64, device=device)
+    best_deltas = deltas.clone()
     while len(todo):
         d = deltas[todo]
         grad, rounding = problem.gradient(chunk, todo, d, base[todo], base_error[todo], True)
         stats["float64_passes"] += 1
         upper = cert.record(problem, todo, d, grad, rounding)
         finite = torch.isfinite(upper)
-        done = cert.settled(problem, todo, selected, settings, upper, previous[todo]) | ~finite
+        better = finite & (upper < best[todo])
+        best[todo[better]] = upper[better]
+        best_deltas[todo[better]] = d[better]
+        # a large change can take the fixed-curvature steps away from its optimum: such a
+        # change stops here and is finished by the safeguarded fallback from its best iterate
+        diverging = upper > DIVERGENCE * best[todo]
+        done = cert.settled(problem, todo, selected, settings, upper, previous[todo]) \
+            | ~finite | diverging
         previous[todo] = cert.grad_norm[todo]
         if bool(done.all()) or int(steps[todo.cpu().numpy()].max()) >= settings.max_steps:
             break
         todo, grad = todo[~done], grad[~done]
         step(todo, grad)
+    short = ~(cert.grad_norm + cert.rounding <= settings.tol)
+    deltas[short] = best_deltas[short]  # the fallback starts from the best one
     return deltas, steps
 
 
@@ -681,28 +721,46 @@ def _removal_weights(problem: LooProblem, index: int) -> torch.Tensor:
 
 
 def _newton_cg_retrain(problem: LooProblem, changes: Changes, j: int, start: torch.Tensor,
-                       tol: float, max_steps: int = 20):
+                       tol: float, max_steps: int = 30):
     """The safe fallback for change ``j``: Newton steps whose direction solves the exact
     Hessian of its objective at the current iterate (conjugate gradients on full-data
-    products). Returns (Δ, steps); the caller certifies the result."""
+    products), each halved until the objective decreases (or, where the objective no longer
+    resolves the change, the gradient norm does), from ``start`` or from Ŵ, whichever has the
+    smaller gradient. Returns (Δ, steps); the caller certifies the result."""
     from .linalg import conjugate_gradient
 
     sample_weight = _removal_weights(problem, int(changes.removed[j]))
     y = problem.y
     if changes.relabel_index.size:
         y = torch.as_tensor(changes.labels(problem.y_np, j), device=problem.device)
+
+    def evaluate(w):
+        loss, grad = model.objective_and_grad(w, problem.design, y, problem.wd, sample_weight)
+        return float(loss), grad, float(grad.norm())
+
     w = problem.weight + start
+    loss, grad, gn = evaluate(w)
+    loss0, grad0, gn0 = evaluate(problem.weight)
+    if not (math.isfinite(gn) and gn <= gn0):
+        w, loss, grad, gn = problem.weight.clone(), loss0, grad0, gn0
     steps = 0
     for steps in range(max_steps + 1):
-        grad = model.objective_and_grad(w, problem.design, y, problem.wd, sample_weight)[1]
-        gn = float(grad.norm())
-        if gn <= 0.1 * tol or not math.isfinite(gn) or steps == max_steps:
+        if gn <= 0.1 * tol or steps == max_steps:
             break
         probs = model.probabilities(w, problem.design)
         direction, _, _ = conjugate_gradient(
-            lambda v: _weighted_hvp(problem, probs, sample_weight, v), grad[None], rtol=1e-6,
-            max_iter=500)
-        w = w - direction[0]
+            lambda v: _weighted_hvp(problem, probs, sample_weight, v), grad[None],
+            rtol=max(min(0.1, math.sqrt(gn)), 1e-8), max_iter=500)
+        step = -direction[0]
+        slope = float((grad * step).sum())
+        for _ in range(40):
+            new_loss, new_grad, new_gn = evaluate(w + step)
+            if math.isfinite(new_gn) and (new_loss <= loss + 1e-4 * slope or new_gn < gn):
+                break
+            step = step / 2
+        else:
+            break  # no step helps: the certificate says how far it got
+        w, loss, grad, gn = w + step, new_loss, new_grad, new_gn
     return w - problem.weight, steps
 
 

@@ -144,7 +144,7 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
     if kind == "cnn":
         metrics["ablation"] = ablation(workdir, mrec)
     metrics["made_from"] = {"settings": made_settings, "inputs": made_inputs}
-    art.write_json(workdir / art.METRICS, metrics)
+    art.write_json(workdir / art.METRICS, art.keep_study_sections(workdir / art.METRICS, metrics))
     return metrics
 
 
