@@ -12,7 +12,7 @@ from . import cli_common as common
 from . import cli_report as report
 from .cli_options import DEVICE, REL_ERROR, SEED, WORKDIR
 
-SAMPLE = typer.Option(200, "--sample",
+SAMPLE = typer.Option(60, "--sample",
                       help="Points whose self-influence is certified independently (the "
                            "largest half and a random half): the measured and proven errors.")
 CHECK = typer.Option(0, "--check",
@@ -38,7 +38,7 @@ ORDERINGS = typer.Option("self-influence,loss,random,loo-loss", "--orderings",
                          help="Orderings compared: self-influence, loss, random, loo-loss, koh.")
 FIX_TOL = typer.Option(1e-8, "--tol",
                        help="Every retrained model certified to ‖∇R‖ ≤ this, rounding included.")
-FIX_SAMPLE = typer.Option(100, "--sample",
+FIX_SAMPLE = typer.Option(60, "--sample",
                           help="Points per seed whose self-influence is certified "
                                "independently.")
 

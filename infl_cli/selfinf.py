@@ -3,8 +3,9 @@
 With r_i = p_i − e_{y_i} (the softmax at Ŵ minus the one-hot label), ∇CE(z_i) = r_i ⊗ x_i and
 ∇L(z_i) = r_i ⊗ x_i + wd·Ŵ. With M = H⁻¹ (over the active features; elsewhere x_i = Ŵ = 0):
 
-* q_i = ∇CE(z_i)ᵀ M ∇CE(z_i) = Σ_{a,b} r_ia r_ib · x_iᵀ M_ab x_i, the K(K+1)/2 quadratic forms
-  of x_i with the blocks M_ab of M (never a dense 7,840-vector per point);
+* q_i = ∇CE(z_i)ᵀ M ∇CE(z_i) = Σ_{a,b} r_ia r_ib · x_iᵀ M_ab x_i, quadratic forms of x_i with
+  the blocks of M (never a dense 7,840-vector per point); since r_i sums to zero, in an
+  orthonormal basis of that subspace only (K − 1)K/2 of them (45 on MNIST, not 55);
 * t_i = ∇CE(z_i)ᵀ M vec(Ŵ) = Σ_a r_ia · x_iᵀ V_a with V = M Ŵ (one solve for all points);
 * the self-influence I_up,loss(z_i, z_i) = −∇CE(z_i)ᵀ H⁻¹ ∇L(z_i) = −(q_i + wd·t_i), and
   removing z_i is predicted to change its own loss by −I/n = (q_i + wd·t_i)/n;
@@ -27,7 +28,8 @@ import torch
 
 from . import bounds, model
 
-ROW_BLOCK = 4096
+ROW_BLOCK = 8192
+SAMPLE_BLOCK = 20  # points per certified residual (memory: ~n·20·C floats per piece)
 
 
 def _blocks(inverse: torch.Tensor, classes: int, width: int):
@@ -37,35 +39,86 @@ def _blocks(inverse: torch.Tensor, classes: int, width: int):
 
 def quadratic_forms(design, inverse: torch.Tensor, classes: int) -> torch.Tensor:
     """Q[i, a, b] = x_iᵀ M_ab x_i for every training row i and class pair: [n, C, C]
-    (symmetric in a, b), float64, on the design's device."""
+    (symmetric in a, b), float64, on the design's device.
+
+    With x = (x_c, x_r) over the design's dense core and sparse rim, x M_ab x = x_c B_cc x_c
+    + x_r (B_rc + B_crᵀ) x_c + x_r B_rr x_r (B = M_ab). For each class a, the pairs (a, b ≥ a)
+    go together: one GEMM of the core rows with [B_cc for every b] (the bulk of the work), one
+    product of the rim rows with [B_rc + B_crᵀ for every b], and the rim–rim terms from the
+    pairs of non-zeros within each row (a rim row has a few)."""
     width = design.width
     n = design.n
     device = inverse.device
     core = torch.as_tensor(getattr(design, "core", np.arange(width)), device=device)
     rim = torch.as_tensor(getattr(design, "rim", np.arange(0)), device=device)
-    nc = core.numel()
-    # M with each block's features in (core, rim) order: every block below is a slice
-    order = torch.cat([core, rim])
+    nc, nr = core.numel(), rim.numel()
     m = inverse.to(torch.float64).reshape(classes, width, classes, width)
-    m = m.index_select(1, order).index_select(3, order)
     out = torch.empty(n, classes, classes, dtype=torch.float64, device=device)
+    triples = _rim_pairs(design) if nr else None
     for a in range(classes):
         count = classes - a  # the pairs (a, b ≥ a)
-        mcc = m[a, :nc, a:, :nc].reshape(nc, count * nc)
-        if rim.numel():
-            mcr = m[a, :nc, a:, nc:] + m[a, nc:, a:, :nc].permute(2, 1, 0)  # [nc, count, nr]
-            mrr = m[a, nc:, a:, nc:]  # [nr, count, nr]
+        rows_c = m[a].index_select(0, core)[:, a:]  # [nc, count, d]
+        mcc = rows_c.index_select(2, core).reshape(nc, count * nc)
+        if nr:
+            rows_r = m[a].index_select(0, rim)[:, a:]  # [nr, count, d]
+            mrc = (rows_r.index_select(2, core)
+                   + rows_c.index_select(2, rim).permute(2, 1, 0))  # [nr, count, nc]
+            mrc = mrc.reshape(nr, count * nc)
+            mrr = rows_r.index_select(2, rim)  # [nr, count, nr]
         for lo in range(0, n, ROW_BLOCK):
             hi = min(lo + ROW_BLOCK, n)
             xc, xr = _rows(design, lo, hi, core, rim)
-            g = (xc @ mcc).reshape(hi - lo, count, nc)
-            q = torch.einsum("ibj,ij->ib", g, xc)
-            if rim.numel():
-                for j in range(count):
-                    q[:, j] += _rim_terms(xc, xr, mcr[:, j, :].T, mrr[:, j, :])
+            q = torch.einsum("ibj,ij->ib", (xc @ mcc).reshape(hi - lo, count, nc), xc)
+            if nr:
+                cross = _times(xr, mrc).reshape(hi - lo, count, nc)
+                q += torch.einsum("ibj,ij->ib", cross, xc)
             out[lo:hi, a, a:] = q
             out[lo:hi, a:, a] = q
+        if nr:  # Σ over the pairs (j, k) of non-zeros of a row: x_ij·B_rr[j, k]·x_ik
+            row, j, k, value, off = triples
+            rr = torch.zeros(n, count, dtype=torch.float64, device=device)
+            rr.index_add_(0, row, value[:, None] * (mrr[j, :, k] + off[:, None] * mrr[k, :, j]))
+            out[:, a, a:] += rr
+            out[:, a + 1:, a] += rr[:, 1:]
     return out
+
+
+def _rim_pairs(design):
+    """(row, j, k, x_ij·x_ik, off) for every pair of non-zeros j ≤ k of the same rim row, as
+    tensors (j, k are positions within the rim; ``off`` is 1.0 where j < k): x B x sums
+    x_j·x_k·(B_jk + B_kj) over j < k and x_j²·B_jj (a block M_ab, a ≠ b, is not symmetric)."""
+    if hasattr(design, "rim_matrix"):
+        rim = design.rim_matrix()
+        indptr, indices, data = rim.indptr, rim.indices, rim.data
+    else:
+        import scipy.sparse as sp
+
+        dense = design.dense()[:, torch.as_tensor(design.rim, device=design.device)]
+        rim = sp.csr_matrix(dense.cpu().numpy())
+        indptr, indices, data = rim.indptr, rim.indices, rim.data
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(len(counts)), counts * counts)
+    starts = np.repeat(indptr[:-1], counts * counts)
+    within = np.concatenate([np.arange(c * c) for c in counts]) if len(counts) else \
+        np.zeros(0, np.int64)
+    width = np.repeat(counts, counts * counts)
+    first = starts + within // np.maximum(width, 1)
+    second = starts + within % np.maximum(width, 1)
+    keep = first <= second
+    rows, first, second = rows[keep], first[keep], second[keep]
+    device = design.device
+    return (torch.as_tensor(rows, device=device),
+            torch.as_tensor(indices[first].astype(np.int64), device=device),
+            torch.as_tensor(indices[second].astype(np.int64), device=device),
+            torch.as_tensor(data[first] * data[second], device=device),
+            torch.as_tensor((first < second).astype(np.float64), device=device))
+
+
+def _times(xr, dense: torch.Tensor) -> torch.Tensor:
+    """The rim rows (scipy CSR on the CPU, a tensor elsewhere) times a dense matrix."""
+    if isinstance(xr, torch.Tensor):
+        return xr @ dense
+    return torch.from_numpy(np.asarray(xr @ np.ascontiguousarray(dense.numpy())))
 
 
 def _rows(design, lo: int, hi: int, core, rim):
@@ -78,15 +131,11 @@ def _rows(design, lo: int, hi: int, core, rim):
     return dense[:, core], dense[:, rim]
 
 
-def _rim_terms(xc: torch.Tensor, xr, mrc: torch.Tensor, mrr: torch.Tensor) -> torch.Tensor:
-    """x_c·B_cr·x_r + x_r·B_rc·x_c + x_r·B_rr·x_r per row, with ``mrc`` = B_rc + B_crᵀ
-    [|rim|, |core|]."""
-    if isinstance(xr, torch.Tensor):
-        return ((xr @ mrc) * xc).sum(1) + ((xr @ mrr) * xr).sum(1)
-    cross = torch.from_numpy(np.asarray(xr @ np.ascontiguousarray(mrc.numpy())))  # [b, |core|]
-    inner = xr @ np.ascontiguousarray(mrr.numpy())  # [b, |rim|] dense
-    rim_part = np.asarray(xr.multiply(inner).sum(axis=1)).ravel()
-    return (cross * xc).sum(1) + torch.from_numpy(rim_part)
+def sum_zero_basis(classes: int, device=None) -> torch.Tensor:
+    """An orthonormal basis [K, K − 1] of the vectors whose entries sum to zero."""
+    centred = torch.eye(classes, dtype=torch.float64) - 1.0 / classes
+    q, _ = torch.linalg.qr(centred[:, :classes - 1])
+    return q.to(device)
 
 
 def self_influence(weight: torch.Tensor, design, y: torch.Tensor, wd: float,
@@ -103,9 +152,27 @@ def self_influence(weight: torch.Tensor, design, y: torch.Tensor, wd: float,
     r = probs.to(torch.float64).clone()
     rows = torch.arange(n, device=r.device)
     r[rows, y] -= 1.0
-    forms = quadratic_forms(design, inverse, classes)
-    q = torch.einsum("ia,iab,ib->i", r, forms, r)
+    # r_i ⊥ (1, …, 1) (the probabilities sum to one): in an orthonormal basis B of that
+    # subspace, q_i = s_iᵀ Q̃_i s_i with s_i = Bᵀr_i and the blocks of (B ⊗ I)ᵀ M (B ⊗ I):
+    # (K − 1)K/2 quadratic forms per point instead of K(K + 1)/2
+    basis = sum_zero_basis(classes, r.device)
+    width = design.width
     v = (inverse.to(torch.float64) @ w.reshape(-1)).reshape(classes, -1)  # M·vec(Ŵ)
+    # (Bᵀ ⊗ I)·M in one product over the rows' class index, then ·(B ⊗ I) block row by
+    # block row; the inverse (the caller passes its only reference) is freed in between
+    half = (basis.T @ inverse.to(torch.float64).reshape(classes, -1)).reshape(
+        classes - 1, width, classes, width)
+    del inverse
+    reduced = torch.empty(classes - 1, width, classes - 1, width, dtype=torch.float64,
+                          device=r.device)
+    for alpha in range(classes - 1):
+        reduced[alpha] = torch.tensordot(half[alpha], basis, dims=([1], [0])).permute(0, 2, 1)
+    del half
+    reduced = reduced.reshape((classes - 1) * width, (classes - 1) * width)
+    forms = quadratic_forms(design, reduced, classes - 1)
+    del reduced
+    coords = r @ basis
+    q = torch.einsum("ia,iab,ib->i", coords, forms, coords)
     t = (model.times(design, v.T.contiguous()) * r).sum(1)
     influence = -(q + wd * t)
     loss = -torch.log(probs[rows, y].clamp_min(1e-300))
@@ -136,7 +203,13 @@ def certified_sample(weight: torch.Tensor, design, y: torch.Tensor, wd: float, f
     x[:, active] = design.rows(index.cpu().numpy()).to(weight.device)
     v = r[:, :, None] * x[:, None, :]  # [m, C, d]
     s = factor.solve(v)
-    residual, rounding = model.certified_residual(weight, design, wd, s, v, certificate)
+    residual, rounding = [], []
+    for lo in range(0, len(index), SAMPLE_BLOCK):  # certified products of a few points at a time
+        res, rnd = model.certified_residual(weight, design, wd, s[lo:lo + SAMPLE_BLOCK],
+                                            v[lo:lo + SAMPLE_BLOCK], certificate)
+        residual.append(res)
+        rounding.append(rnd)
+    residual, rounding = np.concatenate(residual), np.concatenate(rounding)
     e = torch.as_tensor((residual + rounding) / wd, dtype=torch.float64, device=weight.device)
     dv = certificate.row_error[index].to(weight.device) * design.row_norms[index.cpu()].to(
         weight.device)

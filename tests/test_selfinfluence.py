@@ -201,3 +201,21 @@ def test_studies_refuse_a_model_without_what_they_need(tmp_path):
         proc = infl("self-influence", "-w", tmp_path / "none", *args)
         assert_clean_failure(proc, message)
         assert proc.returncode == 2
+
+
+def test_quadratic_forms_over_core_and_rim_equal_dense_ones(tiny, tiny_model):
+    """mnist-tiny's design has a dense core and a sparse rim: the block quadratic forms (in
+    the sum-zero basis too) equal x_iᵀ M_ab x_i computed densely."""
+    weight, _ = tiny_model
+    design = tiny.design
+    assert design.rim.size > 0
+    factor = HessianFactor(weight, design, WD)
+    inverse = torch.cholesky_inverse(factor.chol)
+    forms = selfinf.quadratic_forms(design, inverse, 10)
+    x = design.rows(np.arange(0, tiny.n_train, 97))
+    m = inverse.reshape(10, design.width, 10, design.width)
+    direct = torch.einsum("id,adbe,ie->iab", x, m, x)
+    assert torch.allclose(forms[::97], direct, rtol=1e-10, atol=1e-12)
+    basis = selfinf.sum_zero_basis(10)
+    assert torch.allclose(basis.T @ basis, torch.eye(9, dtype=torch.float64), atol=1e-14)
+    assert torch.allclose(basis.sum(0), torch.zeros(9, dtype=torch.float64), atol=1e-14)

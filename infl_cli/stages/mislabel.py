@@ -309,7 +309,7 @@ def clean_accuracy(clean_problem, tol_bound: float) -> dict:
 
 
 def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
-                 orderings: list[str], tol: float = 1e-8, sample: int = 100,
+                 orderings: list[str], tol: float = 1e-8, sample: int = 60,
                  device=None) -> dict:
     """The experiment (module doc) on the clean model in ``workdir``; returns the metrics."""
     import torch

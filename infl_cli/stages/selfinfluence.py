@@ -62,12 +62,12 @@ def compute(weight, mrec: dict, data, cert, factor, sample: int, seed: int = 0) 
     from .. import selfinf
 
     start = time.perf_counter()
-    inverse = torch.cholesky_inverse(factor.chol)
     wd = mrec["settings"]["wd"]
     with progress_bar("self-influence: quadratic forms", total=1) as update:
-        fast = selfinf.self_influence(weight, data.design, data.y_train, wd, inverse, cert.probs)
+        # the inverse is passed as its only reference: freed as soon as it is used
+        fast = selfinf.self_influence(weight, data.design, data.y_train, wd,
+                                      torch.cholesky_inverse(factor.chol), cert.probs)
         update()
-    del inverse
     n = data.n_train
     top = torch.topk(fast["predicted_own_change"], min(n, sample // 2)).indices.cpu().numpy()
     rest = np.setdiff1d(np.arange(n), top)
@@ -99,7 +99,7 @@ def _max_rel(error, reference) -> float:
     return float((error / reference.abs().clamp_min(1e-300)).max())
 
 
-def run_self_influence(workdir: Path, sample: int = 200, check: int = 0, seed: int = 0,
+def run_self_influence(workdir: Path, sample: int = 60, check: int = 0, seed: int = 0,
                        device=None, rel_error: float = 0.01) -> dict:
     """Compute (or reuse, when current) the self-influence artifact; with ``check`` > 0 the
     certified LOO truth check of the ``check`` largest. Returns the record (with the check's

@@ -25,6 +25,10 @@ Sections (all by default):
   and a second ``infl run`` with every stage current; with ``--baseline PATH`` (a checkout of an
   earlier commit, e.g. ``git worktree add /tmp/base 88061f2``) a cold ``infl run`` and the LOO
   stage alone of both codes, interleaved in one window;
+* ``mislabel`` (issue 21): ``infl self-influence`` on the run's model ``--repeats`` times
+  from a fresh Hessian (wall, peak memory, the sample's measured and proven errors), its
+  ``--check 500`` truth check, and ``infl mislabel`` (defaults: 10 % flips, 5 seeds, 7 levels)
+  on full MNIST and on ``mnist-tiny`` (wall, certification, proofs, AUCs);
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -57,7 +61,7 @@ from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
-SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup")
+SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel")
 EXAMPLES = {"digits": ["-t", 12], "breast_cancer": ["-t", 12, "--bias"]}  # as in the README
 
 
@@ -149,6 +153,73 @@ def bench_startup(args, work: Path) -> dict:
             rows.append((f"ratio now / baseline: {what}", ratio, ""))
         out["baseline"] = str(base)
     table("start-up and reruns (medians, seconds)", rows, ("what", "median", "runs"))
+    return out
+
+
+def timed_peak(cmd) -> tuple:
+    """(wall seconds, peak resident GB) of a child process, by GNU time."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as fh:
+        wall = timed(["/usr/bin/time", "-f", "%M", "-o", fh.name, *map(str, cmd)])
+        return wall, int(fh.read().strip().splitlines()[-1]) / 1e6
+
+
+def bench_mislabel(args, work: Path) -> dict:
+    """Self-influence and the mislabel experiment (module doc: ``mislabel``)."""
+    infl_cmd = [sys.executable, "-m", "infl_cli"]
+    out, rows = {}, []
+    si = work / "self-influence.safetensors"
+    runs = []
+    for _ in range(args.repeats):
+        for f in (si, work / "hessian-cholesky64.safetensors"):
+            f.unlink(missing_ok=True)
+        runs.append(timed_peak(infl_cmd + ["self-influence", "-w", work]))
+    rec = art.read_record(si)
+    out["self_influence"] = {
+        "wall_s": statistics.median(r[0] for r in runs), "runs_s": [r[0] for r in runs],
+        "peak_gb": max(r[1] for r in runs), "compute_s": rec["seconds"],
+        "sample": rec["sample"],
+        "measured_relative_error_max": rec["sample_measured_relative_error_max"],
+        "proven_relative_error_max": rec["sample_proven_relative_error_max"]}
+    rows += [("self-influence, all n (Hessian included): wall, median", out["self_influence"]
+              ["wall_s"]), ("  peak memory (GB)", out["self_influence"]["peak_gb"]),
+             ("  sample: largest measured / proven relative error",
+              f"{rec['sample_measured_relative_error_max']:.1e} / "
+              f"{rec['sample_proven_relative_error_max']:.1e}")]
+    (work / "self-loo.safetensors").unlink(missing_ok=True)
+    wall = timed(infl_cmd + ["self-influence", "-w", work, "--check", "500"])
+    crec = art.read_record(work / "self-loo.safetensors")
+    arrays = art.load_arrays(work / "self-loo.safetensors")[0]
+    sarr = art.load_arrays(si)[0]
+    m = plot.agreement(arrays["actual_own_change"],
+                       sarr["predicted_own_change"][arrays["train_indices"]])
+    out["truth_check"] = {"wall_s": wall, **m, "certified": crec["certified"],
+                          "within_1pct": crec["within_target"]}
+    rows.append(("truth check, top 500: R / slope / certified",
+                 f"{m['pearson_r']:.6f} / {m['slope']:.4f} / {crec['certified']}"))
+    for name, folder, extra in (("mnist", work / "mislabel", []),
+                                ("mnist-tiny", work / "mislabel-tiny", ["--dataset",
+                                                                        "mnist-tiny"])):
+        shutil.rmtree(folder, ignore_errors=True)
+        if extra:
+            timed(infl_cmd + ["train", "-w", folder, *extra])
+        else:
+            folder.mkdir(parents=True)
+            shutil.copy(work / art.MODEL, folder / art.MODEL)
+        wall, peak = timed_peak(infl_cmd + ["mislabel", "-w", folder])
+        mm = json.loads((folder / art.METRICS).read_text())["mislabel"]
+        out[f"mislabel_{name}"] = {"wall_s": wall, "peak_gb": peak, **{
+            k: mm[k] for k in ("models", "models_certified", "max_grad_bound",
+                               "unproven_predictions", "all_fixed_equals_clean", "clean")},
+            "auc": {o: e["auc"] for o, e in mm["per_ordering"].items()}}
+        rows.append((f"mislabel {name}: wall / peak GB", f"{wall:.1f} / {peak:.2f}"))
+        rows.append(("  models certified, unproven predictions",
+                     f"{mm['models_certified']} of {mm['models']}, "
+                     f"{mm['unproven_predictions']}"))
+        rows.append(("  AUC", ", ".join(f"{o} {e['auc']:.4f}"
+                                       for o, e in mm["per_ordering"].items())))
+    table("self-influence and mislabel", rows)
     return out
 
 
@@ -467,6 +538,8 @@ def main() -> None:
         result["examples"] = bench_examples(args, work)
     if "startup" in sections:
         result["startup"] = bench_startup(args, work)
+    if "mislabel" in sections:
+        result["mislabel"] = bench_mislabel(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
