@@ -216,7 +216,8 @@ def report_mislabel(m: dict) -> None:
         "flipped models' test accuracy": f"{m['flipped_test_accuracy'][0]:.4f}",
         "models certified": f"{m['models_certified']} of {m['models']} "
                             f"(largest ‖∇R‖ ≤ {m['max_grad_bound']:.1e})",
-        "test predictions not proven": m["unproven_predictions"],
+        "test predictions not proven": f"{m['unproven_predictions']} of "
+                                       f"{m.get('predictions_checked', '?')}",
         "every flip fixed = the clean model (within both certificates)":
             m["all_fixed_equals_clean"],
         "self-influence: largest proven relative error (samples)":

@@ -289,7 +289,9 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
         "models_certified": int((upper <= tol).sum()) + int(flip_bound <= tol),
         "models": int(len(upper)) + 1,
         "max_grad_bound": float(max(upper.max(), flip_bound)),
-        "unproven_predictions": int(grid["unproven"].sum()),
+        # every model once: the flipped one and each change (the fixes, every flip fixed)
+        "unproven_predictions": int(base_eval["unproven"][0]) + int(np.sum(ev["unproven"])),
+        "predictions_checked": int(len(problem.y_test) * (len(upper) + 1)),
         "fallbacks": int(results["fallback"].sum()) + int(out["fallback"][0]),
         "self_influence": si_report, "passes": stats, "times": times,
         "seconds": time.perf_counter() - start,
@@ -406,6 +408,7 @@ def summarise(records, grids, orderings, checks, clean: dict, n: int) -> dict:
     out["models_certified"] = int(sum(r["models_certified"] for r in records))
     out["max_grad_bound"] = float(max(r["max_grad_bound"] for r in records))
     out["unproven_predictions"] = int(sum(r["unproven_predictions"] for r in records))
+    out["predictions_checked"] = int(sum(r.get("predictions_checked", 0) for r in records))
     out["all_fixed_equals_clean"] = all(r["all_fixed_vs_clean"]["within"] for r in records)
     out["flipped_test_accuracy"] = mean_se([r["flipped_model"]["test_accuracy"]
                                             for r in records])
