@@ -239,7 +239,8 @@ def _draw_grid(view: LooView, predicted: np.ndarray, solver: str, png: Path, wri
         m = agreement(actual, pred)
         ax.set_title(f"test {view.test_indices[i]}: R = {m['pearson_r']:.5f}", fontsize=8)
         ax.tick_params(labelsize=6)
-        ax.locator_params(nbins=4)
+        if not log_axes:  # a symlog axis's locator takes no nbins
+            ax.locator_params(nbins=4)
     more = "" if shown == len(view.test_indices) else \
         f" (first {shown} of {len(view.test_indices)} test points)"
     fig.suptitle(f"Predicted (y) against actual (x) change in test loss, {solver}{more}",
