@@ -20,8 +20,14 @@ import torch
 from . import artifacts as art
 from .loo import LooSettings, chunk_bounds, timed_chunk
 
-RESULT_KEYS = ("actual_loss_diff", "actual_error_bound", "grad_norm", "grad_rounding", "steps",
-               "fallback")
+# each result: per (test point, change) "tk" or per change "k", and its dtype
+LOO_LAYOUT = {"actual_loss_diff": ("tk", np.float64), "actual_error_bound": ("tk", np.float64),
+              "grad_norm": ("k", np.float64), "grad_rounding": ("k", np.float64),
+              "steps": ("k", np.int64), "fallback": ("k", bool)}
+SUBSET_LAYOUT = {"outputs": ("tk", np.float64), "output_bound": ("tk", np.float64),
+                 "grad_norm": ("k", np.float64), "grad_rounding": ("k", np.float64),
+                 "steps": ("k", np.int64)}
+RESULT_KEYS = tuple(LOO_LAYOUT)
 
 
 class PartialResults:
@@ -29,27 +35,26 @@ class PartialResults:
 
     def __init__(self, path: Path, train_indices: np.ndarray, test_indices: list[int],
                  selected: np.ndarray, chunk_size: int, settings: dict, inputs: dict,
-                 extra_keys: tuple = ()):
+                 extra_keys: tuple = (), layout: dict | None = None,
+                 stage: str = "loo-partial"):
         """``extra_keys``: per-removal float64 results [K] beyond :data:`RESULT_KEYS` that the
-        engine's chunks return (the CNN: λ_min of each removal's Newton matrix)."""
+        engine's chunks return (the CNN: λ_min of each removal's Newton matrix). ``layout``:
+        the results of another kind of change (:data:`SUBSET_LAYOUT`: subset retraining,
+        whose "removals" are the subsets' numbers); ``stage`` names the checkpoint's kind."""
         self.path = Path(path)
-        self.result_keys = RESULT_KEYS + tuple(extra_keys)
+        self.stage = stage
+        layout = dict(layout or LOO_LAYOUT, **{key: ("k", np.float64) for key in extra_keys})
+        self.result_keys = tuple(layout)
         self.train_indices = np.asarray(train_indices, dtype=np.int64)
         self.test_indices = np.asarray(test_indices, dtype=np.int64)
         self.selected = np.asarray(selected, dtype=bool)
         self.settings, self.inputs = settings, inputs
         self.chunks = chunk_bounds(len(self.train_indices), chunk_size)
         t, k = self.selected.shape
-        self.arrays = {
-            "actual_loss_diff": np.full((t, k), np.nan),
-            "actual_error_bound": np.full((t, k), np.nan),
-            "grad_norm": np.full(k, np.nan),
-            "grad_rounding": np.full(k, np.nan),
-            "steps": np.zeros(k, dtype=np.int64),
-            "fallback": np.zeros(k, dtype=bool),
-            "done": np.zeros(k, dtype=bool),
-            **{key: np.full(k, np.nan) for key in extra_keys},
-        }
+        self.arrays = {key: (np.full((t, k) if shape == "tk" else k, np.nan)
+                             if dtype == np.float64 else np.zeros(k, dtype=dtype))
+                       for key, (shape, dtype) in layout.items()}
+        self.arrays["done"] = np.zeros(k, dtype=bool)
         self.stats = {"float64_passes": 0, "float32_passes": 0, "chunk_seconds": 0.0}
         self.resumed_from = self._load()
 
@@ -63,7 +68,7 @@ class PartialResults:
         if not self.path.is_file():
             return 0
         try:
-            tensors, record = art.load_artifact(self.path, "loo-partial")
+            tensors, record = art.load_artifact(self.path, self.stage)
         except Exception:  # unreadable: it is only a cache, start over
             return 0
         if record.get("settings") != self.settings or record.get("inputs") != self.inputs:
@@ -107,7 +112,7 @@ class PartialResults:
         tensors = {**self._identity(),
                    **{key: torch.from_numpy(np.ascontiguousarray(value))
                       for key, value in self.arrays.items()}}
-        art.save_artifact(self.path, tensors, {"stage": "loo-partial", "settings": self.settings,
+        art.save_artifact(self.path, tensors, {"stage": self.stage, "settings": self.settings,
                                                "inputs": self.inputs, "stats": self.stats,
                                                "n_done": self.n_done})
 

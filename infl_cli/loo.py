@@ -209,6 +209,19 @@ class LooProblem:
         # the baseline: the error of Ŵ itself, in every actual change of test point t
         self.baseline_error = bounds.test_loss_error(self.test_grad_norms0,
                                                      self.baseline_radius, self.test_norms)
+        # f_t(Ŵ) = log Σ_c e^{a_c} − a_y, a = l − max l, and a bound on its rounding: the
+        # logits' error moves it by ≤ 2× (the gradient in l has 1-norm ≤ 2); the shift, the
+        # exps and their sum by ≤ u·(Σ p_c|a_c| + C + 3 + 2·FUNCTION_ROUNDING); the log by
+        # 2u·log Σ; a_y and the difference by u·|a_y| + u·|f| (×2: second-order terms)
+        total = logits.exp().sum(dim=1)
+        a_y = logits[self.test_rows, self.y_test]
+        self.loss0 = torch.log(total) - a_y
+        unit = bounds.UNIT_ROUNDOFF
+        self.loss0_error = 2 * bounds.SAFETY * (
+            2 * self.test_logit_error
+            + unit * ((self.p_test * logits.abs()).sum(dim=1) + self.classes + 3
+                      + 2 * bounds.FUNCTION_ROUNDING)
+            + 2 * unit * torch.log(total) + unit * (a_y.abs() + self.loss0.abs()))
 
     def _grad_norm_bound(self, residual: torch.Tensor, residual_error, x_norm) -> torch.Tensor:
         """Upper bound on ‖∇f‖ = ‖p − e_y‖·‖x‖ from the computed residual p̂ − e_y [..., C],
@@ -297,6 +310,68 @@ class LooProblem:
 
     # ----------------------------------------------------------------------- test losses
     def test_changes(self, deltas: torch.Tensor, grad_norm_bound: torch.Tensor):
+        """(actual change [T, k], certified error bound [T, k], own term [T, k]): see
+        :meth:`_loss_terms`; the bound is own + baseline + evaluation."""
+        change, own, evaluation = self._loss_terms(deltas, grad_norm_bound)
+        return change, own + self.baseline_error[:, None] + evaluation, own
+
+    def test_outputs(self, deltas: torch.Tensor, grad_norm_bound: torch.Tensor,
+                     measure: str = "loss"):
+        """Each test point's output at the exact optimum W*_j of change j, f_t(W*_j), from the
+        model Ŵ + Δ_j with ‖∇R_j‖ ≤ ``grad_norm_bound``: (value [T, k], proven bound [T, k] on
+        |value − f_t(W*_j)|). ``measure`` ``loss``: the test cross-entropy, f_t(Ŵ) + the change
+        of :meth:`_loss_terms` (its bound without the baseline: f_t(Ŵ) is evaluated at Ŵ as
+        it is, with :attr:`loss0_error`); ``margin``: the correct logit minus the log-sum-exp
+        of the others (:meth:`_margin_terms`). Note CE = log(1 + e^{−margin}) exactly, so for
+        one test point the two measures order any set of models in exactly opposite ways."""
+        if measure == "loss":
+            change, own, evaluation = self._loss_terms(deltas, grad_norm_bound)
+            return self.loss0[:, None] + change, own + evaluation + self.loss0_error[:, None]
+        if measure == "margin":
+            return self._margin_terms(deltas, grad_norm_bound)
+        raise ValueError(f"unknown measure {measure!r}")
+
+    def _margin_terms(self, deltas: torch.Tensor, grad_norm_bound: torch.Tensor):
+        """Margins m_t = l_y − log Σ_{c≠y} e^{l_c} at Ŵ + Δ_j and bounds on their distance to
+        the margins at W*_j. Logits l̂ = (l − max l at Ŵ) + u, u = x_t·Δ_cᵀ: off by at most the
+        test logit error, u's γ_{d+1}·‖x_t‖·‖Δ_c‖ and the two roundings of the shift and the
+        sum (u·(|l| + |u|)); the margin's gradient in the logits has 1-norm 2, so twice that.
+        Evaluating the log-sum-exp of the C − 1 others, b_c = l_c − max_c l_c: its rounding
+        ≤ u·(Σ q_c|b_c| + C + 3 + 2·FUNCTION_ROUNDING) + 2u·|log Σ e^{b_c}|, the difference one
+        more rounding of the result (×2 for the second-order terms). To W*_j:
+        ∇m = (e_y − q̃) ⊗ x_t with ‖e_y − q̃‖ ≤ √2 and ∇²m ⪯ (‖x_t‖²/2)·I in magnitude, so
+        |m(W*) − m(W)| ≤ √2·‖x_t‖·r + (‖x_t‖²/4)·r², r = ‖∇R_j‖/wd."""
+        u = torch.einsum("kcd,td->tkc", deltas, self.x_test)  # [T, k, C]
+        logits = self.test_logits[:, None, :] + u
+        t_count, k, c = logits.shape
+        rows = self.test_rows
+        own_logit = logits[rows, :, self.y_test]  # [T, k]
+        others = logits.clone()
+        others[rows, :, self.y_test] = -math.inf
+        top = others.max(dim=2).values
+        b = others - top[:, :, None]
+        e = b.exp()
+        total = e.sum(dim=2)
+        lse = top + torch.log(total)
+        margin = own_logit - lse
+        unit = bounds.UNIT_ROUNDOFF
+        xt_norm = self.test_norms[:, None]
+        row_max = deltas.norm(dim=2).max(dim=1).values[None, :]
+        u_error = bounds.SAFETY * bounds.gamma(self.design.width + 1) * xt_norm * row_max
+        logit_error = (self.test_logit_error[:, None] + u_error
+                       + unit * (self.test_logits.abs().max(dim=1).values[:, None]
+                                 + 2 * u.abs().amax(dim=2)))
+        q = e / total[:, :, None]
+        spread = torch.where(torch.isfinite(b), q * b.abs(), torch.zeros_like(b)).sum(dim=2)
+        evaluation = 2 * bounds.SAFETY * (
+            2 * logit_error
+            + unit * (spread + c + 3 + 2 * bounds.FUNCTION_ROUNDING)
+            + 2 * unit * torch.log(total).abs() + unit * (margin.abs() + top.abs()))
+        r = bounds.radius(grad_norm_bound, self.wd)[None, :]
+        own = math.sqrt(2.0) * xt_norm * r * (1 + 4 * unit) + 0.25 * xt_norm.square() * r * r
+        return margin, bounds.SAFETY * (own + evaluation)
+
+    def _loss_terms(self, deltas: torch.Tensor, grad_norm_bound: torch.Tensor):
         """For removals with offsets ``deltas`` [k, C, d_a] and certified gradient-norm bounds
         [k]: (actual change [T, k], certified error bound [T, k], own term [T, k]: the part of
         the bound due to the removal's own gradient).
@@ -342,8 +417,7 @@ class LooProblem:
             + (spread + c + 1 + 2 * bounds.FUNCTION_ROUNDING) * unit * weighted_m
             + bounds.gamma(c + 6 + 2 * bounds.FUNCTION_ROUNDING)
             * (change.abs() + u_y.abs() + 2 * weighted_m))
-        bound = own + self.baseline_error[:, None] + evaluation
-        return change, bound, own
+        return change, own, evaluation
 
 
 def test_predictions(problem: "LooProblem", deltas: torch.Tensor, grad_norm_bound):
@@ -799,8 +873,12 @@ def chunk_bounds(n_removals: int, chunk_size: int):
 
 
 def timed_chunk(problem, removed, selected, settings: LooSettings):
-    """``problem.solve_chunk`` (any engine's) plus its wall time in the stats."""
+    """``problem.solve_chunk`` (any engine's), or the chunk solver the settings carry, plus
+    its wall time in the stats."""
     start = time.perf_counter()
-    results, stats = problem.solve_chunk(removed, selected, settings)
+    # settings that carry their own chunk solver (subset retraining) use it on this problem
+    solve = getattr(settings, "solve_chunk", None)
+    results, stats = solve(problem, removed, selected) if solve is not None else \
+        problem.solve_chunk(removed, selected, settings)
     stats["seconds"] = time.perf_counter() - start
     return results, stats
