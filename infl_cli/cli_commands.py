@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import typer
+
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
@@ -63,11 +65,34 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
                                     lissa, cg, device=where, damping=damping))
 
 
+IMPORT = typer.Option(None, "--import",
+                      help="Instead: read another tool's scores, a [T, n] or [n, T] array "
+                           "(.npy, .npz, .pt, .safetensors), as scores-NAME.safetensors.")
+IMPORT_NAME = typer.Option(None, "--name", help="With --import: the method's name.")
+MEANING = typer.Option("removal", "--meaning",
+                       help="With --import, what a score says: removal (predicted test-loss "
+                            "change when the point is removed, as ours) | upweight (I_up,loss: "
+                            "positive raises the test loss) | helpful (positive lowers it: "
+                            "TRAK, TracIn).")
+
+
 def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
               test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
-              seed: Optional[int] = SEED, device: str = DEVICE):
+              seed: Optional[int] = SEED, device: str = DEVICE,
+              import_file: Optional[Path] = IMPORT, name: Optional[str] = IMPORT_NAME,
+              meaning: str = MEANING):
     """Influence of every training point on each test loss: writes scores-<solver>.safetensors
-    (``--solver`` names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01)."""
+    (``--solver`` names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01); with
+    --import, another tool's scores as scores-NAME.safetensors."""
+    if import_file is not None:
+        from .stages import importscores
+
+        importscores.validate(name, meaning, import_file)
+        with common.writing(workdir):
+            report.report_score(importscores.import_scores(
+                workdir, import_file, name, meaning, common.tests(test_index, test_sample,
+                                                                  seed)))
+        return
     where = common.device(device)
     from .stages.score import run_score
 

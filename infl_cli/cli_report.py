@@ -223,3 +223,32 @@ def report_mislabel(m: dict) -> None:
         "self-influence: largest proven relative error (samples)":
             m["self_influence_sample_proven_relative_max"],
         "figure": m["figure"], "seconds": m["seconds"]})
+
+
+def report_lds(section: dict) -> None:
+    rec = section.get("truth_record") or {}
+    if rec.get("stage") == "subsets":
+        table("lds: subset truth", {
+            "subsets": f"{section['subsets']} of {section['subset_size']} points",
+            "measure": section["measure"], "test points": section["test_points"],
+            "certified": f"{rec['certified']} of {section['subsets']} "
+                         f"(max ‖∇R_S‖ bound {rec['max_grad_norm_bound']:.2e})",
+            "max output bound (proven)": f"{rec['max_output_bound']:.2e}",
+            "max bound / spread": f"{rec['max_bound_over_spread']:.2e}",
+            "seconds": rec["seconds"]})
+    rows = []
+    for name, e in section["methods"].items():
+        lds = e.get("lds")
+        loo = e.get("loo") or {}
+        rows.append([name, str(e["test_points"]),
+                     "—" if lds is None else f"{lds:.4f}",
+                     "—" if lds is None else f"[{e['lds_lo']:.4f}, {e['lds_hi']:.4f}]",
+                     "—" if lds is None else ("exact" if e["certified"] else
+                                             f"groups ≤ {e['largest_group']}"),
+                     fmt(loo.get("spearman_mean")) if loo else "—",
+                     fmt(loo.get("pearson_mean")) if loo else "—",
+                     fmt(loo.get("pooled_pearson")) if loo else "—"])
+    columns("LDS and LOO correlation (certified truth)",
+            ["scores", "tests", "LDS", "LDS range", "ranks", "LOO ρ", "LOO R", "pooled R"],
+            rows)
+    console.print(f"figure: {section['figure']}", highlight=False)

@@ -175,6 +175,51 @@ def validate_loo(settings: LooSettings, select: str = "top", k: int | None = 1) 
                        f"got {settings.rel_error}")
 
 
+MEASURES = ("loss", "margin")  # a test point's output f_t for subset retraining and the LDS
+IMPORT_MEANINGS = ("removal", "upweight", "helpful")  # what an imported score says
+
+
+@dataclass
+class LdsSettings:
+    """Subset retraining for the LDS (:mod:`~infl_cli.subsets`): ``subsets`` subsets of
+    ``fraction``·n training points each, drawn with ``seed``; every retrained model certified
+    to ‖∇R_S‖ ≤ ``tol`` (rounding included); outputs measured as ``measure``; ``chunk_size``
+    subsets solved together (None: from the memory a chunk takes)."""
+
+    subsets: int = 100
+    fraction: float = 0.5
+    seed: int = 0
+    measure: str = "loss"
+    tol: float = 1e-9
+    chunk_size: int | None = None
+
+    def solve_chunk(self, problem, ids, selected):
+        """The chunk interface of :func:`~infl_cli.loo.timed_chunk` (and of the cluster's
+        tasks): retrain on the subsets ``ids`` (their masks drawn again from the seed)."""
+        from . import subsets
+
+        return subsets.solve_chunk(problem, ids, self)
+
+    def record(self) -> dict:
+        return {"subsets": self.subsets, "fraction": self.fraction, "seed": self.seed,
+                "measure": self.measure, "tol": self.tol}
+
+
+def validate_lds(settings: LdsSettings) -> None:
+    """One-line refusals of the subset-retraining settings."""
+    if settings.subsets < 1:
+        raise BadInput(f"--subsets must be ≥ 1, got {settings.subsets}")
+    if not 0 < settings.fraction < 1:
+        raise BadInput(f"--fraction must be in (0, 1), got {settings.fraction}")
+    if settings.measure not in MEASURES:
+        raise BadInput(f"unknown measure {settings.measure!r}; choose one of: "
+                       f"{', '.join(MEASURES)}")
+    if not settings.tol > 0:
+        raise BadInput(f"--tol must be > 0, got {settings.tol}")
+    if settings.chunk_size is not None and settings.chunk_size < 1:
+        raise BadInput(f"--chunk-size must be ≥ 1, got {settings.chunk_size}")
+
+
 def validate_cluster(cluster: str | None, timeout: float | None, device: str | None = None,
                      check_installed: bool = True) -> None:
     """A bad ``--cluster`` fails before anything runs (Dask is imported only with one). The

@@ -7,7 +7,8 @@ folder and weight decay recorded by ``train``. Every stage works on a set of tes
 to every test point its inverse-HVPs hold, ``loo`` to every test point its scores hold.
 
 One module per stage (:mod:`.train`, :mod:`.ihvp`, :mod:`.score`, :mod:`.loo`, :mod:`.plot`,
-:mod:`.show`, :mod:`.run`, :mod:`.selfinfluence`, :mod:`.mislabel`) over what they share
+:mod:`.show`, :mod:`.run`, :mod:`.selfinfluence`, :mod:`.mislabel`, :mod:`.lds`,
+:mod:`.importscores`) over what they share
 (:mod:`.common`). ``stages.NAME`` finds NAME in the module that defines it, importing only that
 module (the command line's help and errors never wait for torch).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 
 _MODULES = ("common", "train", "ihvp", "score", "loo", "plot", "show", "run", "selfinfluence",
-            "mislabel")
+            "mislabel", "lds", "importscores")
 _WHERE = {
     "common": ("TestChoice", "is_current", "load_model", "model_engine", "solver_label",
                "spec_damping", "available_scores", "load_scores", "score_rows",
@@ -30,6 +31,8 @@ _WHERE = {
     "plot": ("loo_artifact", "run_plot", "ablation", "plot_settings"),
     "show": ("run_show",),
     "run": ("run_all",),
+    "lds": ("run_lds", "retrain_subsets", "read_truth", "judge"),
+    "importscores": ("import_scores",),
 }
 _INDEX = {name: module for module, names in _WHERE.items() for name in names}
 

@@ -1,0 +1,56 @@
+"""The benchmark figure: one bar per method, its LDS on certified subset truth (the whisker:
+the range the truth's error bars allow) and, where certified LOO truth is present, its LOO
+Spearman and Pearson correlations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def draw_lds(section: dict, png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .artifacts import atomic_write
+    from .plot import _save
+
+    names = [n for n, e in section["methods"].items() if e.get("lds") is not None]
+    loo = [n for n in names if (section["methods"][n].get("loo") or {}).get("test_points")]
+    panels = 2 if loo else 1
+    fig, axes = plt.subplots(1, panels, figsize=(max(4.0, 1.2 * len(names) + 2) * panels, 3.8),
+                             squeeze=False)
+    ax = axes[0, 0]
+    x = np.arange(len(names))
+    values = np.array([section["methods"][n]["lds"] for n in names])
+    lo = np.array([section["methods"][n]["lds_lo"] for n in names])
+    hi = np.array([section["methods"][n]["lds_hi"] for n in names])
+    ax.bar(x, values, color="tab:blue", width=0.6)
+    if np.isfinite(lo).all() and np.isfinite(hi).all():
+        ax.errorbar(x, values, yerr=[values - lo, hi - values], fmt="none", ecolor="k",
+                    capsize=4)
+    for xi, v in zip(x, values):
+        ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.set_ylabel(f"LDS (mean Spearman, {section['test_points']} test points)")
+    ax.set_ylim(min(0.0, float(np.nanmin(values)) - 0.05) if len(values) else 0, 1.05)
+    ax.set_title(f"{section['subsets']} subsets of {section['subset_size']}, "
+                 f"measure {section['measure']}", fontsize=9)
+    if loo:
+        ax = axes[0, 1]
+        x = np.arange(len(loo))
+        spearman = [section["methods"][n]["loo"]["spearman_mean"] for n in loo]
+        pearson = [section["methods"][n]["loo"]["pearson_mean"] for n in loo]
+        ax.bar(x - 0.18, spearman, width=0.36, label="Spearman", color="tab:orange")
+        ax.bar(x + 0.18, pearson, width=0.36, label="Pearson", color="tab:green")
+        ax.set_xticks(x, loo, rotation=20, fontsize=8)
+        ax.set_ylim(min(0.0, float(np.nanmin(spearman + pearson)) - 0.05), 1.05)
+        ax.set_ylabel("LOO correlation (mean over test points)")
+        s = section["loo"]
+        ax.set_title(f"certified LOO: --select {s['select']}, {s['pairs']} pairs", fontsize=9)
+        ax.legend(fontsize=8)
+    _save(fig, png, atomic_write)
+    return png
