@@ -23,7 +23,7 @@ LDS_TOL = typer.Option(1e-9, "--tol",
                             "included.")
 LDS_CHUNK = typer.Option(None, "--chunk-size",
                          help="Subsets solved together (and checkpointed) \\[default: as "
-                              "memory allows, ≤ 1.2 GB of arrays on the CPU].")
+                              "memory allows, ≤ 0.8 GB of arrays on the CPU].")
 TRUTH = typer.Option(None, "--truth",
                      help="Judge against this truth file (subsets.safetensors' format, ours "
                           "or another tool's) instead of retraining.")

@@ -246,9 +246,12 @@ def report_lds(section: dict) -> None:
                      "—" if lds is None else ("exact" if e["certified"] else
                                              f"groups ≤ {e['largest_group']}"),
                      fmt(loo.get("spearman_mean")) if loo else "—",
+                     f"[{loo['spearman_mean_lo']:.4f}, {loo['spearman_mean_hi']:.4f}]"
+                     if loo else "—",
                      fmt(loo.get("pearson_mean")) if loo else "—",
                      fmt(loo.get("pooled_pearson")) if loo else "—"])
     columns("LDS and LOO correlation (certified truth)",
-            ["scores", "tests", "LDS", "LDS range", "ranks", "LOO ρ", "LOO R", "pooled R"],
+            ["scores", "tests", "LDS", "LDS range", "ranks", "LOO ρ", "LOO ρ range", "LOO R",
+             "pooled R"],
             rows)
     console.print(f"figure: {section['figure']}", highlight=False)

@@ -36,7 +36,7 @@ def draw_lds(section: dict, png: Path) -> Path:
         ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.set_ylabel(f"LDS (mean Spearman, {section['test_points']} test points)")
-    ax.set_ylim(min(0.0, float(np.nanmin(values)) - 0.05) if len(values) else 0, 1.05)
+    ax.set_ylim(min(0.0, float(np.nanmin(values)) - 0.05) if len(values) else 0, 1.08)
     ax.set_title(f"{section['subsets']} subsets of {section['subset_size']}, "
                  f"measure {section['measure']}", fontsize=9)
     if loo:
@@ -46,11 +46,14 @@ def draw_lds(section: dict, png: Path) -> Path:
         pearson = [section["methods"][n]["loo"]["pearson_mean"] for n in loo]
         ax.bar(x - 0.18, spearman, width=0.36, label="Spearman", color="tab:orange")
         ax.bar(x + 0.18, pearson, width=0.36, label="Pearson", color="tab:green")
+        for xi, a, b in zip(x, spearman, pearson):
+            ax.text(xi - 0.18, a, f"{a:.3f}", ha="center", va="bottom", fontsize=7)
+            ax.text(xi + 0.18, b, f"{b:.3f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, loo, rotation=20, fontsize=8)
-        ax.set_ylim(min(0.0, float(np.nanmin(spearman + pearson)) - 0.05), 1.05)
+        ax.set_ylim(min(0.0, float(np.nanmin(spearman + pearson)) - 0.05), 1.08)
         ax.set_ylabel("LOO correlation (mean over test points)")
         s = section["loo"]
         ax.set_title(f"certified LOO: --select {s['select']}, {s['pairs']} pairs", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     _save(fig, png, atomic_write)
     return png

@@ -254,7 +254,7 @@ def chunk_size(problem, settings) -> int:
     return int(max(1, min(settings.subsets, budget // per_subset)))
 
 
-CHUNK_BYTES = 1.2e9
+CHUNK_BYTES = 0.8e9
 ARRAYS = 6
 
 

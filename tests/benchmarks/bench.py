@@ -29,6 +29,13 @@ Sections (all by default):
   from a fresh Hessian (wall, peak memory, the sample's measured and proven errors), its
   ``--check 500`` truth check, and ``infl mislabel`` (defaults: 10 % flips, 5 seeds, 7 levels)
   on full MNIST and on ``mnist-tiny`` (wall, certification, proofs, AUCs);
+* ``lds`` (issue 22): on dattri's MNIST split (``python -m infl_cli.examples --dattri``,
+  ``--bias``, wd 0.01, 500 test points): exact, CG and LiSSA (``--lds-lissa-depth``) scores,
+  ``infl lds`` (M = 100, α = 0.5) timed with its peak memory (the subset retrainings and the
+  LDS of every scores artifact), then the LOO correlation on the top 100 and on 100 random
+  removals per test point; on full MNIST (the run's model, 20 sampled test points), exact
+  scores and ``infl lds`` (M = 100) timed with its peak memory, and the LOO correlation on
+  100 random removals;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -61,7 +68,7 @@ from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
-SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel")
+SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds")
 EXAMPLES = {"digits": ["-t", 12], "breast_cancer": ["-t", 12, "--bias"]}  # as in the README
 
 
@@ -220,6 +227,71 @@ def bench_mislabel(args, work: Path) -> dict:
         rows.append(("  AUC", ", ".join(f"{o} {e['auc']:.4f}"
                                        for o, e in mm["per_ordering"].items())))
     table("self-influence and mislabel", rows)
+    return out
+
+
+def bench_lds(args, work: Path) -> dict:
+    """Certified subset truth, LDS and LOO correlation (module doc: ``lds``)."""
+    infl_cmd = [sys.executable, "-m", "infl_cli"]
+    out, rows = {}, []
+    folder = work / "lds-dattri"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    timed([sys.executable, "-m", "infl_cli.examples", "--dattri", folder, "--data-dir",
+           args.data_dir])
+    npz = folder / "dattri-mnist.npz"
+    cases = (("dattri", folder, ["--dataset", npz, "--bias"], 500, ("exact", "cg", "lissa")),
+             ("mnist", work / "lds-mnist", None, 20, ("exact",)))
+    for name, w, train_args, tests, solvers in cases:
+        if train_args is None:
+            shutil.rmtree(w, ignore_errors=True)
+            w.mkdir(parents=True)
+            if not (work / art.MODEL).is_file():
+                timed(infl_cmd + ["train", "-w", work, "--data-dir", args.data_dir])
+            shutil.copy(work / art.MODEL, w / art.MODEL)
+            train_s = art.read_record(w / art.MODEL)["seconds"]
+        else:
+            train_s = timed(infl_cmd + ["train", "-w", w, *train_args])
+        entry = {"train_s": train_s, "test_points": tests, "scores_s": {}}
+        for solver in solvers:
+            extra = ["--depth", args.lds_lissa_depth] if solver == "lissa" else []
+            entry["scores_s"][solver] = (
+                timed(infl_cmd + ["ihvp", "-w", w, "--solver", solver, "--test-sample", tests,
+                                  *extra])
+                + timed(infl_cmd + ["score", "-w", w, "--solver", solver]))
+        wall, peak = timed_peak(infl_cmd + ["lds", "-w", w])
+        truth = art.read_record(w / "subsets.safetensors")
+        section = json.loads((w / art.METRICS).read_text())["lds"]
+        entry.update(lds_wall_s=wall, lds_peak_gb=peak, truth={
+            k: truth[k] for k in ("certified", "max_grad_norm_bound", "max_output_bound",
+                                  "max_bound_over_spread", "newton_steps_max", "float64_passes",
+                                  "chunk_seconds", "seconds", "subset_size")},
+            lds={m: {k: e.get(k) for k in ("lds", "lds_lo", "lds_hi", "certified",
+                                           "largest_group")}
+                 for m, e in section["methods"].items()})
+        rows += [(f"{name}: infl lds (M = 100, {tests} tests): wall / peak GB",
+                  f"{wall:.1f} / {peak:.2f}"),
+                 ("  subsets certified; max ‖∇R_S‖ bound; max output bar (proven)",
+                  f"{truth['certified']}; {truth['max_grad_norm_bound']:.2e}; "
+                  f"{truth['max_output_bound']:.2e}"),
+                 ("  max bar / spread across subsets", f"{truth['max_bound_over_spread']:.2e}")]
+        rows += [(f"  LDS {m}", f"{e['lds']:.4f} in [{e['lds_lo']:.4f}, {e['lds_hi']:.4f}]"
+                  f"{' (exact ranks)' if e['certified'] else ''}")
+                 for m, e in entry["lds"].items()]
+        entry["loo"] = {}
+        for select in (("top", "random") if name == "dattri" else ("random",)):
+            wall = timed(infl_cmd + ["loo", "-w", w, "--select", select, "-k", 100])
+            timed(infl_cmd + ["lds", "-w", w])  # the truth is current: judged only
+            section = json.loads((w / art.METRICS).read_text())["lds"]
+            rec = art.read_record(w / art.LOO)
+            entry["loo"][select] = {"wall_s": wall, "certified": rec["certified"],
+                                    **{m: e["loo"] for m, e in section["methods"].items()}}
+            rows += [(f"  LOO {select} 100 ({rec['certified']} certified, {wall:.1f} s): {m}",
+                      f"Spearman {e['loo']['spearman_mean']:.4f}, Pearson "
+                      f"{e['loo']['pearson_mean']:.4f}, pooled R {e['loo']['pooled_pearson']:.4f}")
+                     for m, e in section["methods"].items()]
+        out[name] = entry
+    table("LDS and LOO correlation on certified truth", rows)
     return out
 
 
@@ -510,6 +582,8 @@ def main() -> None:
     ap.add_argument("--all-sample-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of `infl run` and of each iterative solver; medians are reported")
+    ap.add_argument("--lds-lissa-depth", type=int, default=10_000,
+                    help="lds: LiSSA's --depth on dattri's split")
     ap.add_argument("--out", default=None)
     ap.add_argument("--baseline", default=None,
                     help="startup: a checkout of an earlier commit to compare `infl run` and "
@@ -524,7 +598,8 @@ def main() -> None:
     work = Path(args.workdir)
     out_path = Path(args.out) if args.out else work / "bench.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    if "run" in sections or (not (work / art.LOO).is_file() and set(sections) - {"examples"}):
+    if "run" in sections or (not (work / art.LOO).is_file()
+                                  and set(sections) - {"examples", "lds"}):
         result["run"] = bench_run(args, work)
     if "ihvp" in sections:
         result["ihvp"] = bench_ihvp(args, work)
@@ -540,6 +615,8 @@ def main() -> None:
         result["startup"] = bench_startup(args, work)
     if "mislabel" in sections:
         result["mislabel"] = bench_mislabel(args, work)
+    if "lds" in sections:
+        result["lds"] = bench_lds(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
