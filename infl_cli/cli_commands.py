@@ -69,6 +69,17 @@ IMPORT = typer.Option(None, "--import",
                       help="Instead: read another tool's scores, a [T, n] or [n, T] array "
                            "(.npy, .npz, .pt, .safetensors), as scores-NAME.safetensors.")
 IMPORT_NAME = typer.Option(None, "--name", help="With --import: the method's name.")
+METHOD = typer.Option(None, "--method",
+                      help="Instead of inverse-HVPs, another estimator: grad-dot (TracIn, one "
+                           "checkpoint) | grad-cos | representer | arnoldi | kfac | ekfac | "
+                           "datainf | trak; writes scores-<method>[-knobs].safetensors.")
+RANK = typer.Option(None, "--rank", help="arnoldi: eigenvectors kept \\[default: 100].")
+PROJ_DIM = typer.Option(None, "--proj-dim", help="trak: projected dimension \\[default: 512].")
+MODELS = typer.Option(None, "--models",
+                      help="trak: models averaged, retrained on random halves \\[default: 1].")
+EST_DAMPING = typer.Option(None, "--damping",
+                           help="kfac, ekfac: added to wd \\[default: 1e-8, Kronfluence's]; "
+                                "datainf: λ − wd \\[default: 0.1 × mean ‖g‖²/p].")
 MEANING = typer.Option("removal", "--meaning",
                        help="With --import, what a score says: removal (predicted test-loss "
                             "change when the point is removed, as ours) | upweight (I_up,loss: "
@@ -80,10 +91,30 @@ def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
               test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
               seed: Optional[int] = SEED, device: str = DEVICE,
               import_file: Optional[Path] = IMPORT, name: Optional[str] = IMPORT_NAME,
-              meaning: str = MEANING):
+              meaning: str = MEANING, method: Optional[str] = METHOD,
+              rank: Optional[int] = RANK, proj_dim: Optional[int] = PROJ_DIM,
+              models: Optional[int] = MODELS, damping: Optional[float] = EST_DAMPING):
     """Influence of every training point on each test loss: writes scores-<solver>.safetensors
     (``--solver`` names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01); with
-    --import, another tool's scores as scores-NAME.safetensors."""
+    --import, another tool's scores as scores-NAME.safetensors; with --method, another
+    estimator's as scores-<method>.safetensors."""
+    if method is not None or any(v is not None for v in (rank, proj_dim, models, damping)):
+        from .settings import EstimatorSettings, validate_estimator
+
+        if method is None:
+            from .errors import BadInput
+
+            raise BadInput("--rank, --proj-dim, --models and --damping go with --method")
+        settings = EstimatorSettings(method, rank, proj_dim, models, damping)
+        validate_estimator(settings)
+        where = common.device(device)
+        from .stages.estimate import run_estimate
+
+        with common.writing(workdir):
+            report.report_score(run_estimate(workdir, settings,
+                                             common.tests(test_index, test_sample, seed),
+                                             where))
+        return
     if import_file is not None:
         from .stages import importscores
 

@@ -220,6 +220,53 @@ def validate_lds(settings: LdsSettings) -> None:
         raise BadInput(f"--chunk-size must be ≥ 1, got {settings.chunk_size}")
 
 
+METHODS = ("grad-dot", "grad-cos", "representer", "arnoldi", "kfac", "ekfac", "datainf", "trak")
+
+
+@dataclass
+class EstimatorSettings:
+    """``infl score --method``: an estimator of :mod:`~infl_cli.estimators` and its knobs
+    (None: the estimator's default)."""
+
+    method: str
+    rank: int | None = None  # arnoldi
+    proj_dim: int | None = None  # trak
+    models: int | None = None  # trak
+    damping: float | None = None  # kfac, ekfac, datainf
+    seed: int = 0
+
+    KNOBS = {"arnoldi": ("rank", "seed"), "trak": ("proj_dim", "models", "seed"),
+             "kfac": ("damping",), "ekfac": ("damping",), "datainf": ("damping",)}
+    SHORT = {"rank": "rank", "proj_dim": "k", "models": "m", "damping": "d", "seed": "s"}
+
+    def knobs(self) -> dict:
+        """The knobs given that this method takes (the others are refused by validate)."""
+        return {k: getattr(self, k) for k in self.KNOBS.get(self.method, ())
+                if getattr(self, k) is not None and not (k == "seed" and self.seed == 0)}
+
+    def label(self) -> str:
+        """The scores label: the method, then each knob given (``arnoldi-rank20``,
+        ``trak-k256-m10``, ``kfac-d0.001``)."""
+        return "-".join([self.method] + [f"{self.SHORT[k]}{v:g}" if isinstance(v, float)
+                                         else f"{self.SHORT[k]}{v}"
+                                         for k, v in self.knobs().items()])
+
+
+def validate_estimator(s: EstimatorSettings) -> None:
+    if s.method not in METHODS:
+        raise BadInput(f"unknown method {s.method!r}; choose one of: {', '.join(METHODS)}")
+    for name, value in (("--rank", s.rank), ("--proj-dim", s.proj_dim), ("--models", s.models)):
+        if value is not None and value < 1:
+            raise BadInput(f"{name} must be ≥ 1, got {value}")
+    if s.damping is not None and not s.damping >= 0:
+        raise BadInput(f"--damping must be ≥ 0, got {s.damping}")
+    given = {"rank": s.rank, "proj_dim": s.proj_dim, "models": s.models, "damping": s.damping}
+    takes = EstimatorSettings.KNOBS.get(s.method, ())
+    extra = [k for k, v in given.items() if v is not None and k not in takes]
+    if extra:
+        raise BadInput(f"--method {s.method} takes no --{extra[0].replace('_', '-')}")
+
+
 def validate_cluster(cluster: str | None, timeout: float | None, device: str | None = None,
                      check_installed: bool = True) -> None:
     """A bad ``--cluster`` fails before anything runs (Dask is imported only with one). The

@@ -1,0 +1,93 @@
+"""``infl score --method NAME``: the field's other estimators (:mod:`~infl_cli.estimators`)
+as scores artifacts, ``scores-<label>.safetensors`` in the layout ``score`` writes (``influence``
+[T, n] in our sign, ``predicted_loss_diff`` = −influence/n, ``test_indices``), so ``plot``,
+``loo`` and ``lds`` judge them as any other scores."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import artifacts as art
+from ..errors import BadInput
+from ..progress import progress_bar
+from ..settings import EstimatorSettings
+from .common import TestChoice, load_model, model_engine
+
+
+def _tests(workdir: Path, tests: TestChoice | None, data, engine) -> list[int]:
+    """As asked, else those of the most accurate scores present, else the model's default."""
+    from .lds import scores_present
+
+    default = [engine.default_test(data)]
+    for label in scores_present(workdir):
+        default = art.read_record(workdir / art.scores_name(label))["settings"]["test_indices"]
+        break
+    return (tests or TestChoice()).resolve(data.n_test, default)
+
+
+def _ensemble(workdir, tensors, mrec, data, chosen, settings: EstimatorSettings):
+    """TRAK's M models: Ŵ retrained on M random halves (certified subset retraining), as
+    (weight over the active features, probabilities [n, C]) each."""
+    import torch
+
+    from .. import subsets
+    from ..settings import LooSettings
+    from .loo import build_problem
+
+    problem = build_problem(tensors, mrec, data, chosen, LooSettings(), workdir)
+    keep = subsets.draw_subsets(data.n_train, settings.models, 0.5, settings.seed)
+    deltas, _, _ = subsets.newton(problem, keep, 1e-8)
+    models = []
+    for delta in deltas:
+        w = problem.weight + delta
+        logits = data.design.matmul(w.T.contiguous())
+        models.append((w, torch.softmax(logits, dim=1)))
+    return models
+
+
+def run_estimate(workdir: Path, settings: EstimatorSettings, tests: TestChoice | None = None,
+                 device=None) -> dict:
+    import torch
+
+    from .. import device as device_mod
+    from .. import estimators, model
+
+    tensors, mrec, data = load_model(workdir, device=device)
+    engine = model_engine(mrec)
+    if engine.kind != "logreg":
+        raise BadInput("--method estimators are built for the logistic model")
+    chosen = _tests(workdir, tests, data, engine)
+    weight = tensors["weight"]
+    cert = engine.certificate(tensors, mrec)
+    design = data.design
+    active = design.active.to(weight.device)
+    probs = cert.probs if cert is not None else model.probabilities(weight[:, active], design)
+    fitted = estimators.FittedModel(weight, design, data.y_train, mrec["settings"]["wd"], probs,
+                                    data.x_test[chosen][:, active].contiguous(),
+                                    data.y_test[chosen])
+    estimator = estimators.ESTIMATORS[settings.method](**settings.knobs())
+    start = time.perf_counter()
+    with progress_bar(f"score ({settings.method})", total=1) as update:
+        if getattr(estimator, "models", 1) > 1:  # an ensemble (TRAK): retrained models
+            models = _ensemble(workdir, tensors, mrec, data, chosen, settings)
+            influence = estimator.influence(fitted, models)
+        else:
+            influence = estimator.influence(fitted)
+        update()
+    seconds = time.perf_counter() - start
+    label = settings.label()
+    record = {
+        "stage": "score",
+        "settings": {"solver": label, "method": settings.method,
+                     "estimator": {**estimator.settings()}, "test_indices": list(chosen)},
+        "inputs": {"model": mrec["fingerprint"]},
+        "device": device_mod.describe(data.device),
+        "n_train": data.n_train,
+        "seconds": seconds,
+    }
+    return art.save_artifact(workdir / art.scores_name(label),
+                             {"influence": influence,
+                              "predicted_loss_diff": -influence / data.n_train,
+                              "test_indices": torch.tensor(chosen, dtype=torch.int64)},
+                             record)
