@@ -292,6 +292,7 @@ class Trak(Estimator):
     models: int = 1
     name = "trak"
     PROJ_BLOCK = 64
+    feature_dtype = torch.float32
 
     def settings(self):
         return {"proj_dim": self.proj_dim, "seed": self.seed, "models": self.models}
@@ -313,40 +314,54 @@ class Trak(Estimator):
         a[rows, y] = 1.0
         return a
 
-    def features(self, m, weight_active, probs, proj) -> torch.Tensor:
-        """Φ [n, k]: P∇m_i for every training point, in blocks of projections."""
-        a = self.margin_coefficients(probs, m.y)
+    def features(self, m, probs_list, proj) -> list:
+        """Φ [n, k] for each model's probabilities: P∇m_i for every training point. The
+        products of the design with the projections (one per block of them, in
+        :attr:`feature_dtype`: float32 by default, as TRAK's own projections; the kernels and
+        their solves are float64) are shared by the models of one call."""
+        coefficients = [self.margin_coefficients(p, m.y).to(self.feature_dtype)
+                        for p in probs_list]
         k, c, d = proj.shape
-        phi = torch.empty((m.n, k), dtype=torch.float64, device=probs.device)
+        phis = [torch.empty((m.n, k), dtype=torch.float64, device=proj.device)
+                for _ in probs_list]
         for lo in range(0, k, self.PROJ_BLOCK):
             hi = min(lo + self.PROJ_BLOCK, k)
-            xp = m.design.matmul(proj[lo:hi].reshape((hi - lo) * c, d).T.contiguous())
-            phi[:, lo:hi] = torch.einsum("nkc,nc->nk", xp.view(m.n, hi - lo, c), a)
-        return phi
+            block = proj[lo:hi].reshape((hi - lo) * c, d).T.contiguous()
+            xp = m.design.matmul(block.to(self.feature_dtype)).view(m.n, hi - lo, c)
+            for phi, a in zip(phis, coefficients):
+                phi[:, lo:hi] = torch.einsum("nkc,nc->nk", xp, a)
+        return phis
 
-    def scores_at(self, m, weight_active, probs, proj):
-        """(φ_t(ΦᵀΦ)⁻¹Φᵀ [T, n], 1 − p_{i,y_i} [n]) at one model."""
-        phi = self.features(m, weight_active, probs, proj)
+    def scores_at(self, m, weight_active, probs, phi, proj):
+        """(φ_t(ΦᵀΦ)⁻¹Φᵀ [T, n], 1 − p_{i,y_i} [n]) at one model, its features Φ given."""
         p_test = torch.softmax(m.x_test @ weight_active.T, dim=1)
         a_test = self.margin_coefficients(p_test, m.y_test)
-        phi_test = torch.einsum("kcd,tc,td->tk", proj, a_test, m.x_test)
-        kernel = phi.T @ phi
-        solved = torch.linalg.solve(kernel, phi_test.T)  # [k, T]
+        grads_test = a_test[:, :, None] * m.x_test[:, None, :]  # ∇m_t [T, C, d_a]
+        phi_test = grads_test.reshape(len(m.y_test), -1) @ proj.reshape(len(proj), -1).T
+        solved = torch.linalg.solve(phi.T @ phi, phi_test.T)  # [k, T]
         weights = 1.0 - probs[torch.arange(m.n, device=probs.device), m.y]
         return (phi @ solved).T, weights
 
     def influence(self, m, models=None):
         """``models``: [(weight over the active features, probabilities [n, C])] of the
-        ensemble (default: Ŵ alone)."""
+        ensemble (default: Ŵ alone), their features made :data:`FEATURE_BYTES` at a time."""
         proj = self.projection(m)
         models = models or [(m.w, m.probs)]
+        group = max(1, int(FEATURE_BYTES // (m.n * self.proj_dim * 8)))
         total, weights = 0.0, 0.0
-        for weight_active, probs in models:
-            products, q = self.scores_at(m, weight_active, probs, proj)
-            total = total + products
-            weights = weights + q
+        for lo in range(0, len(models), group):
+            chunk = models[lo:lo + group]
+            phis = self.features(m, [p for _, p in chunk], proj)
+            for (weight_active, probs), phi in zip(chunk, phis):
+                products, q = self.scores_at(m, weight_active, probs, phi, proj)
+                total = total + products
+                weights = weights + q
+            del phis
         tau = (total / len(models)) * (weights / len(models))[None, :]
         return -tau
+
+
+FEATURE_BYTES = 0.7e9  # TRAK: the float64 features of the models made together
 
 
 ESTIMATORS = {cls.name: cls for cls in (GradDot, GradCos, Representer, Arnoldi, KFac, EKFac,

@@ -174,6 +174,9 @@ def _trak_dense(s, proj):
 def test_trak_with_an_orthogonal_full_projection_is_its_unprojected_formula(setup, monkeypatch):
     s = setup
     p = s["g"].shape[1]
+    default = est.Trak(proj_dim=5).influence(s["fitted"])  # float32 products with the design
+    monkeypatch.setattr(est.Trak, "feature_dtype", torch.float64)
+    _close(default, est.Trak(proj_dim=5).influence(s["fitted"]), rel=1e-4)
     if s["k"] == 2:  # the binary margin's gradients span d + 1 dimensions only
         k = D + 1
         proj = est.Trak(proj_dim=k).projection(s["fitted"]).reshape(k, -1)
@@ -186,6 +189,7 @@ def test_trak_with_an_orthogonal_full_projection_is_its_unprojected_formula(setu
     ours = est.Trak(proj_dim=p).influence(s["fitted"])
     _close(ours, -_trak_dense(s, torch.eye(p, dtype=torch.float64)), rel=1e-7)
     monkeypatch.undo()
+    monkeypatch.setattr(est.Trak, "feature_dtype", torch.float64)
     k = 9  # a seeded Gaussian projection to fewer dimensions: the same formula on Pg
     proj = est.Trak(proj_dim=k).projection(s["fitted"]).reshape(k, -1)
     _close(est.Trak(proj_dim=k).influence(s["fitted"]), -_trak_dense(s, proj), rel=1e-8)
@@ -203,6 +207,17 @@ def est_work(tmp_path_factory):
         proc = infl(*args, "-w", w)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
     return w
+
+
+def test_trak_ensemble_in_groups_equals_one_model_at_a_time(setup, monkeypatch):
+    """The features of several models made together (groups by memory) give the same scores."""
+    s = setup
+    f = s["fitted"]
+    models = [(f.w * scale, torch.softmax(s["x"] @ (f.w * scale).T, dim=1))
+              for scale in (1.0, 0.9, 1.1)]
+    together = est.Trak(proj_dim=5).influence(f, models)
+    monkeypatch.setattr(est, "FEATURE_BYTES", 1.0)  # one model per group
+    _close(est.Trak(proj_dim=5).influence(f, models), together, rel=1e-12)
 
 
 def test_every_method_writes_a_scores_artifact_judged_like_ours(est_work, tmp_path):

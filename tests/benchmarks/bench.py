@@ -36,6 +36,12 @@ Sections (all by default):
   removals per test point; on full MNIST (the run's model, 20 sampled test points), exact
   scores and ``infl lds`` (M = 100) timed with its peak memory, and the LOO correlation on
   100 random removals;
+* ``estimators`` (issue 23; after ``lds``, in its folders): every estimator of ``infl score
+  --method`` (defaults, and a small labelled grid: Arnoldi rank 20, TRAK 2,048 dimensions,
+  TRAK with 10 and 50 models; on full MNIST TRAK-50 is left out), each timed, then judged with
+  the LDS and the LOO correlation on the top 100 and 100 random removals; the table beside
+  dattri's published LOO column; and each estimator on full MNIST for one test point (test 8)
+  with its wall time and peak memory;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -68,7 +74,14 @@ from infl_cli import artifacts as art
 from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
-SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds")
+SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds",
+            "estimators")
+ESTIMATOR_RUNS = (("grad-dot",), ("grad-cos",), ("representer",), ("arnoldi",),
+                  ("arnoldi", "--rank", 20), ("kfac",), ("ekfac",), ("datainf",), ("trak",),
+                  ("trak", "--proj-dim", 2048), ("trak", "--models", 10),
+                  ("trak", "--models", 50))
+PUBLISHED_LOO = {"exact": 0.87, "cg": 0.88, "lissa": 0.86, "trak-m50": 0.78, "trak-m10": 0.73,
+                 "arnoldi": 0.27, "grad-dot": 0.28, "grad-cos": 0.16, "representer": 0.15}
 EXAMPLES = {"digits": ["-t", 12], "breast_cancer": ["-t", 12, "--bias"]}  # as in the README
 
 
@@ -292,6 +305,61 @@ def bench_lds(args, work: Path) -> dict:
                      for m, e in section["methods"].items()]
         out[name] = entry
     table("LDS and LOO correlation on certified truth", rows)
+    return out
+
+
+def bench_estimators(args, work: Path) -> dict:
+    """The field's estimators judged on certified truth (module doc: ``estimators``)."""
+    infl_cmd = [sys.executable, "-m", "infl_cli"]
+    out = {}
+    for name in ("dattri", "mnist"):
+        w = work / f"lds-{name}"
+        if not (w / "subsets.safetensors").is_file():
+            sys.exit(f"estimators: run the lds section first ({w} has no subset truth)")
+        seconds = {}
+        for run in ESTIMATOR_RUNS:
+            if name == "mnist" and run == ("trak", "--models", 50):
+                continue
+            timed(infl_cmd + ["score", "-w", w, "--method", *map(str, run)])
+        for label in [p.name[len("scores-"):-len(".safetensors")]
+                      for p in w.glob("scores-*.safetensors")]:
+            rec = art.read_record(w / art.scores_name(label))
+            seconds[label] = rec["seconds"]
+            ihvp_path = w / art.ihvp_name(label)
+            if ihvp_path.is_file():
+                seconds[label] += art.read_record(ihvp_path)["report"]["seconds"]
+        judged = {}
+        for select in ("top", "random"):
+            timed(infl_cmd + ["loo", "-w", w, "--select", select, "-k", 100])
+            timed(infl_cmd + ["lds", "-w", w])
+            judged[select] = json.loads((w / art.METRICS).read_text())["lds"]["methods"]
+        rows = []
+        for label, e in judged["top"].items():
+            t, r = e["loo"], judged["random"][label]["loo"]
+            rows.append((label, f"{seconds.get(label, float('nan')):.1f}",
+                         f"{e['lds']:.4f}" + ("" if e["certified"] else
+                                              f" [{e['lds_lo']:.4f}, {e['lds_hi']:.4f}]"),
+                         f"{t['spearman_mean']:.3f} / {t['pearson_mean']:.3f}",
+                         f"{r['spearman_mean']:.3f} / {r['pearson_mean']:.3f}",
+                         PUBLISHED_LOO.get(label, "–") if name == "dattri" else "–"))
+        table(f"estimators on {name}: certified LDS and LOO correlation", rows,
+              ("estimator", "seconds", "LDS", "LOO ρ / R top 100", "LOO ρ / R 100 random",
+               "dattri LOO"))
+        out[name] = {"seconds": seconds, "judged": judged}
+    one = work / "estimators-one"
+    shutil.rmtree(one, ignore_errors=True)
+    one.mkdir(parents=True)
+    shutil.copy(work / "lds-mnist" / art.MODEL, one / art.MODEL)
+    rows, single = [], {}
+    for run in ESTIMATOR_RUNS[:10]:
+        wall, peak = timed_peak(infl_cmd + ["score", "-w", one, "-t", 8, "--method",
+                                            *map(str, run)])
+        label = " ".join(map(str, run))
+        single[label] = {"wall_s": wall, "peak_gb": peak}
+        rows.append((label, f"{wall:.1f}", f"{peak:.2f}"))
+    table("full MNIST, one test point, all 55,000 training points", rows,
+          ("estimator", "wall s", "peak GB"))
+    out["mnist_one_test"] = single
     return out
 
 
@@ -599,7 +667,7 @@ def main() -> None:
     out_path = Path(args.out) if args.out else work / "bench.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if "run" in sections or (not (work / art.LOO).is_file()
-                                  and set(sections) - {"examples", "lds"}):
+                                  and set(sections) - {"examples", "lds", "estimators"}):
         result["run"] = bench_run(args, work)
     if "ihvp" in sections:
         result["ihvp"] = bench_ihvp(args, work)
@@ -617,6 +685,8 @@ def main() -> None:
         result["mislabel"] = bench_mislabel(args, work)
     if "lds" in sections:
         result["lds"] = bench_lds(args, work)
+    if "estimators" in sections:
+        result["estimators"] = bench_estimators(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
