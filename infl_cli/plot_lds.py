@@ -21,8 +21,8 @@ def draw_lds(section: dict, png: Path) -> Path:
     names = [n for n, e in section["methods"].items() if e.get("lds") is not None]
     loo = [n for n in names if (section["methods"][n].get("loo") or {}).get("test_points")]
     panels = 2 if loo else 1
-    fig, axes = plt.subplots(1, panels, figsize=(max(4.0, 1.2 * len(names) + 2) * panels, 3.8),
-                             squeeze=False)
+    width = max(4.0, min(0.55 * len(names) + 2, 13.0))
+    fig, axes = plt.subplots(panels, 1, figsize=(width, 3.9 * panels), squeeze=False)
     ax = axes[0, 0]
     x = np.arange(len(names))
     values = np.array([section["methods"][n]["lds"] for n in names])
@@ -33,23 +33,23 @@ def draw_lds(section: dict, png: Path) -> Path:
         ax.errorbar(x, values, yerr=[values - lo, hi - values], fmt="none", ecolor="k",
                     capsize=4)
     for xi, v in zip(x, values):
-        ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names, rotation=20, fontsize=8)
+        ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"LDS (mean Spearman, {section['test_points']} test points)")
     ax.set_ylim(min(0.0, float(np.nanmin(values)) - 0.05) if len(values) else 0, 1.08)
     ax.set_title(f"{section['subsets']} subsets of {section['subset_size']}, "
                  f"measure {section['measure']}", fontsize=9)
     if loo:
-        ax = axes[0, 1]
+        ax = axes[1, 0]
         x = np.arange(len(loo))
         spearman = [section["methods"][n]["loo"]["spearman_mean"] for n in loo]
         pearson = [section["methods"][n]["loo"]["pearson_mean"] for n in loo]
         ax.bar(x - 0.18, spearman, width=0.36, label="Spearman", color="tab:orange")
         ax.bar(x + 0.18, pearson, width=0.36, label="Pearson", color="tab:green")
         for xi, a, b in zip(x, spearman, pearson):
-            ax.text(xi - 0.18, a, f"{a:.3f}", ha="center", va="bottom", fontsize=7)
-            ax.text(xi + 0.18, b, f"{b:.3f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(x, loo, rotation=20, fontsize=8)
+            ax.text(xi - 0.18, a, f"{a:.3f}", ha="center", va="bottom", fontsize=6)
+            ax.text(xi + 0.18, b, f"{b:.3f}", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(x, loo, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(min(0.0, float(np.nanmin(spearman + pearson)) - 0.05), 1.08)
         ax.set_ylabel("LOO correlation (mean over test points)")
         s = section["loo"]
