@@ -653,7 +653,7 @@ def main() -> None:
     ap.add_argument("--all-sample-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs of `infl run` and of each iterative solver; medians are reported")
-    ap.add_argument("--lds-lissa-depth", type=int, default=10_000,
+    ap.add_argument("--lds-lissa-depth", type=int, default=5_000,
                     help="lds: LiSSA's --depth on dattri's split")
     ap.add_argument("--out", default=None)
     ap.add_argument("--baseline", default=None,
