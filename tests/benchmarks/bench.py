@@ -110,7 +110,7 @@ def infl(*args) -> float:
 def timed(cmd, cwd=None, env=None) -> float:
     """Wall seconds of a child process (exits on failure)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, cwd=cwd,
                           env=None if env is None else {**os.environ, **env})
     if proc.returncode != 0:
         sys.exit(f"{' '.join(map(str, cmd))} failed: {proc.stderr.strip()[-500:]}")
