@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts as art
-from ..errors import BadInput, InflError, Interrupted
-from ..progress import progress_bar
+from ..errors import BadInput, InflError
 from ..settings import SOLVER_PRIORITY, LdsSettings, LooSettings
 from .common import TestChoice, load_model, model_engine, model_record
 
@@ -83,7 +82,7 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
 
     from .. import chunks, subsets
     from .. import device as device_mod
-    from .loo import build_problem
+    from . import loo as loo_stage
 
     mrec = model_record(workdir)
     if model_engine(mrec).kind != "logreg":
@@ -106,44 +105,14 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
                                   record_settings, inputs, layout=chunks.SUBSET_LAYOUT,
                                   stage="subsets-partial")
     built = {}
-
-    def problem():
-        if "problem" not in built:
-            t0 = time.perf_counter()
-            built["problem"] = build_problem(tensors, mrec, data, chosen, LooSettings(), workdir)
-            built["seconds"] = time.perf_counter() - t0
-        return built["problem"]
-
     start = time.perf_counter()
-    runner = None
-    if cluster is not None:
-        from .. import cluster as cluster_mod
-
-        s = mrec["settings"]
-        runner = cluster_mod.ClusterRunner(
-            cluster, lambda: cluster_mod.ProblemRecipe(
-                s, mrec["inputs"]["data"], tensors["weight"], chosen,
-                f"{mrec['fingerprint']}:{','.join(map(str, chosen))}",
-                model_engine(mrec).certificate(tensors, mrec)),
-            cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
-    run_facts = {"workers": 1}
-    try:
-        with progress_bar("lds: subset retraining", total=m) as update:
-            update(advance=store.n_done)
-            if store.pending():
-                if runner is None:
-                    run_facts = chunks.run_in_process(problem(), store, settings, update)
-                else:
-                    run_facts = runner(problem, store, settings, update)
-    except (KeyboardInterrupt, Interrupted):
-        raise Interrupted(f"interrupted; {store.n_done} of {m} subsets are saved in "
-                          f"{store.path}; rerun the same command to continue") from None
-    finally:
-        keeper = getattr(built.get("problem"), "keeper", None)
-        if keeper is not None:
-            keeper.close()
+    runner = loo_stage.cluster_runner(cluster, cluster_timeout, tensors, mrec, chosen)
+    run_facts = loo_stage.solve_store(
+        "lds: subset retraining", "subsets", store, built,
+        lambda: loo_stage.build_problem(tensors, mrec, data, chosen, LooSettings(), workdir),
+        settings, runner, finish=lambda problem: _full_outputs(problem(), settings.measure))
     a = store.arrays
-    full, full_bound = _full_outputs(problem(), settings.measure)
+    full, full_bound = built["finish"]
     keep = subsets.draw_subsets(data.n_train, m, settings.fraction, settings.seed)
     grad_bound = a["grad_norm"] + a["grad_rounding"]
     spread = a["outputs"].std(axis=1)

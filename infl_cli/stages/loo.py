@@ -106,7 +106,6 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     validate_cluster(cluster, cluster_timeout, str(data.device))
     settings = resolve_chunk_size(settings, data.device, engine, spec, data)
     loo_path = workdir / art.loo_name(settings.method, engine.kind)
-    runner = None
     device_mod.reset_peak(data.device)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
@@ -116,41 +115,10 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     total = len(train_idx)
     start = time.perf_counter()
     built = {}
-    if cluster is not None:
-        from .. import cluster as cluster_mod
-
-        s = mrec["settings"]
-        runner = cluster_mod.ClusterRunner(
-            cluster, lambda: cluster_mod.ProblemRecipe(
-                s, mrec["inputs"]["data"], tensors["weight"], chosen,
-                f"{mrec['fingerprint']}:{','.join(map(str, chosen))}",
-                engine.certificate(tensors, mrec)),
-            cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
-
-    def problem():
-        """Built on first use: a rerun with every chunk saved needs no Hessian."""
-        if "problem" not in built:
-            t0 = time.perf_counter()
-            built["problem"] = build_problem(tensors, mrec, data, chosen, settings, workdir)
-            built["seconds"] = time.perf_counter() - t0
-        return built["problem"]
-
-    run_facts = {"workers": 1, "seconds": 0.0}
-    try:
-        with progress_bar(f"loo ({settings.method}) removals", total=total) as update:
-            update(advance=store.n_done)
-            if store.pending():
-                if runner is None:
-                    run_facts = chunks.run_in_process(problem(), store, settings, update)
-                else:
-                    run_facts = runner(problem, store, settings, update)
-    except (KeyboardInterrupt, Interrupted):
-        raise Interrupted(f"interrupted; {store.n_done} of {total} removals are saved in "
-                          f"{store.path}; rerun the same command to continue") from None
-    finally:
-        keeper = getattr(built.get("problem"), "keeper", None)
-        if keeper is not None:
-            keeper.close()  # the kept Hessian factor, written while the chunks ran
+    runner = cluster_runner(cluster, cluster_timeout, tensors, mrec, chosen)
+    run_facts = solve_store(f"loo ({settings.method}) removals", "removals", store, built,
+                            lambda: build_problem(tensors, mrec, data, chosen, settings,
+                                                  workdir), settings, runner)
     record = _loo_record(store, record_settings, inputs, settings, built.get("problem"), mrec)
     record.update(engine.loo_summary(store.arrays, settings))
     record.update(factor_seconds=built.get("seconds", 0.0), workers=run_facts["workers"],
@@ -211,3 +179,58 @@ def nanmax(a) -> float:
     """The largest non-NaN value; NaN when there is none (Adam LOO has no error bars)."""
     a = np.asarray(a, dtype=float)
     return float(np.nanmax(a)) if np.isfinite(a).any() or np.isinf(a).any() else math.nan
+
+
+def cluster_runner(cluster: str | None, cluster_timeout, tensors, mrec, chosen):
+    """The Dask runner of a chunked stage's store (None without ``--cluster``): its workers
+    rebuild the problem from the model's recipe."""
+    if cluster is None:
+        return None
+    from .. import cluster as cluster_mod
+
+    s = mrec["settings"]
+    return cluster_mod.ClusterRunner(
+        cluster, lambda: cluster_mod.ProblemRecipe(
+            s, mrec["inputs"]["data"], tensors["weight"], chosen,
+            f"{mrec['fingerprint']}:{','.join(map(str, chosen))}",
+            model_engine(mrec).certificate(tensors, mrec)),
+        cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
+
+
+def solve_store(label: str, noun: str, store, built: dict, build, settings, runner=None,
+                finish=None) -> dict:
+    """Solve a checkpointed store's open chunks (``loo``'s removals, ``lds``'s subsets) in
+    this process or on ``runner``, under one progress bar. The problem is ``build()`` on
+    first use, kept in ``built`` with its build ``seconds`` (a rerun with every chunk saved
+    needs no Hessian); ``finish(problem)``, if given, runs before the problem's kept factor
+    is closed, its result in ``built["finish"]``. An interrupt keeps what is done and says so
+    in one line. Returns the run's facts (workers, seconds, …)."""
+    from .. import chunks
+
+    def problem():
+        if "problem" not in built:
+            t0 = time.perf_counter()
+            built["problem"] = build()
+            built["seconds"] = time.perf_counter() - t0
+        return built["problem"]
+
+    total = len(store.train_indices)
+    facts = {"workers": 1, "seconds": 0.0}
+    try:
+        with progress_bar(label, total=total) as update:
+            update(advance=store.n_done)
+            if store.pending():
+                if runner is None:
+                    facts = chunks.run_in_process(problem(), store, settings, update)
+                else:
+                    facts = runner(problem, store, settings, update)
+        if finish is not None:
+            built["finish"] = finish(problem)
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(f"interrupted; {store.n_done} of {total} {noun} are saved in "
+                          f"{store.path}; rerun the same command to continue") from None
+    finally:
+        keeper = getattr(built.get("problem"), "keeper", None)
+        if keeper is not None:
+            keeper.close()  # the kept Hessian factor, written while the chunks ran
+    return facts
