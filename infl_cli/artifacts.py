@@ -158,7 +158,7 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
-STUDY_KEYS = ("mislabel", "self_influence")  # sections of metrics.json that studies own
+STUDY_KEYS = ("mislabel", "self_influence", "components", "hinge")  # sections of metrics.json that studies own
 
 
 def update_json(path: Path, key: str, value: Any) -> None:

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from . import __version__
-from . import cli_benchmarks, cli_commands, cli_run, cli_studies
+from . import cli_benchmarks, cli_commands, cli_paper, cli_run, cli_studies
 from .errors import InflError, Interrupted
 from .progress import console
 
@@ -30,7 +30,9 @@ for _name, _command in (("train", cli_commands.train_cmd), ("ihvp", cli_commands
                         ("run", cli_run.run_cmd),
                         ("self-influence", cli_studies.self_influence_cmd),
                         ("mislabel", cli_studies.mislabel_cmd),
-                        ("lds", cli_benchmarks.lds_cmd)):
+                        ("lds", cli_benchmarks.lds_cmd),
+                        ("components", cli_paper.components_cmd),
+                        ("hinge", cli_paper.hinge_cmd)):
     app.command(_name)(_command)
 
 

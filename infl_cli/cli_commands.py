@@ -12,7 +12,7 @@ import typer
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
-from .cli_options import (WORKDIR, DATASET, BIAS, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
+from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
                           ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS,
                           TRAIN_TOL, MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED,
                           PRESET, SCALE, DAMPING, DEPTH, BATCH, REPEATS, TAIL, STOP_TOL,
@@ -25,7 +25,8 @@ from .cli_options import (WORKDIR, DATASET, BIAS, DATA_DIR, WD, MODEL, WIDTH, PR
 def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
               data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
               train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER,
-              download: bool = DOWNLOAD, bias: bool = BIAS, model: str = MODEL,
+              download: bool = DOWNLOAD, bias: bool = BIAS,
+              classes: Optional[str] = CLASSES, model: str = MODEL,
               width: Optional[int] = WIDTH, protocol: Optional[str] = PROTOCOL,
               adam_steps: Optional[int] = ADAM_STEPS, adam_lr: Optional[float] = ADAM_LR,
               train_batch: int = TRAIN_BATCH, decay_epochs: str = DECAY_EPOCHS,
@@ -36,12 +37,14 @@ def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                        seed, train_size)
     settings_mod.validate_train(wd, train_tol, spec)
+    chosen = settings_mod.parse_classes(classes, dataset)
     where = common.device(device)
     from .stages.train import run_train
 
     with common.writing(workdir):
         report.report_train(run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                      download, bias=bias, device=where, spec=spec))
+                                      download, bias=bias, device=where, spec=spec,
+                                      classes=chosen))
 
 
 def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,

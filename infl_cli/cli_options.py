@@ -17,6 +17,9 @@ DATASET = typer.Option("mnist", "--dataset",
 BIAS = typer.Option(False, "--bias/--no-bias",
                     help="Append a constant feature 1 (an intercept), regularised like the "
                          "weights.")
+CLASSES = typer.Option(None, "--classes",
+                       help="Keep only these classes, e.g. 1,7 (the paper's binary MNIST: the "
+                            "first listed is class 0, y = +1); labels renumbered in this order.")
 DATA_DIR = typer.Option(None, "--data-dir",
                         help="Folder holding MNIST/raw/ (default: $INFL_DATA_DIR, else a per-user "
                              "cache folder; downloaded there when missing).")

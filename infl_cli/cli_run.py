@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+import typer
+
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
-from .cli_options import (WORKDIR, DATASET, BIAS, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
+from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
                           ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS,
                           TRAIN_TOL, MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED,
                           PRESET, SCALE, DAMPING, DEPTH, BATCH, REPEATS, TAIL, STOP_TOL,
@@ -18,11 +20,32 @@ from .cli_options import (WORKDIR, DATASET, BIAS, DATA_DIR, WD, MODEL, WIDTH, PR
 from .engines import policy_for
 from .errors import BadInput
 
+FIGURE = typer.Option(None, "--figure",
+                      help="Instead: the paper's Figure 1 (the parts of influence) or 3 (the "
+                           "SVM and the smooth hinge) with the authors' settings, in "
+                           "WORKDIR/figure1 or WORKDIR/figure3 (2: the default run).")
+
+
+def run_figure(workdir: Path, figure: int, dataset: str, data_dir, download: bool,
+               train_tol: float, max_iter: int, device: str) -> None:
+    from . import cli_paper
+    from .stages import paper
+
+    if figure == 1:
+        where = common.device(device)
+        with common.writing(paper.figure_folder(workdir, 1)):
+            cli_paper.report_components(paper.run_figure1(
+                workdir, dataset, data_dir, download, train_tol, max_iter, where,
+                {"train": report.report_train, "say": common.say}))
+    else:
+        with common.writing(paper.figure_folder(workdir, 3)):
+            cli_paper.report_hinge(paper.run_figure3(workdir, dataset, data_dir, download))
+
 
 def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
             train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER, download: bool = DOWNLOAD,
-            bias: bool = BIAS, model: str = MODEL, width: Optional[int] = WIDTH,
+            bias: bool = BIAS, classes: Optional[str] = CLASSES, model: str = MODEL, width: Optional[int] = WIDTH,
             protocol: Optional[str] = PROTOCOL, adam_steps: Optional[int] = ADAM_STEPS,
             adam_lr: Optional[float] = ADAM_LR, train_batch: int = TRAIN_BATCH,
             decay_epochs: str = DECAY_EPOCHS, train_size: Optional[int] = TRAIN_SIZE,
@@ -39,9 +62,26 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             rel_error: float = REL_ERROR, chunk_size: Optional[int] = CHUNK,
             max_steps: int = MAX_STEPS, retrain_steps: int = RETRAIN_STEPS,
             cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
-            out: Optional[Path] = OUT, device: str = DEVICE):
+            out: Optional[Path] = OUT, device: str = DEVICE,
+            figure: Optional[int] = FIGURE):
     """All stages in order, skipping those whose artifact is up to date, then `show` for the
-    first test point (figures and images whose inputs did not change are not redrawn)."""
+    first test point (figures and images whose inputs did not change are not redrawn). With
+    --figure 1 or 3: that figure of the paper with the authors' settings instead."""
+    if figure is not None and figure != 2:
+        given = [name for name, value in (
+            ("--classes", classes), ("--wd", wd), ("--test-index", test_index),
+            ("--test-sample", test_sample), ("--solver", solver), ("--method", method),
+            ("--num", num), ("--width", width), ("--protocol", protocol),
+            ("--cluster", cluster)) if value] + (["--model"] if model != "logreg" else []) \
+            + (["--bias"] if bias else [])
+        if figure not in (1, 3):
+            raise BadInput(f"--figure must be 1, 2 or 3 (the paper's figures), got {figure}")
+        if given:
+            raise BadInput(f"--figure {figure} runs the authors' settings; {given[0]} does not "
+                           f"apply (for other settings: `infl "
+                           f"{'train --classes A,B` then `infl components' if figure == 1 else 'hinge'}`)")
+        run_figure(workdir, figure, dataset, data_dir, download, train_tol, max_iter, device)
+        return
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                        seed, train_size)
     policy = policy_for(spec.kind)
@@ -50,6 +90,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     cg = settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     # every setting is checked before any stage runs: a typo must not cost a training run
     settings_mod.validate_train(wd, train_tol, spec)
+    chosen = settings_mod.parse_classes(classes, dataset)
     settings_mod.validate_ihvp(solver, lissa, cg, damping)
     solver = solver or policy.default_solver(spec)
     from .stages.common import spec_damping
@@ -74,4 +115,5 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     with common.writing(workdir):
         run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver,
                 common.tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
-                settings, out, cluster, cluster_timeout, where, spec, damping, reporters)
+                settings, out, cluster, cluster_timeout, where, spec, damping, reporters,
+                classes=chosen)

@@ -363,11 +363,49 @@ def _dataset(decoded: datacache.Decoded) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: Path | None = None, download: bool = True,
-                 bias: bool = False) -> Dataset:
+                 bias: bool = False, classes=None) -> Dataset:
     """Load a built-in dataset (``mnist``, ``fashion-mnist``, ``kmnist`` from ``data_dir``,
     default :func:`default_data_dir`; ``mnist-tiny`` from the package) or an NPZ file
-    (:func:`load_npz`); with ``bias`` a constant feature is appended. MNIST-format sets and
-    NPZ files come through the decoded-data cache (:mod:`~infl_cli.datacache`)."""
+    (:func:`load_npz`); with ``bias`` a constant feature is appended; with ``classes`` only
+    those classes are kept (:func:`select_classes`). MNIST-format sets and NPZ files come
+    through the decoded-data cache (:mod:`~infl_cli.datacache`)."""
+    data = _load_dataset(name, data_dir, download, bias)
+    return select_classes(data, classes) if classes else data
+
+
+def select_classes(data: Dataset, classes) -> Dataset:
+    """Only the training and test points of ``classes`` (in their order in the data), and
+    their labels renumbered by their place in ``classes``: ``(1, 7)`` makes digit 1 class 0
+    and digit 7 class 1. For two classes this is the authors' binary convention (digit 1 is
+    y = +1, digit 7 is y = −1: class 0 is +1)."""
+    classes = tuple(int(c) for c in classes)
+    for c in classes:
+        if not 0 <= c < data.n_classes:
+            raise BadInput(f"--classes: class {c} does not exist in {data.name} (its classes "
+                           f"are 0..{data.n_classes - 1})")
+    lookup = np.full(data.n_classes, -1, dtype=np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+    arrays = {}
+    for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x,
+                                                                  data.test_y)):
+        keep = np.flatnonzero(lookup[y] >= 0)
+        if split == "train":
+            counts = np.bincount(lookup[y[keep]], minlength=len(classes))
+            if counts.min() == 0:
+                missing = classes[int(np.argmin(counts))]
+                raise BadInput(f"--classes: {data.name} has no training point of class "
+                               f"{missing}")
+        arrays[split] = (np.ascontiguousarray(x[keep]), lookup[y[keep]])
+    tag = "classes " + ",".join(map(str, classes))
+    return replace(data, name=f"{data.name} [{tag}]", train_x=arrays["train"][0],
+                   train_y=arrays["train"][1], test_x=arrays["test"][0],
+                   test_y=arrays["test"][1], n_classes=len(classes), parts=None,
+                   class_names=tuple(data.class_name(c) for c in classes),
+                   fingerprint=_fingerprint(np.asarray(classes), extra=f"{data.fingerprint}|"
+                                                                       f"{tag}"))
+
+
+def _load_dataset(name: str, data_dir: Path | None, download: bool, bias: bool) -> Dataset:
     suffix = "+bias" if bias else ""
     if is_npz(name):
         path = Path(name).expanduser()
@@ -400,7 +438,8 @@ def recorded_dataset(settings: dict, download: bool = True) -> Dataset:
     """The dataset a model's training settings name (dataset or NPZ path, data folder, bias)."""
     return load_dataset(settings["dataset"],
                         Path(settings["data_dir"]) if settings.get("data_dir") else None,
-                        download, bias=settings.get("bias", False))
+                        download, bias=settings.get("bias", False),
+                        classes=settings.get("classes"))
 
 
 def subset(data: Dataset, indices, tag: str) -> Dataset:

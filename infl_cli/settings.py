@@ -105,6 +105,32 @@ def lissa_settings(preset, scale, depth, batch_size, repeats, seed, average_tail
     return s
 
 
+BUILTIN_CLASSES = 10  # every built-in dataset has ten classes
+
+
+def parse_classes(text: str | None, dataset: str | None = None) -> tuple | None:
+    """``--classes 1,7`` as a tuple of distinct class indices (None: every class). At least
+    two; for a built-in dataset each below its ten classes (an NPZ's are checked on
+    loading)."""
+    if text is None or text == "":
+        return None
+    try:
+        classes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadInput(f"--classes must be class indices separated by commas (e.g. 1,7), "
+                       f"got {text!r}") from None
+    if len(classes) < 2:
+        raise BadInput(f"--classes needs at least two classes to tell apart, got {text!r}")
+    if len(set(classes)) != len(classes):
+        raise BadInput(f"--classes lists a class twice: {text!r}")
+    for c in classes:
+        if c < 0 or (dataset in DATASETS and c >= BUILTIN_CLASSES):
+            raise BadInput(f"--classes: class {c} does not exist in {dataset} (its classes "
+                           f"are 0..{BUILTIN_CLASSES - 1})" if c >= 0 else
+                           f"--classes: class {c} does not exist (classes are ≥ 0)")
+    return classes
+
+
 def validate_train(wd: float | None, tol: float, spec=None) -> None:
     if wd is not None and not wd > 0:
         raise BadInput(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")

@@ -46,7 +46,8 @@ def _loo_current(path: Path, expected: dict, inputs: dict, auto_chunk: bool) -> 
 def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, download, bias,
             solver, tests: TestChoice, seed: int, lissa, cg, select, num, settings, out,
             cluster=None, cluster_timeout=None, device_name: str = "auto",
-            spec: ModelSpec | None = None, damping=None, report=None) -> dict:
+            spec: ModelSpec | None = None, damping=None, report=None,
+            classes: tuple | None = None) -> dict:
     """Run every stage in ``workdir`` (see the module doc). ``report[stage](record)`` prints
     each stage's table (the command line's). Returns the seconds per stage."""
     from . import plot as plot_stage
@@ -62,7 +63,7 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     t0 = time.perf_counter()
     spec = spec or ModelSpec()
     policy = policy_for(spec.kind)
-    full = load_dataset(dataset, data_dir, download, bias)
+    full = load_dataset(dataset, data_dir, download, bias, classes)
     data = policy.training_data(full, spec)
     chosen = ihvp_tests(tests, data, policy)
     num = selection.resolve_k(num, data.n_train)
@@ -105,12 +106,12 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
         times[name] = time.perf_counter() - start
         return rec
 
-    tset = train_settings(dataset, data_dir, wd, train_tol, bias, spec)
+    tset = train_settings(dataset, data_dir, wd, train_tol, bias, spec, classes)
     model_path = workdir / art.MODEL
     mrec = stage("train", model_path, is_current(model_path, tset, {"data": data.fingerprint}),
                  lambda: run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
                                    download, data=full, bias=bias, device=computing(),
-                                   spec=spec))
+                                   spec=spec, classes=classes))
     fixed = TestChoice(chosen)
     ipath = workdir / art.ihvp_name(label)
     irec = stage("ihvp", ipath,

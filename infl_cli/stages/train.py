@@ -12,30 +12,36 @@ from .common import compute_device, resolve_path
 
 
 def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
-                   bias: bool = False, spec: ModelSpec | None = None) -> dict:
+                   bias: bool = False, spec: ModelSpec | None = None,
+                   classes: tuple | None = None) -> dict:
     """What a model is made with. An NPZ dataset is recorded by its absolute path (and needs
-    no data folder); ``wd`` None is the model kind's default."""
+    no data folder); ``wd`` None is the model kind's default; ``classes`` (recorded only when
+    given) the classes kept."""
     from ..engines import policy_for
 
     spec = spec or ModelSpec()
     wd = policy_for(spec.kind).default_wd if wd is None else wd
     where = {"dataset": resolve_path(Path(dataset)), "data_dir": None} if is_npz(dataset) \
         else {"dataset": dataset, "data_dir": resolve_path(data_dir)}
-    return {**where, "wd": wd, "tol": tol, "bias": bias, "model": spec.record()}
+    out = {**where, "wd": wd, "tol": tol, "bias": bias, "model": spec.record()}
+    if classes:
+        out["classes"] = list(classes)
+    return out
 
 
 def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float | None, tol: float,
               max_iter: int, download: bool = True, data=None, bias: bool = False,
-              device=None, spec: ModelSpec | None = None) -> dict:
+              device=None, spec: ModelSpec | None = None, classes: tuple | None = None) -> dict:
     """Train and write the model with what later stages reuse: ``test_probs`` [m, C] (the
     test set's class probabilities) and, for the logistic model, the certified gradient at Ŵ
     with the training probabilities it was computed from (:meth:`fit` of the engine)."""
     spec = spec or ModelSpec()
     validate_train(wd, tol, spec)
     engine = engine_for(spec.kind)
-    settings = train_settings(dataset, data_dir, wd, tol, bias, spec)
+    settings = train_settings(dataset, data_dir, wd, tol, bias, spec, classes)
     device = compute_device(device)
-    data = engine.training_data(data or load_dataset(dataset, data_dir, download, bias),
+    data = engine.training_data(data or load_dataset(dataset, data_dir, download, bias,
+                                                     classes),
                                 spec).to(device)
     tensors, info = engine.fit(data, settings["wd"], tol, max_iter, spec)
     test_probs = engine.probabilities(tensors, data.x_test)

@@ -1,0 +1,423 @@
+"""``infl hinge``: the paper's Figure 3. A linear SVM trained to a certified optimum (exact
+duality gap, :mod:`~infl_cli.svm`), influence at its weights through the smooth hinge at
+several temperatures, and the truth: the SVM retrained without each of the points of largest
+|influence| at t = 0, every change certified. Beyond the paper, the smooth-hinge model trained
+at its own t, predicted and retrained on the same points.
+
+Conventions (REFERENCE.md's, with the hinge): N training points, y ∈ {±1} (class 0 of
+``--classes`` is +1), per-point loss ℓ_t(y wᵀx) + (wd/2)‖w‖², test loss ℓ_t without the
+regulariser. At a temperature t, with margins mᵢ at the model's weights,
+
+    H_t = (1/N)·Σ ℓ_t''(mᵢ)·xᵢxᵢᵀ + wd·I,    ∇L(z) = ℓ_t'(m_z)·y_z x_z + wd·w,
+
+and the predicted change of the test loss on removing z is (1/N)·∇L_testᵀ H_t⁻¹ ∇L(z)
+(= −I_up,loss/N). The SVM's "actual" change is that of the hinge test loss when the SVM is
+retrained on the other N − 1 points (the authors' C = 1/((N − 1)·wd)); the same actual changes
+serve every t, as in the paper.
+
+Writes ``hinge.safetensors`` (with ``hinge.partial.safetensors`` while the retrainings run,
+resumable), ``fig_hinge.png``/``.pdf`` and the ``hinge`` section of ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import artifacts as art
+from ..errors import BadInput, InflError
+
+ARTIFACT = "hinge.safetensors"
+PARTIAL = "hinge.partial.safetensors"
+FIGURE = "fig_hinge.png"
+PAPER_TEST = 1597  # the authors' test point (a 7 the SVM gets wrong)
+PAPER_R = {"0": 0.632, "0.001": 0.950, "0.1": 0.914}  # the authors' notebook
+ROUND_TO = 100  # the authors trim both sets to a multiple of 100 ("for batching")
+CURVES = (0.0, 0.001, 0.01, 0.1)  # panel (a)
+UNIT = 2.0 ** -53
+
+
+@dataclass(frozen=True)
+class HingeSettings:
+    """What the study is made of (recorded; a rerun with the same settings is reused)."""
+
+    wd: float = 0.01
+    temperatures: tuple = (0.0, 0.001, 0.1)
+    smooth: tuple = (0.001, 0.1)
+    num: int = 100
+    test_index: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    chunk_size: int = 10
+
+    def record(self) -> dict:
+        return {"wd": self.wd, "temperatures": list(self.temperatures),
+                "smooth": list(self.smooth), "num": self.num, "test_index": self.test_index,
+                "train_size": self.train_size, "test_size": self.test_size}
+
+
+def parse_temperatures(text: str, name: str, positive: bool = False) -> tuple:
+    """``--temperatures 0,0.001,0.1`` (≥ 0; ``positive``: > 0) as floats, in order given."""
+    if text.strip() == "":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise BadInput(f"{name} must be numbers separated by commas, got {text!r}") from None
+    for t in values:
+        if not math.isfinite(t) or t < 0 or (positive and t == 0):
+            raise BadInput(f"{name}: a temperature must be {'> 0' if positive else '≥ 0'} "
+                           f"(t = 0 is the hinge itself), got {t:g}")
+    if len(set(values)) != len(values):
+        raise BadInput(f"{name} lists a temperature twice: {text!r}")
+    return values
+
+
+def validate(settings: HingeSettings, classes) -> None:
+    if classes is None or len(classes) != 2:
+        got = "every class" if classes is None else f"{len(classes)} classes"
+        raise BadInput(f"the SVM tells two classes apart: give --classes A,B (the paper: 1,7), "
+                       f"got {got}")
+    if not settings.wd > 0:
+        raise BadInput(f"--wd must be > 0 (the SVM's objective must be strongly convex), got "
+                       f"{settings.wd}")
+    if not settings.temperatures:
+        raise BadInput("--temperatures must name at least one temperature")
+    if 0.0 not in settings.temperatures:
+        raise BadInput("--temperatures must include 0: the points retrained are those of "
+                       "largest |influence| at t = 0, as in the paper")
+    if settings.num < 2:
+        raise BadInput(f"--num must be ≥ 2 (a correlation needs two points), got {settings.num}")
+    for name in ("train_size", "test_size", "test_index"):
+        value = getattr(settings, name)
+        least = 0 if name == "test_index" else 2
+        if value is not None and value < least:
+            raise BadInput(f"--{name.replace('_', '-')} must be ≥ {least}, got {value}")
+
+
+# ----------------------------------------------------------------------------- the data
+@dataclass
+class HingeData:
+    k_train: np.ndarray  # int64 pixel integers [N, d]
+    k_test: np.ndarray
+    y: np.ndarray  # ±1 float64 [N]
+    y_test: np.ndarray
+    x: np.ndarray  # float64 features k/scale [N, d]
+    x_test: np.ndarray
+    scale: int
+    fingerprint: str
+    name: str
+    image_shape: tuple | None
+
+
+def hinge_data(data, settings: HingeSettings) -> HingeData:
+    """The SVM's training and test sets: the first ``train_size``/``test_size`` points (default:
+    the authors' trim to a multiple of 100), labels ±1 (class 0 → +1), features as integers
+    over their scale (the exact certificate needs them)."""
+    if data.pixel_scale is None or data.train_x.dtype.kind not in "iu" or data.bias:
+        raise BadInput(f"the SVM's certificate is exact arithmetic on integer features "
+                       f"(pixels/255, no --bias); {data.name} has "
+                       + ("a bias feature" if data.bias else "real-valued features"))
+    if data.pixel_scale != int(data.pixel_scale) or data.pixel_scale > 255:
+        raise BadInput(f"the SVM's exact certificate needs features k/s with integer s ≤ 255; "
+                       f"{data.name} has s = {data.pixel_scale:g}")
+    if int(np.max(np.abs(data.train_x.astype(np.int64)), initial=0)) > 255:
+        raise BadInput(f"the SVM's exact certificate needs integers ≤ 255; {data.name} has "
+                       "larger ones")
+    n = settings.train_size or _trimmed(data.n_train)
+    m = settings.test_size or _trimmed(data.n_test)
+    for what, size, have in (("--train-size", n, data.n_train), ("--test-size", m, data.n_test)):
+        if size > have:
+            raise BadInput(f"{what} {size:,} exceeds the {have:,} points of {data.name}")
+    k = data.train_x[:n].astype(np.int64)
+    kt = data.test_x[:m].astype(np.int64)
+    scale = int(data.pixel_scale)
+    y = 1.0 - 2.0 * data.train_y[:n].astype(np.float64)
+    if np.unique(y).size < 2:
+        raise BadInput(f"the first {n:,} training points of {data.name} hold one class only")
+    from .. import data as data_mod
+
+    return HingeData(k_train=k, k_test=kt, y=y, y_test=1.0 - 2.0 * data.test_y[:m]
+                     .astype(np.float64), x=k / scale, x_test=kt / scale, scale=scale,
+                     fingerprint=data_mod._fingerprint(np.array([n, m]),
+                                                       extra=data.fingerprint),
+                     name=data.name, image_shape=data.image_shape)
+
+
+def _trimmed(size: int) -> int:
+    """The authors' trim: down to a multiple of 100 (sets smaller than 100 are kept whole)."""
+    return size // ROUND_TO * ROUND_TO if size >= ROUND_TO else size
+
+
+# ----------------------------------------------------------------------------- influence
+def predicted_changes(x, y, w, margins, wd, t, x_test, y_test):
+    """(1/N)·∇L_testᵀ H_t⁻¹ ∇L(z) for every training point z, at weights ``w`` whose training
+    margins are ``margins``, with ∇L(z) including wd·w (module doc). Exact dense solve (a
+    Cholesky of the d × d Hessian) and its proven error: ‖s − H⁻¹g‖ ≤ ‖Hs − g‖/wd."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    from ..svm import smooth_hinge_d1, smooth_hinge_d2
+
+    n = x.shape[0]
+    m_test = float(y_test * (x_test @ w))
+    g_test = smooth_hinge_d1(np.array([m_test]), t)[0] * y_test * x_test
+    curv = smooth_hinge_d2(margins, t)
+    h = (x.T * (curv / n)) @ x
+    h[np.diag_indices_from(h)] += wd
+    s = cho_solve(cho_factor(h), g_test)
+    residual = float(np.linalg.norm(h @ s - g_test))
+    coef = smooth_hinge_d1(margins, t) * y
+    predicted = (coef * (x @ s) + wd * float(w @ s)) / n
+    return predicted, {"ihvp_residual": residual, "ihvp_error_bound": residual / wd,
+                       "ihvp_norm": float(np.linalg.norm(s)), "test_margin": m_test}
+
+
+def top_indices(predicted: np.ndarray, num: int) -> np.ndarray:
+    """The ``num`` training points of largest |predicted change| (ties: lower index first)."""
+    order = np.lexsort((np.arange(predicted.size), -np.abs(predicted)))
+    return np.sort(order[:min(num, predicted.size)])
+
+
+# ----------------------------------------------------------------------------- retraining
+class HingeProblem:
+    """Retrains without each removal: the SVM (row 0: warm-started dual coordinate ascent,
+    certified by its exact gap) and the smooth models (rows 1..: Newton from the full model,
+    preconditioned by its Hessian, certified by the gradient). ``solve_chunk`` is pure, so
+    the chunk store may run it in any order."""
+
+    def __init__(self, hd: HingeData, settings: HingeSettings, svm_full, smooth_full: list,
+                 test: int):
+        from scipy.linalg import cho_factor
+
+        from ..svm import smooth_hessian
+
+        self.hd, self.settings, self.test = hd, settings, test
+        self.svm_full = svm_full
+        self.smooth_full = smooth_full
+        self.x_test_norm = math.nextafter(float(np.linalg.norm(hd.x_test[test])), math.inf) \
+            * (1 + 1e-15)
+        keep = np.ones(hd.y.size, dtype=bool)
+        self.factors = []
+        for t, model in zip(settings.smooth, smooth_full):
+            m = hd.y * (hd.x @ model.weight)
+            self.factors.append(cho_factor(smooth_hessian(hd.x, hd.y, m, settings.wd, t, keep)))
+
+    def solve_chunk(self, removed, selected, settings):
+        from .. import svm
+
+        hd, s = self.hd, self.settings
+        rows = 1 + len(s.smooth)
+        k = len(removed)
+        out = {"actual_loss_diff": np.zeros((rows, k)), "actual_error_bound": np.zeros((rows, k)),
+               "grad_norm": np.zeros(k), "gap": np.zeros(k), "radius": np.zeros((rows, k)),
+               "steps": np.zeros(k, dtype=np.int64)}
+        kt, yt = hd.k_test[[self.test]], hd.y_test[[self.test]].astype(np.int64)
+        full = self.svm_full
+        for j, z in enumerate(np.asarray(removed).tolist()):
+            keep = np.ones(hd.y.size, dtype=bool)
+            keep[z] = False
+            alpha, report = svm.solve_dual(hd.x, hd.y, s.wd, full.alpha, keep)
+            cert = svm.certificate(hd.k_train, hd.y.astype(np.int64), alpha, s.wd, keep, kt, yt,
+                                   hd.scale)
+            delta = cert.test_hinge[0] - full.test_hinge[self.test]
+            value = float(delta)
+            out["actual_loss_diff"][0, j] = value
+            out["actual_error_bound"][0, j] = self.x_test_norm * (cert.radius + full.radius) \
+                * (1 + 4 * UNIT) + UNIT * abs(value)
+            out["gap"][j] = cert.gap
+            out["radius"][0, j] = cert.radius
+            out["steps"][j] = report.sweeps
+            out["grad_norm"][j] = cert.radius
+            for r, (t, model, factor) in enumerate(zip(s.smooth, self.smooth_full,
+                                                       self.factors), start=1):
+                loo = svm.fit_smooth(hd.x, hd.y, s.wd, t, keep, start=model.weight,
+                                     factor=factor)
+                value, bound = smooth_change(hd, self.test, t, model, loo, self.x_test_norm)
+                out["actual_loss_diff"][r, j] = value
+                out["actual_error_bound"][r, j] = bound
+                out["radius"][r, j] = loo.radius
+        return out, {}
+
+
+def smooth_change(hd: HingeData, test: int, t: float, full, loo, x_norm: float) -> tuple:
+    """The change of the smooth test loss ℓ_t from ``full`` to ``loo`` and its proven bound:
+    ℓ_t is 1-Lipschitz in the margin, so the models' radii cost ‖x‖·(r + r₋); the margins'
+    float64 evaluation γ_d·|x|ᵀ|w| each; ℓ_t's evaluation 4u of its value; the difference u."""
+    from ..svm import smooth_hinge
+
+    x, y = hd.x_test[test], hd.y_test[test]
+    d = x.size
+    gam = d * UNIT / (1 - d * UNIT)
+    values = [float(smooth_hinge(np.array([y * (x @ model.weight)]), t)[0])
+              for model in (full, loo)]
+    change = values[1] - values[0]
+    rounding = sum(gam * float(np.abs(x) @ np.abs(model.weight)) + 4 * UNIT * v
+                   for model, v in zip((full, loo), values)) + UNIT * abs(change)
+    return change, (x_norm * (full.radius + loo.radius) + rounding) * (1 + 1e-6)
+
+
+HINGE_LAYOUT = {"actual_loss_diff": ("tk", np.float64), "actual_error_bound": ("tk", np.float64),
+                "radius": ("tk", np.float64), "grad_norm": ("k", np.float64),
+                "gap": ("k", np.float64), "steps": ("k", np.int64)}
+
+
+# ----------------------------------------------------------------------------- the study
+def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
+    """Train, predict, retrain, write; reuse ``hinge.safetensors`` when it is current.
+    Returns the record (with the figure's metrics under ``metrics``)."""
+    import torch
+
+    from .. import chunks, svm
+    from ..progress import progress_bar
+    from ..settings import LooSettings
+    from .loo import solve_store
+
+    validate(settings, classes)
+    hd = hinge_data(data, settings)
+    n, m = hd.y.size, hd.y_test.size
+    test = settings.test_index
+    if test is None and m > PAPER_TEST:
+        test = PAPER_TEST
+    if test is not None and test >= m:
+        raise BadInput(f"--test-index {test} is out of range: the SVM's test set has {m:,} "
+                       "points")
+    path = workdir / ARTIFACT
+    record_settings = {**settings.record(), "classes": list(classes)}
+    inputs = {"data": hd.fingerprint}
+    if art.is_current(path, record_settings, inputs):
+        record = art.read_record(path)
+        arrays = art.load_arrays(path, "hinge")[0]
+        return {**record, "metrics": draw(workdir, arrays, record)}
+    start = time.perf_counter()
+    keep = np.ones(n, dtype=bool)
+    timings = {}
+    with progress_bar("hinge: SVM (dual coordinate ascent)", total=1) as update:
+        t0 = time.perf_counter()
+        alpha, report = svm.solve_dual(hd.x, hd.y, settings.wd, np.zeros(n), keep)
+        full = svm.certificate(hd.k_train, hd.y.astype(np.int64), alpha, settings.wd, keep,
+                               hd.k_test, hd.y_test.astype(np.int64), hd.scale)
+        timings["svm"] = time.perf_counter() - t0
+        update(status=f"gap {full.gap:.1e}")
+    if full.gap > 1e-10:
+        raise InflError(f"the SVM did not reach a certified optimum (duality gap {full.gap:.1e} "
+                        f"after {report.rounds} rounds)")
+    if test is None:  # a small test set: the test point the SVM gets most wrong
+        test = int(np.argmin(full.test_margins))
+    predicted, reports = {}, {}
+    t0 = time.perf_counter()
+    for t in settings.temperatures:
+        predicted[t], reports[t] = predicted_changes(hd.x, hd.y, full.weight, full.margins,
+                                                     settings.wd, t, hd.x_test[test],
+                                                     hd.y_test[test])
+    timings["influence"] = time.perf_counter() - t0
+    chosen = top_indices(predicted[0.0], settings.num)
+    smooth_full, smooth_pred = [], []
+    t0 = time.perf_counter()
+    with progress_bar("hinge: smooth models at their own t", total=len(settings.smooth)) as update:
+        for t in settings.smooth:
+            model = svm.fit_smooth(hd.x, hd.y, settings.wd, t, keep, start=full.weight)
+            if model.radius > 1e-6:
+                raise InflError(f"the smooth model at t = {t:g} did not converge (‖∇R‖ ≤ "
+                                f"{model.grad_bound:.1e})")
+            margins = hd.y * (hd.x @ model.weight)
+            pred, _ = predicted_changes(hd.x, hd.y, model.weight, margins, settings.wd, t,
+                                        hd.x_test[test], hd.y_test[test])
+            smooth_full.append(model)
+            smooth_pred.append(pred[chosen])
+            update()
+    timings["smooth models"] = time.perf_counter() - t0
+    rows = 1 + len(settings.smooth)
+    chunk_settings = LooSettings(chunk_size=settings.chunk_size)
+    store = chunks.PartialResults(workdir / PARTIAL, chosen, list(range(rows)),
+                                  np.ones((rows, chosen.size), dtype=bool),
+                                  settings.chunk_size, record_settings, inputs,
+                                  layout=HINGE_LAYOUT, stage="hinge-partial")
+    built = {}
+    t0 = time.perf_counter()
+    solve_store("hinge: retrain without each point", "removals", store, built,
+                lambda: HingeProblem(hd, settings, full, smooth_full, test), chunk_settings)
+    timings["retraining"] = time.perf_counter() - t0
+    a = store.arrays
+    tensors = {
+        "weight": full.weight, "alpha": full.alpha, "margins": full.margins,
+        "test_margins": full.test_margins,
+        "predicted": np.stack([predicted[t] for t in settings.temperatures]),
+        "train_indices": chosen,
+        "actual": a["actual_loss_diff"][0], "actual_bound": a["actual_error_bound"][0],
+        "gap": a["gap"], "radius": a["radius"][0], "sweeps": a["steps"],
+        "smooth_weight": np.stack([s.weight for s in smooth_full]) if smooth_full
+        else np.zeros((0, hd.x.shape[1])),
+        "smooth_predicted": np.stack(smooth_pred) if smooth_pred else np.zeros((0, chosen.size)),
+        "smooth_actual": a["actual_loss_diff"][1:], "smooth_bound": a["actual_error_bound"][1:],
+        "smooth_radius": a["radius"][1:],
+        "test_image": hd.x_test[test],
+    }
+    record = {
+        "stage": "hinge", "settings": record_settings, "inputs": inputs,
+        "data": hd.name, "n_train": int(n), "n_test": int(m), "test_index": int(test),
+        "test_label": "+1" if hd.y_test[test] > 0 else "-1",
+        "svm": {"gap": full.gap, "radius": full.radius, "primal": full.primal,
+                "kkt": report.kkt, "rounds": report.rounds, "sweeps": report.sweeps,
+                "free": int(((full.alpha > 0) & (full.alpha < 1)).sum()),
+                "at_bound": int((full.alpha >= 1).sum()),
+                "test_margin": float(full.test_margins[test]),
+                "test_accuracy": float(np.mean(full.test_margins > 0)),
+                "train_accuracy": float(np.mean(full.margins > 0))},
+        "influence": {f"{t:g}": reports[t] for t in settings.temperatures},
+        "smooth": [{"t": t, "grad_norm": s.grad_norm, "grad_bound": s.grad_bound,
+                    "radius": s.radius, "steps": s.steps}
+                   for t, s in zip(settings.smooth, smooth_full)],
+        "timings": timings, "seconds": time.perf_counter() - start,
+    }
+    art.save_artifact(path, {key: torch.from_numpy(np.ascontiguousarray(value))
+                             for key, value in tensors.items()}, record)
+    store.discard()
+    record = art.read_record(path)
+    arrays = art.load_arrays(path, "hinge")[0]
+    return {**record, "metrics": draw(workdir, arrays, record)}
+
+
+def metrics_of(arrays: dict, record: dict) -> dict:
+    """Pearson R of predicted against actual per temperature (the SVM's truth) and per smooth
+    model (its own truth), the bounds' share of each change, and the authors' numbers."""
+    from scipy.stats import pearsonr, spearmanr
+
+    temps = record["settings"]["temperatures"]
+    chosen = np.asarray(arrays["train_indices"])
+    actual = np.asarray(arrays["actual"])
+    bound = np.asarray(arrays["actual_bound"])
+    out = {"svm": {}, "smooth": {}, "paper_r": PAPER_R}
+    rel = bound / np.maximum(np.abs(actual), 1e-300)
+    for i, t in enumerate(temps):
+        pred = np.asarray(arrays["predicted"][i])[chosen]
+        out["svm"][f"{t:g}"] = {"pearson": float(pearsonr(actual, pred)[0]),
+                                "spearman": float(spearmanr(actual, pred)[0])}
+    out["svm_truth"] = {"max_bound": float(bound.max()), "max_relative_bound": float(rel.max()),
+                        "within_1pct": int((rel <= 0.01).sum()), "n": int(actual.size),
+                        "max_gap": float(np.max(arrays["gap"]))}
+    for i, t in enumerate(record["settings"]["smooth"]):
+        act = np.asarray(arrays["smooth_actual"][i])
+        b = np.asarray(arrays["smooth_bound"][i])
+        pred = np.asarray(arrays["smooth_predicted"][i])
+        out["smooth"][f"{t:g}"] = {
+            "pearson": float(pearsonr(act, pred)[0]),
+            "spearman": float(spearmanr(act, pred)[0]),
+            "max_relative_error": float(np.max(np.abs(pred - act) / np.maximum(np.abs(act),
+                                                                                1e-300))),
+            "max_relative_bound": float(np.max(b / np.maximum(np.abs(act), 1e-300)))}
+    return out
+
+
+def draw(workdir: Path, arrays: dict, record: dict) -> dict:
+    from .. import plot_paper
+
+    metrics = metrics_of(arrays, record)
+    png = workdir / FIGURE
+    plot_paper.draw_hinge(arrays, record, metrics, png, art.atomic_write)
+    metrics["figure"] = str(png)
+    art.update_json(workdir / "metrics.json", "hinge", metrics)
+    return metrics

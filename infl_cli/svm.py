@@ -1,0 +1,384 @@
+"""The linear SVM of the paper's Figure 3, trained to a *certified* optimum, and the smooth
+hinge that gives it a Hessian.
+
+**The hinge model.** For labels y ∈ {±1} (class 0 is +1) and N training points,
+
+    P(w) = (1/N)·Σ max(0, 1 − yᵢ wᵀxᵢ) + (wd/2)·‖w‖²,
+
+the authors' ``LinearSVC(C = 1/(N·wd), loss='hinge')``, no bias. It is wd-strongly convex
+but not smooth, so no gradient certifies it. Its dual (liblinear's, rescaled) is
+
+    D(α) = (1/N)·Σ αᵢ − (1/(2·wd·N²))·‖Σ αᵢ yᵢ xᵢ‖²,  α ∈ [0, 1]ᴺ,  w(α) = Σ αᵢ yᵢ xᵢ /(wd·N),
+
+and for every feasible α, P(w(α)) − P(w*) ≤ P(w(α)) − D(α) = gap(α). Strong convexity gives
+(wd/2)‖w − w*‖² ≤ P(w) − P(w*), so **‖w(α) − w*‖ ≤ √(2·gap/wd)** (:func:`certificate`).
+
+**Exact arithmetic.** The gap is first-order in the margins' errors (the free support
+vectors sit on the kink of the hinge), so a float64 evaluation of it would hide the optimum
+behind its own rounding. :func:`certificate` therefore evaluates P(w(α)) and D(α) *exactly*:
+pixels are integers kᵢⱼ/255, α is rounded to multiples of 2⁻⁵² (still feasible), and every
+sum is an integer, formed in int64 in limbs small enough never to overflow and carried in
+Python integers; the gap is an exact fraction. The certified model is w(α) itself; the
+float64 weights used elsewhere are its correctly rounded value. Test margins are exact too,
+so an actual change of the hinge test loss, computed from two certified models, is off by at
+most ‖x_test‖·(r + r₋) (the hinge is 1-Lipschitz in the margin).
+
+**Training** (:func:`solve_dual`): dual coordinate ascent (Hsieh et al. 2008, as liblinear) on
+an active set (the free and near-margin points, with their Gram matrix), alternated with an
+exact solve of the free points' margin equations (an active-set Newton step) and a full KKT
+check; leave-one-out retraining warm-starts from the full model's α with αᵢ = 0 for the
+removed point and N − 1 in the scaling (the authors' C = 1/((N − 1)·wd)). It is a sequential
+method on the CPU (NumPy); at 784 weights the work is small.
+
+**The smooth hinge** SmoothHinge_t(s) = t·log(1 + exp((1 − s)/t)) (the authors'
+``influence/smooth_hinge.py``; t = 0 is the hinge). Its derivatives: ℓ'(s) = −σ((1 − s)/t),
+ℓ''(s) = σ(u)·σ(−u)/t with u = (1 − s)/t; ℓ is 1-Lipschitz and ℓ'' ≤ 1/(4t).
+:func:`fit_smooth` trains the smooth model at its own t (primal Newton; certified by its
+gradient, rounding bounded, ‖w − w*‖ ≤ ‖∇R‖/wd).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+ALPHA_BITS = 52  # α is certified as a multiple of 2⁻⁵²
+LIMB_BITS = 36  # int64 limbs: 255 · 2³⁶ · 11,800 < 2⁶³, and 255 · 2³⁶ · 784 too
+MAX_ROWS = (2 ** 62) // (255 * 2 ** LIMB_BITS)  # the most terms an int64 limb sum can take
+UNIT = 2.0 ** -53
+
+
+# ----------------------------------------------------------------------------- smooth hinge
+def smooth_hinge(s, t: float):
+    """SmoothHinge_t(s), stable for every s; t = 0: max(0, 1 − s)."""
+    s = np.asarray(s, dtype=np.float64)
+    if t == 0:
+        return np.maximum(0.0, 1.0 - s)
+    u = (1.0 - s) / t
+    return t * (np.maximum(u, 0.0) + np.log1p(np.exp(-np.abs(u))))
+
+
+def smooth_hinge_d1(s, t: float):
+    """dℓ/ds: −σ((1 − s)/t); t = 0: −1 where s < 1, else 0 (the authors' subgradient)."""
+    s = np.asarray(s, dtype=np.float64)
+    if t == 0:
+        return -(s < 1.0).astype(np.float64)
+    return -_sigmoid((1.0 - s) / t)
+
+
+def smooth_hinge_d2(s, t: float):
+    """d²ℓ/ds²: σ(u)·σ(−u)/t with u = (1 − s)/t; t = 0: 0 (almost everywhere)."""
+    s = np.asarray(s, dtype=np.float64)
+    if t == 0:
+        return np.zeros_like(s)
+    u = (1.0 - s) / t
+    return _sigmoid(u) * _sigmoid(-u) / t
+
+
+def _sigmoid(u):
+    out = np.empty_like(u)
+    pos = u >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-u[pos]))
+    e = np.exp(u[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+# ----------------------------------------------------------------------------- exact sums
+def _limbs(values) -> list:
+    """Signed int64 limbs of Python integers: values = Σₗ limbₗ·2^(36·l)."""
+    magnitude = [abs(int(v)) for v in values]
+    sign = np.array([1 if int(v) >= 0 else -1 for v in values], dtype=np.int64)
+    top = max(magnitude, default=0).bit_length()
+    mask = (1 << LIMB_BITS) - 1
+    out = []
+    for shift in range(0, max(top, 1), LIMB_BITS):
+        out.append(sign * np.array([(m >> shift) & mask for m in magnitude], dtype=np.int64))
+    return out
+
+
+def _combine(parts: list) -> list:
+    """Σₗ partsₗ·2^(36·l) as Python integers."""
+    total = [0] * len(parts[0])
+    for l, part in enumerate(parts):
+        shift = LIMB_BITS * l
+        total = [a + (int(b) << shift) for a, b in zip(total, part.tolist())]
+    return total
+
+
+def exact_matvec(k: np.ndarray, values) -> list:
+    """Σⱼ kᵢⱼ·valuesⱼ exactly (k: int64 [n, d] of magnitude ≤ 255; values: Python ints)."""
+    if k.shape[1] > MAX_ROWS:
+        raise ValueError("too many features for exact int64 limb sums")
+    return _combine([k @ limb for limb in _limbs(values)])
+
+
+def exact_rmatvec(k: np.ndarray, values) -> list:
+    """Σᵢ kᵢⱼ·valuesᵢ exactly, in blocks of rows that an int64 limb sum holds."""
+    total = [0] * k.shape[1]
+    for lo in range(0, k.shape[0], MAX_ROWS):
+        block = k[lo:lo + MAX_ROWS]
+        part = _combine([limb @ block for limb in _limbs(values[lo:lo + MAX_ROWS])])
+        total = [a + b for a, b in zip(total, part)]
+    return total
+
+
+def _round_up(x: Fraction) -> float:
+    """A float ≥ the fraction x (≥ 0)."""
+    f = float(x)
+    return f if Fraction(f) >= x else math.nextafter(f, math.inf)
+
+
+def _sqrt_up(x: float) -> float:
+    return math.nextafter(math.sqrt(x), math.inf) if x > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- certificate
+@dataclass
+class Certified:
+    """A certified SVM: ``alpha`` (the certified α, multiples of 2⁻⁵²), ``weight`` (float64
+    of w(α), correctly rounded per entry), ``gap`` (the exact gap, rounded up), ``radius``
+    (≥ ‖w(α) − w*‖), ``primal`` (P(w(α)), rounded), ``margins`` [n] (yᵢ·w(α)ᵀxᵢ of every
+    training point, correctly rounded from the exact value), ``test_margins`` [m] likewise,
+    ``test_hinge`` [m] (the exact hinge test losses, as fractions), ``n`` (N)."""
+
+    alpha: np.ndarray
+    weight: np.ndarray
+    gap: float
+    radius: float
+    primal: float
+    margins: np.ndarray
+    test_margins: np.ndarray
+    test_hinge: list
+    n: int
+
+
+def certificate(k_train: np.ndarray, y: np.ndarray, alpha: np.ndarray, wd: float,
+                keep: np.ndarray, k_test: np.ndarray, y_test: np.ndarray,
+                scale: int = 255) -> Certified:
+    """The exact duality gap of α (rounded to 2⁻⁵², clipped to [0, 1], 0 off ``keep``) for
+    the SVM on the points ``keep`` of ``k_train`` (int64 pixel integers, x = k/scale),
+    labels ``y`` ∈ {±1}; and what it certifies (see the module doc), with the exact margins
+    and hinge losses of the test points ``k_test`` (labels ``y_test`` ∈ {±1})."""
+    keep = np.asarray(keep, dtype=bool)
+    n = int(keep.sum())
+    one = 1 << ALPHA_BITS
+    a = np.clip(np.rint(np.asarray(alpha, dtype=np.float64) * one), 0, one).astype(np.int64)
+    a[~keep] = 0
+    v = exact_rmatvec(k_train, (a * y.astype(np.int64)).tolist())  # w = v/denom
+    wdf = Fraction(wd)
+    denom = wdf * n * scale * one
+    q = denom * scale  # yᵢ·w(α)ᵀxᵢ = yᵢ·(Σⱼ vⱼ kᵢⱼ)/q, q = num/qd
+    num, qd = q.numerator, q.denominator
+
+    def margins_of(k, labels):
+        raw = exact_matvec(k, v) if len(k) else []
+        return [int(s) * r * qd for r, s in zip(raw, labels.tolist())]  # margin·num
+
+    scaled = margins_of(k_train, y)
+    hinge_sum = sum(num - t for t, kept in zip(scaled, keep.tolist()) if kept and t < num)
+    half_wd_w2 = wdf / 2 * Fraction(sum(x * x for x in v)) / (denom * denom)
+    primal = Fraction(hinge_sum, num) / n + half_wd_w2
+    dual = Fraction(int(a[keep].sum()), one) / n - half_wd_w2  # the same quadratic term
+    gap = primal - dual  # ≥ 0 exactly (weak duality)
+    gap_up = _round_up(gap) if gap > 0 else 0.0
+    radius = _sqrt_up(math.nextafter(2.0 * gap_up / wd, math.inf)) if gap_up else 0.0
+    tests = margins_of(k_test, y_test)
+    return Certified(alpha=a / one, weight=np.array([float(Fraction(x) / denom) for x in v]),
+                     gap=gap_up, radius=radius, primal=float(primal),
+                     margins=np.array([t / num for t in scaled]),
+                     test_margins=np.array([t / num for t in tests]),
+                     test_hinge=[Fraction(num - t, num) if t < num else Fraction(0)
+                                 for t in tests], n=n)
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class DualReport:
+    rounds: int
+    sweeps: int
+    kkt: float  # the largest projected-gradient violation |mᵢ − 1| (float64 margins)
+    active: int
+
+
+def solve_dual(x: np.ndarray, y: np.ndarray, wd: float, alpha: np.ndarray,
+               keep: np.ndarray, kkt_tol: float = 1e-13, max_rounds: int = 60,
+               band: float = 0.25, max_sweeps: int = 400) -> tuple:
+    """Dual coordinate ascent to (nearly) exact optimality: returns (α, report).
+
+    Each round recomputes w(α) and every margin in float64, takes the active set (free
+    points, violators and points within ``band`` of the margin), runs coordinate sweeps on
+    it with its Gram matrix, then solves the free points' margin equations exactly (a Newton
+    step on the dual restricted to them, stopped at the box), until the largest KKT
+    violation is ≤ ``kkt_tol``."""
+    keep = np.asarray(keep, dtype=bool)
+    n = int(keep.sum())
+    c = 1.0 / (wd * n)
+    alpha = np.where(keep, np.clip(alpha, 0.0, 1.0), 0.0)
+    sweeps_done = 0
+    kkt = math.inf
+    active = 0
+    rng = np.random.default_rng(0)
+    for rounds in range(1, max_rounds + 1):
+        w = c * (x.T @ (alpha * y))
+        m = y * (x @ w)
+        g = m - 1.0
+        viol = np.where(alpha <= 0.0, np.minimum(g, 0.0),
+                        np.where(alpha >= 1.0, np.maximum(g, 0.0), g))
+        viol[~keep] = 0.0
+        kkt = float(np.max(np.abs(viol)))
+        if kkt <= kkt_tol:
+            break
+        chosen = keep & ((viol != 0.0) | (np.abs(g) < band))
+        idx = np.flatnonzero(chosen)
+        active = idx.size
+        xa = x[idx]
+        ya = y[idx]
+        gram = c * (ya[:, None] * ya[None, :]) * (xa @ xa.T)
+        ma = m[idx].copy()
+        aa = alpha[idx].copy()
+        diag = np.diag(gram).copy()
+        diag[diag <= 0] = np.inf
+        for _ in range(max_sweeps):
+            sweeps_done += 1
+            moved = 0.0
+            for j in rng.permutation(idx.size):
+                new = aa[j] - (ma[j] - 1.0) / diag[j]
+                new = 1.0 if new > 1.0 else (0.0 if new < 0.0 else new)
+                d = new - aa[j]
+                if d != 0.0:
+                    ma += d * gram[:, j]
+                    aa[j] = new
+                    moved = max(moved, abs(d))
+            _polish(gram, ma, aa)
+            if moved < 1e-15:
+                break
+        alpha[idx] = aa
+    return alpha, DualReport(rounds=rounds, sweeps=sweeps_done, kkt=kkt, active=active)
+
+
+def _polish(gram: np.ndarray, ma: np.ndarray, aa: np.ndarray, steps: int = 4) -> None:
+    """Newton steps on the free points' margin equations G_FF·δ = 1 − m_F, each stopped where
+    an α reaches its box (that α then leaves the free set); in place."""
+    for _ in range(steps):
+        free = np.flatnonzero((aa > 0.0) & (aa < 1.0))
+        if free.size == 0:
+            return
+        rhs = 1.0 - ma[free]
+        if np.max(np.abs(rhs)) < 1e-16:
+            return
+        delta = np.linalg.lstsq(gram[np.ix_(free, free)], rhs, rcond=None)[0]
+        target = aa[free] + delta
+        step = 1.0
+        over = target > 1.0
+        under = target < 0.0
+        if over.any():
+            step = min(step, float(np.min((1.0 - aa[free][over]) / delta[over])))
+        if under.any():
+            step = min(step, float(np.min(-aa[free][under] / delta[under])))
+        d = step * delta
+        aa[free] = np.clip(aa[free] + d, 0.0, 1.0)
+        ma += gram[:, free] @ d
+        if step >= 1.0:
+            return
+
+
+# ----------------------------------------------------------------------------- smooth model
+@dataclass
+class Smooth:
+    """A certified smooth-hinge model: ``weight``, ``grad_norm`` (float64 ‖∇R‖),
+    ``grad_bound`` (≥ the exact ‖∇R‖, rounding included), ``radius`` (≥ ‖w − w*‖),
+    ``steps`` (Newton steps)."""
+
+    weight: np.ndarray
+    grad_norm: float
+    grad_bound: float
+    radius: float
+    steps: int
+
+
+def smooth_objective(x, y, w, wd, t, keep):
+    m = y * (x @ w)
+    n = int(keep.sum())
+    return float(np.sum(smooth_hinge(m[keep], t)) / n + 0.5 * wd * (w @ w))
+
+
+def smooth_gradient(x, y, w, wd, t, keep, rounding: bool = False) -> tuple:
+    """(∇R(w), margins, and with ``rounding`` a bound on the float64 rounding error of ∇R
+    per entry, else None)."""
+    n = int(keep.sum())
+    m = y * (x @ w)
+    coef = np.where(keep, y * smooth_hinge_d1(m, t), 0.0)
+    grad = x.T @ coef / n + wd * w
+    if not rounding:
+        return grad, m, None
+    # rounding (Higham's γ model, any summation order): the margins are off by
+    # eᵢ ≤ γ_d |xᵢ|ᵀ|w|; ℓ' is 1/(4t)-Lipschitz and evaluated within 4u (σ: exp, +, ÷);
+    # the sum over i is off by γ_n Σ|xᵢⱼ||coefᵢ|; wd·w and the final + by γ_2.
+    d = x.shape[1]
+    gam_d = d * UNIT / (1 - d * UNIT)
+    gam_n = (n + 2) * UNIT / (1 - (n + 2) * UNIT)
+    ax = np.abs(x)
+    e_m = gam_d * (ax @ np.abs(w))
+    e_coef = np.where(keep, e_m / (4.0 * t) + 4.0 * UNIT, 0.0)
+    bound = (ax.T @ (e_coef + gam_n * np.abs(coef))) / n + 3 * UNIT * (wd * np.abs(w)
+                                                                   + np.abs(grad))
+    return grad, m, bound * (1 + 1e-6)
+
+
+def smooth_hessian(x, y, m, wd, t, keep, drop: float = 1e-13) -> np.ndarray:
+    """H = (1/N)Σ ℓ''(mᵢ)xᵢxᵢᵀ + wd·I, without the points whose curvature is below ``drop`` ×
+    the largest (at small t the curvature lives on the few points near the margin, so this
+    is fast; it is Newton's matrix only: every model is certified by its gradient)."""
+    n = int(keep.sum())
+    curv = np.where(keep, smooth_hinge_d2(m, t), 0.0)
+    rows = np.flatnonzero(curv > drop * curv.max()) if curv.max() > 0 else np.arange(0)
+    xr = x[rows]
+    h = (xr.T * (curv[rows] / n)) @ xr
+    h[np.diag_indices_from(h)] += wd
+    return h
+
+
+def fit_smooth(x, y, wd, t, keep, start=None, tol=1e-14, max_steps=100,
+               factor=None) -> Smooth:
+    """Minimise R_t(w) = (1/N)Σ ℓ_t(yᵢ wᵀxᵢ) + (wd/2)‖w‖² over the points ``keep``: Newton
+    with backtracking; with ``factor`` (a Cholesky factor of a nearby Hessian) the cheap
+    fixed-curvature steps first, exact Newton only if they stall. Certified:
+    ‖w − w*‖ ≤ (‖∇R‖ + rounding)/wd."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    keep = np.asarray(keep, dtype=bool)
+    w = np.zeros(x.shape[1]) if start is None else np.array(start, dtype=np.float64)
+    steps = 0
+    fixed = factor is not None  # until a fixed-curvature step gains less than 10×
+    previous = math.inf
+    while steps < max_steps:
+        grad, m, _ = smooth_gradient(x, y, w, wd, t, keep)
+        gnorm = float(np.linalg.norm(grad))
+        if gnorm <= tol:
+            break
+        if fixed and gnorm > 0.1 * previous:
+            fixed = False
+        previous = gnorm
+        steps += 1
+        if fixed:
+            direction = cho_solve(factor, grad)
+        else:
+            direction = cho_solve(cho_factor(smooth_hessian(x, y, m, wd, t, keep)), grad)
+        base = smooth_objective(x, y, w, wd, t, keep)
+        step = 1.0
+        slope = float(grad @ direction)
+        while step > 1e-8:
+            trial = w - step * direction
+            if smooth_objective(x, y, trial, wd, t, keep) <= base - 1e-4 * step * slope \
+                    or gnorm < 1e-9:  # near the optimum the objective's rounding hides descent
+                break
+            step *= 0.5
+        w = w - step * direction
+    grad, _, bound = smooth_gradient(x, y, w, wd, t, keep, rounding=True)
+    gnorm = float(np.linalg.norm(grad))
+    gbound = float(np.linalg.norm(np.abs(grad) + bound)) * (1 + 1e-6)
+    return Smooth(weight=w, grad_norm=gnorm, grad_bound=gbound, radius=gbound / wd, steps=steps)
