@@ -36,12 +36,14 @@ class PartialResults:
     def __init__(self, path: Path, train_indices: np.ndarray, test_indices: list[int],
                  selected: np.ndarray, chunk_size: int, settings: dict, inputs: dict,
                  extra_keys: tuple = (), layout: dict | None = None,
-                 stage: str = "loo-partial"):
+                 stage: str = "loo-partial", status: tuple = ("grad_norm", "max |grad|")):
         """``extra_keys``: per-removal float64 results [K] beyond :data:`RESULT_KEYS` that the
         engine's chunks return (the CNN: λ_min of each removal's Newton matrix). ``layout``:
         the results of another kind of change (:data:`SUBSET_LAYOUT`: subset retraining,
-        whose "removals" are the subsets' numbers); ``stage`` names the checkpoint's kind."""
+        whose "removals" are the subsets' numbers); ``stage`` names the checkpoint's kind;
+        ``status`` (result key, label): the largest value the progress bar shows."""
         self.path = Path(path)
+        self.status = status
         self.stage = stage
         layout = dict(layout or LOO_LAYOUT, **{key: ("k", np.float64) for key in extra_keys})
         self.result_keys = tuple(layout)
@@ -106,7 +108,8 @@ class PartialResults:
         """Record a solved chunk and checkpoint it; returns the progress status text."""
         self.put(lo, hi, results, stats)
         self.save()
-        return f"max |grad| {np.nanmax(self.arrays['grad_norm']):.1e}"
+        key, label = self.status
+        return f"{label} {np.nanmax(self.arrays[key]):.1e}"
 
     def save(self) -> None:
         tensors = {**self._identity(),

@@ -213,7 +213,7 @@ class HingeProblem:
         rows = 1 + len(s.smooth)
         k = len(removed)
         out = {"actual_loss_diff": np.zeros((rows, k)), "actual_error_bound": np.zeros((rows, k)),
-               "grad_norm": np.zeros(k), "gap": np.zeros(k), "radius": np.zeros((rows, k)),
+               "gap": np.zeros(k), "radius": np.zeros((rows, k)),
                "steps": np.zeros(k, dtype=np.int64)}
         kt, yt = hd.k_test[[self.test]], hd.y_test[[self.test]].astype(np.int64)
         full = self.svm_full
@@ -231,7 +231,6 @@ class HingeProblem:
             out["gap"][j] = cert.gap
             out["radius"][0, j] = cert.radius
             out["steps"][j] = report.sweeps
-            out["grad_norm"][j] = cert.radius
             for r, (t, model, factor) in enumerate(zip(s.smooth, self.smooth_full,
                                                        self.factors), start=1):
                 loo = svm.fit_smooth(hd.x, hd.y, s.wd, t, keep, start=model.weight,
@@ -261,8 +260,8 @@ def smooth_change(hd: HingeData, test: int, t: float, full, loo, x_norm: float) 
 
 
 HINGE_LAYOUT = {"actual_loss_diff": ("tk", np.float64), "actual_error_bound": ("tk", np.float64),
-                "radius": ("tk", np.float64), "grad_norm": ("k", np.float64),
-                "gap": ("k", np.float64), "steps": ("k", np.int64)}
+                "radius": ("tk", np.float64), "gap": ("k", np.float64),
+                "steps": ("k", np.int64)}
 
 
 # ----------------------------------------------------------------------------- the study
@@ -335,7 +334,8 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     store = chunks.PartialResults(workdir / PARTIAL, chosen, list(range(rows)),
                                   np.ones((rows, chosen.size), dtype=bool),
                                   settings.chunk_size, record_settings, inputs,
-                                  layout=HINGE_LAYOUT, stage="hinge-partial")
+                                  layout=HINGE_LAYOUT, stage="hinge-partial",
+                                  status=("gap", "max gap"))
     built = {}
     t0 = time.perf_counter()
     solve_store("hinge: retrain without each point", "removals", store, built,

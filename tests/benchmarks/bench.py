@@ -43,6 +43,10 @@ Sections (all by default):
   the LDS and the LOO correlation on the top 100 and 100 random removals; the table beside
   dattri's published LOO column; and each estimator on full MNIST for one test point (test 8)
   with its wall time and peak memory;
+* ``paper`` (issue 24): ``infl run --figure 1`` and ``--figure 3`` from nothing (MNIST 1 vs 7,
+  the authors' settings), each timed with its peak memory, with the figures' numbers: Figure
+  1's R per variant; Figure 3's R per temperature beside the authors', the smooth models' R,
+  and how many SVM changes are proven within 1 %;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -76,7 +80,7 @@ from infl_cli import ihvp, loo, model, plot, score, stages
 
 console = Console(width=160)
 SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds",
-            "estimators")
+            "estimators", "paper")
 ESTIMATOR_RUNS = (("grad-dot",), ("grad-cos",), ("representer",), ("arnoldi",), ("kfac",),
                   ("ekfac",), ("datainf",), ("trak",),  # the defaults, then the small grid
                   ("arnoldi", "--rank", 20), ("arnoldi", "--rank", 500),
@@ -243,6 +247,37 @@ def bench_mislabel(args, work: Path) -> dict:
         rows.append(("  AUC", ", ".join(f"{o} {e['auc']:.4f}"
                                        for o, e in mm["per_ordering"].items())))
     table("self-influence and mislabel", rows)
+    return out
+
+
+def bench_paper(args, work: Path) -> dict:
+    """The paper's Figures 1 and 3, each end to end from nothing (``infl run --figure N``,
+    MNIST decoded already): wall time, peak memory, and the figures' numbers."""
+    infl_cmd = [sys.executable, "-m", "infl_cli", "run", "--data-dir", args.data_dir,
+                "--dataset", args.dataset, "-w", work / "paper"]
+    out, rows = {}, []
+    for figure, folder in ((1, "figure1"), (3, "figure3")):
+        shutil.rmtree(work / "paper" / folder, ignore_errors=True)
+        wall, peak = timed_peak(infl_cmd + ["--figure", figure])
+        metrics = json.loads((work / "paper" / folder / art.METRICS).read_text())
+        out[f"figure{figure}"] = {"wall_s": wall, "peak_gb": peak, **metrics}
+        rows.append((f"Figure {figure}: wall (s) / peak (GB)", f"{wall:.1f} / {peak:.2f}"))
+        if figure == 1:
+            m = metrics["components"]["pearson"]
+            rows.append(("  Pearson R: no train loss / no H / neither",
+                         f"{m['no_train_loss']:.3f} / {m['no_hessian']:.3f} / "
+                         f"{m['no_both']:.3f}"))
+        else:
+            m = metrics["hinge"]
+            rows.append(("  SVM: R per t (paper's)", ", ".join(
+                f"t={t} {v['pearson']:.3f} ({m['paper_r'].get(t, '–')})"
+                for t, v in m["svm"].items())))
+            rows.append(("  smooth model at its own t: R", ", ".join(
+                f"t={t} {v['pearson']:.4f}" for t, v in m["smooth"].items())))
+            rows.append(("  changes proven within 1 % / largest bound",
+                         f"{m['svm_truth']['within_1pct']} of {m['svm_truth']['n']} / "
+                         f"{m['svm_truth']['max_bound']:.1e}"))
+    table("the paper's Figures 1 and 3", rows)
     return out
 
 
@@ -670,7 +705,8 @@ def main() -> None:
     out_path = Path(args.out) if args.out else work / "bench.json"
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if "run" in sections or (not (work / art.LOO).is_file()
-                                  and set(sections) - {"examples", "lds", "estimators"}):
+                                  and set(sections) - {"examples", "lds", "estimators",
+                                                       "paper"}):
         result["run"] = bench_run(args, work)
     if "ihvp" in sections:
         result["ihvp"] = bench_ihvp(args, work)
@@ -690,6 +726,8 @@ def main() -> None:
         result["lds"] = bench_lds(args, work)
     if "estimators" in sections:
         result["estimators"] = bench_estimators(args, work)
+    if "paper" in sections:
+        result["paper"] = bench_paper(args, work)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 
