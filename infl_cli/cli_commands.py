@@ -12,7 +12,7 @@ import typer
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
-from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
+from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
                           ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS,
                           TRAIN_TOL, MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED,
                           PRESET, SCALE, DAMPING, DEPTH, BATCH, REPEATS, TAIL, STOP_TOL,
@@ -30,12 +30,13 @@ def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
               width: Optional[int] = WIDTH, protocol: Optional[str] = PROTOCOL,
               adam_steps: Optional[int] = ADAM_STEPS, adam_lr: Optional[float] = ADAM_LR,
               train_batch: int = TRAIN_BATCH, decay_epochs: str = DECAY_EPOCHS,
-              train_size: Optional[int] = TRAIN_SIZE, seed: Optional[int] = SEED,
+              train_size: Optional[int] = TRAIN_SIZE,
+              temperature: Optional[float] = TEMPERATURE, seed: Optional[int] = SEED,
               device: str = DEVICE):
     """Fit the model and write model.safetensors: the logistic model by L-BFGS then Newton; the
     CNN by its protocol."""
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
-                       seed, train_size)
+                       seed, train_size, temperature)
     settings_mod.validate_train(wd, train_tol, spec)
     chosen = settings_mod.parse_classes(classes, dataset)
     where = common.device(device)

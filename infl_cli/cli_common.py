@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from .engines import ModelSpec, validate_spec
+from .engines import HINGE_KINDS, ModelSpec, validate_spec
 from .errors import BadInput
 from .lock import workdir_lock
 from .progress import console
@@ -41,7 +41,7 @@ def loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps) -
 
 
 def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
-         seed, train_size=None) -> ModelSpec:
+         seed, train_size=None, temperature=None) -> ModelSpec:
     """The model settings of ``train`` and ``run`` (checked: one line for each bad value)."""
     try:
         epochs = tuple(int(e) for e in decay_epochs.split(","))
@@ -50,8 +50,14 @@ def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
     made = ModelSpec(kind=model, width=8 if width is None else width,
                      protocol=protocol or "exact", adam_steps=adam_steps, adam_lr=adam_lr,
                      train_batch=train_batch, decay_epochs=epochs, seed=seed or 0,
-                     train_size=train_size)
+                     train_size=train_size, temperature=temperature)
     validate_spec(made, protocol_given=protocol is not None, width_given=width is not None)
+    if made.kind in HINGE_KINDS and temperature is None:  # recorded as the value it is
+        from dataclasses import replace
+
+        from .engines import policy_for
+
+        made = replace(made, temperature=policy_for(made.kind).default_temperature[made.kind])
     return made
 
 

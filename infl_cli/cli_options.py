@@ -28,7 +28,13 @@ WD = typer.Option(None, "--wd",
                        "\\[default: 0.01; --model cnn: 0.001].")
 MODEL = typer.Option("logreg", "--model",
                      help="logreg (multinomial logistic regression) | cnn (Koh's All-CNN-C on "
-                          "small MNIST: 5,500 training images).")
+                          "small MNIST: 5,500 training images) | svm (a linear SVM, certified "
+                          "by its duality gap; binary: --classes A,B) | smooth-hinge (the "
+                          "smooth-hinge model trained at --temperature).")
+TEMPERATURE = typer.Option(None, "--temperature",
+                           help="svm: the smooth hinge's t at which influence is computed (0: "
+                                "the hinge, H = wd·I) \\[default: 0]; smooth-hinge: the t it is "
+                                "trained at \\[default: 0.1].")
 WIDTH = typer.Option(None, "--width", help="CNN channels per convolution \\[default: 8: the "
                                            "paper's 2,616 parameters; 2: 312].")
 PROTOCOL = typer.Option(None, "--protocol",
@@ -42,9 +48,9 @@ ADAM_LR = typer.Option(None, "--adam-lr",
                        help="CNN Adam learning rate \\[default: exact 0.001; paper 0.0001].")
 TRAIN_BATCH = typer.Option(500, "--train-batch", help="CNN Adam mini-batch.")
 TRAIN_SIZE = typer.Option(None, "--train-size",
-                          help="CNN: train on the first N images of its training set (small "
-                               "MNIST's order; mnist-tiny's) for scaled-down runs "
-                               "\\[default: all of it].")
+                          help="CNN, svm, smooth-hinge: train on the first N points of the "
+                               "training set (the CNN: small MNIST's order) \\[default: all of "
+                               "it; the paper's Figure 3: 11800].")
 DECAY_EPOCHS = typer.Option("10000,20000", "--decay-epochs",
                             help="CNN Adam: the learning rate ×0.1 after the first epoch, ×0.01 "
                                  "after the second (the paper's).")
@@ -101,8 +107,9 @@ NUM = typer.Option(None, "--num", "-k",
                         "--select all \\[default: 500, or n when the training set is smaller].")
 METHOD = typer.Option(None, "--method",
                       help="Retraining: newton (batched; certified for the logistic model) | "
-                           "lbfgs (logistic) | adam (CNN: the paper's) \\[default: newton; CNN "
-                           "paper protocol: adam].")
+                           "lbfgs (logistic) | adam (CNN: the paper's) | dual (svm: warm-started "
+                           "dual coordinate ascent) \\[default: newton; CNN paper protocol: "
+                           "adam; svm: dual].")
 RETRAIN_STEPS = typer.Option(30_000, "--retrain-steps",
                              help="--method adam: Adam steps from the trained model, its state "
                                   "restored, at the final learning rate (the paper's 30,000).")

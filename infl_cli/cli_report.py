@@ -46,14 +46,28 @@ def report_train(rec):
             "n_train": rec["n_train"]}
     if spec["kind"] == "logreg":
         rows["classes × features"] = f"{rec.get('n_classes', 10)} × {rec.get('n_features', 784)}"
-    rows.update({"train loss": rec["train_loss"], "‖∇R‖ (float64)": rec["grad_norm"]})
-    if spec["kind"] == "logreg":
+    if spec["kind"] == "svm":
+        rows.update({"objective P(w) (exact, rounded)": rec["train_loss"],
+                     "duality gap (exact, rounded up)": rec["duality_gap"],
+                     "‖w − w*‖ ≤ √(2·gap/wd)": rec["radius"],
+                     "free / bounded support vectors":
+                         f"{rec['free_support_vectors']} / {rec['bounded_support_vectors']}",
+                     "dual coordinate ascent: rounds, sweeps":
+                         f"{rec['dual_rounds']}, {rec['dual_sweeps']}",
+                     "influence at temperature": rec["temperature"]})
+    else:
+        rows.update({"train loss": rec["train_loss"], "‖∇R‖ (float64)": rec["grad_norm"]})
+    if spec["kind"] == "smooth-hinge":
+        rows.update({"‖∇R‖ ≤ (certified, rounding included)": rec["grad_bound"],
+                     "‖w − w*‖ ≤": rec["radius"], "Newton steps": rec["newton_steps"],
+                     "temperature": rec["temperature"]})
+    elif spec["kind"] == "logreg":
         rows.update({"‖∇R‖ ≤ (certified)": rec.get("grad_norm_certified", "–"),
                      "rounding model": rec.get("rounding_model", "–"),
                      "floor: rounding bound of ‖∇R‖": rec.get("grad_rounding", "–"),
                      "L-BFGS iterations": rec["lbfgs_iterations"],
                      "Newton iterations": rec["newton_iterations"]})
-    else:
+    elif spec["kind"] == "cnn":
         rows.update({"Adam steps": rec["adam_steps"], "Newton steps": rec.get("newton_steps", "–")})
         if "lambda_min" in rec:
             rows.update({"λ_min(H) (computed)": rec["lambda_min"],

@@ -10,7 +10,7 @@ import typer
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
-from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
+from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
                           ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS,
                           TRAIN_TOL, MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED,
                           PRESET, SCALE, DAMPING, DEPTH, BATCH, REPEATS, TAIL, STOP_TOL,
@@ -49,6 +49,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             protocol: Optional[str] = PROTOCOL, adam_steps: Optional[int] = ADAM_STEPS,
             adam_lr: Optional[float] = ADAM_LR, train_batch: int = TRAIN_BATCH,
             decay_epochs: str = DECAY_EPOCHS, train_size: Optional[int] = TRAIN_SIZE,
+              temperature: Optional[float] = TEMPERATURE,
             solver: Optional[str] = SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
@@ -83,7 +84,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
         run_figure(workdir, figure, dataset, data_dir, download, train_tol, max_iter, device)
         return
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
-                       seed, train_size)
+                       seed, train_size, temperature)
     policy = policy_for(spec.kind)
     lissa = settings_mod.lissa_settings(preset, scale, depth, batch_size, repeats, seed,
                                         average_tail, stop_tol, check_every)

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 from .errors import BadInput
 from .settings import LOGREG_METHODS, SOLVERS
 
-KINDS = ("logreg", "cnn")
+KINDS = ("logreg", "cnn", "svm", "smooth-hinge")
+HINGE_KINDS = ("svm", "smooth-hinge")
 PROTOCOLS = ("exact", "paper")
 
 
@@ -44,8 +45,10 @@ class ModelSpec:
     and the Adam schedule: ``adam_steps`` (exact: the warm-up before Newton; paper: all of
     training), ``adam_lr``, ``train_batch``, ``decay_epochs`` (the learning rate ×0.1 and
     ×0.01 after these epochs, as the authors' code), ``seed`` (initialisation and batches),
-    ``train_size`` (the first N images of the CNN's training set; None: all).
-    None: the protocol's default (:mod:`~infl_cli.cnn_engine`)."""
+    ``train_size`` (the first N images of the CNN's or the SVM's training set; None: all).
+    None: the protocol's default (:mod:`~infl_cli.cnn_engine`). For ``svm``: ``temperature``,
+    the smooth hinge's t at which influence is computed (0: the hinge, H = wd·I); for
+    ``smooth-hinge``: the t the model is trained at (:mod:`~infl_cli.svm_engine`)."""
 
     kind: str = "logreg"
     width: int = 8
@@ -56,11 +59,15 @@ class ModelSpec:
     decay_epochs: tuple = (10_000, 20_000)
     seed: int = 0
     train_size: int | None = None
+    temperature: float | None = None
 
     def record(self) -> dict:
         """The settings that define the model (the logistic model has none beyond its kind)."""
         if self.kind == "logreg":
             return {"kind": "logreg"}
+        if self.kind in HINGE_KINDS:
+            return {"kind": self.kind, "temperature": self.temperature,
+                    "train_size": self.train_size}
         out = asdict(self)
         out["decay_epochs"] = list(self.decay_epochs)
         return out
@@ -83,11 +90,23 @@ def validate_spec(spec: ModelSpec, protocol_given: bool = False,
     if spec.protocol not in PROTOCOLS:
         raise BadInput(f"unknown protocol {spec.protocol!r}; choose one of: "
                        f"{', '.join(PROTOCOLS)}")
-    if spec.kind == "logreg" and (protocol_given or width_given or spec.train_size is not None):
-        what = ("--protocol" if protocol_given else "--width" if width_given
-                else "--train-size")
-        raise BadInput(f"{what} applies to --model cnn; the logistic model is trained to its "
-                       "certified optimum, the only protocol it has")
+    if spec.kind in ("logreg", *HINGE_KINDS) and (protocol_given or width_given):
+        raise BadInput(f"{'--protocol' if protocol_given else '--width'} applies to --model "
+                       f"cnn; the {spec.kind} model is trained to its certified optimum, the "
+                       "only protocol it has")
+    if spec.kind == "logreg" and spec.train_size is not None:
+        raise BadInput("--train-size applies to --model cnn, svm or smooth-hinge; the logistic "
+                       "model trains on all of its training set")
+    if spec.temperature is not None:
+        if spec.kind not in HINGE_KINDS:
+            raise BadInput(f"--temperature applies to --model svm or smooth-hinge, not "
+                           f"{spec.kind}")
+        if not spec.temperature >= 0 or spec.temperature == float("inf"):
+            raise BadInput(f"--temperature must be ≥ 0 (0: the hinge itself), got "
+                           f"{spec.temperature:g}")
+        if spec.kind == "smooth-hinge" and spec.temperature == 0:
+            raise BadInput("--model smooth-hinge needs --temperature > 0 (at 0 it is the "
+                           "SVM: --model svm)")
     if spec.width < 1:
         raise BadInput(f"--width must be ≥ 1 (channels per convolution), got {spec.width}")
     for name, least in (("adam_steps", 0), ("train_batch", 1), ("train_size", 2)):
@@ -195,7 +214,68 @@ class CnnPolicy:
                            f"{', '.join(self.methods)}")
 
 
-_POLICIES = {"logreg": LogregPolicy(), "cnn": CnnPolicy()}
+class HingePolicy:
+    """The linear SVM (``svm``: trained on the hinge, influence through the smooth hinge at
+    ``--temperature``) and the smooth-hinge model trained at its own t (``smooth-hinge``),
+    binary, on integer pixel features (their certificates are exact arithmetic)."""
+
+    default_wd = 0.01
+    default_tol = 1e-8  # every LOO model: wd·(its certified radius) ≤ this
+    solvers = ("exact",)
+    paper_test = 1597  # the paper's Figure 3 test point
+    default_temperature = {"svm": 0.0, "smooth-hinge": 0.1}
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.methods = ("dual",) if kind == "svm" else ("newton",)
+
+    def training_data(self, data, spec):
+        import numpy as np
+
+        from .data import subset
+
+        if data.n_classes != 2:
+            raise BadInput(f"--model {self.kind} tells two classes apart; {data.name} has "
+                           f"{data.n_classes}: give --classes A,B (the paper: 1,7)")
+        if data.pixel_scale is None or data.train_x.dtype.kind not in "iu" or data.bias \
+                or data.pixel_scale != int(data.pixel_scale) or data.pixel_scale > 255:
+            raise BadInput(f"--model {self.kind}'s certificate is exact arithmetic on integer "
+                           f"features k/s with s ≤ 255 and no --bias; {data.name} has "
+                           + ("a bias feature" if data.bias else "other features"))
+        if spec.train_size is not None:
+            if spec.train_size > data.n_train:
+                raise BadInput(f"--train-size {spec.train_size:,} exceeds the "
+                               f"{data.n_train:,} training points of {data.name}")
+            data = subset(data, np.arange(spec.train_size), f"first {spec.train_size:,}")
+        return data
+
+    def default_test(self, data) -> int:
+        return self.paper_test if data.n_test > self.paper_test else 0
+
+    def default_solver(self, spec) -> str:
+        return "exact"
+
+    def default_method(self, spec) -> str:
+        return self.methods[0]
+
+    def default_damping(self, spec) -> float:
+        return 0.0
+
+    def check_solver(self, solver: str, damping: float) -> None:
+        if solver not in self.solvers:
+            raise BadInput(f"--model {self.kind} solves H_t⁻¹g exactly (a d × d Cholesky); "
+                           f"--solver {solver} does not apply: use --solver exact")
+        if damping:
+            raise BadInput(f"--damping does not apply to --model {self.kind} (H_t ⪰ wd·I)")
+
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise BadInput(f"unknown method {method!r} for --model {self.kind}; choose one of: "
+                           f"{', '.join(self.methods)}")
+
+
+_POLICIES = {"logreg": LogregPolicy(), "cnn": CnnPolicy(), "svm": HingePolicy("svm"),
+             "smooth-hinge": HingePolicy("smooth-hinge")}
 
 
 def policy_for(kind: str | None):
@@ -213,6 +293,10 @@ def engine_for(kind: str | None):
         from .logreg_engine import ENGINE
     elif kind == "cnn":
         from .cnn_engine import ENGINE
+    elif kind in HINGE_KINDS:
+        from .svm_engine import ENGINES
+
+        return ENGINES[kind]
     else:
         raise BadInput(f"unknown model {kind!r}; choose one of: {', '.join(KINDS)}")
     return ENGINE

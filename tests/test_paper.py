@@ -298,3 +298,69 @@ def test_bad_paper_input(tmp_path, args, needle):
 def test_components_refuses_a_multiclass_model(tiny_work):
     r = infl("components", "-w", tiny_work)
     assert r.returncode == 2 and "binary logistic model" in r.stderr
+
+
+def test_svm_engine_through_the_stages_equals_the_study(tmp_path, binary_tiny):
+    """`--model svm` behind the engine seam (train, ihvp, score, loo): its influence equals
+    the study's at the same temperature, and its certified LOO the study's retrainings."""
+    from infl_cli.stages.hinge import HingeSettings, run_hinge
+
+    work = tmp_path / "engine"
+    r = infl("run", "--model", "svm", "--dataset", "mnist-tiny", "--classes", "1,7",
+             "--train-size", "200", "--temperature", "0", "-t", "20", "-k", "8", "-w", work)
+    assert r.returncode == 0, r.stderr
+    mrec = art.read_record(work / art.MODEL)
+    assert mrec["duality_gap"] < 1e-14 and mrec["temperature"] == 0.0
+    settings = HingeSettings(temperatures=(0.0, 0.001), smooth=(), num=8, test_index=20)
+    run_hinge(tmp_path / "study", binary_tiny, settings, (1, 7))
+    study = art.load_arrays(tmp_path / "study" / "hinge.safetensors")[0]
+    scores = art.load_arrays(work / art.scores_name("exact"))[0]
+    assert np.allclose(scores["predicted_loss_diff"][0], study["predicted"][0], rtol=1e-9,
+                       atol=1e-15)
+    loo, lrec = art.load_arrays(work / art.LOO)
+    assert lrec["certified"] == 8 and lrec["max_duality_gap"] < 1e-14
+    ours = dict(zip(loo["train_indices"].tolist(), loo["actual_loss_diff"][0].tolist()))
+    theirs = dict(zip(study["train_indices"].tolist(), study["actual"].tolist()))
+    assert set(ours) == set(theirs)
+    for z, value in ours.items():
+        assert value == pytest.approx(theirs[z], abs=1e-12)
+
+
+def test_smooth_hinge_engine_loo_against_from_scratch_training(tmp_path, binary_tiny):
+    work = tmp_path / "w"
+    r = infl("run", "--model", "smooth-hinge", "--temperature", "0.1", "--dataset",
+             "mnist-tiny", "--classes", "1,7", "-t", "20", "-k", "6", "-w", work)
+    assert r.returncode == 0, r.stderr
+    loo, lrec = art.load_arrays(work / art.LOO)
+    assert lrec["certified"] == 6
+    x = binary_tiny.features("train")
+    y = 1.0 - 2.0 * binary_tiny.train_y
+    xt, yt = binary_tiny.features("test")[20], 1.0 - 2.0 * binary_tiny.test_y[20]
+    keep = np.ones(y.size, dtype=bool)
+    full = svm.fit_smooth(x, y, 0.01, 0.1, keep)
+    for j in (0, 3):
+        z = int(loo["train_indices"][j])
+        keep = np.ones(y.size, dtype=bool)
+        keep[z] = False
+        fresh = svm.fit_smooth(x, y, 0.01, 0.1, keep)
+        change = float(svm.smooth_hinge(np.array([yt * xt @ fresh.weight]), 0.1)[0]
+                       - svm.smooth_hinge(np.array([yt * xt @ full.weight]), 0.1)[0])
+        slack = np.linalg.norm(xt) * (fresh.radius + full.radius)
+        assert abs(change - loo["actual_loss_diff"][0, j]) <= \
+            loo["actual_error_bound"][0, j] + slack
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--model", "svm"), "two classes apart"),
+    (("--model", "svm", "--classes", "1,7,9"), "two classes apart"),
+    (("--model", "svm", "--classes", "1,7", "--temperature", "-1"), "≥ 0"),
+    (("--model", "smooth-hinge", "--classes", "1,7", "--temperature", "0"), "> 0"),
+    (("--temperature", "0.1"), "applies to --model svm"),
+    (("--model", "svm", "--classes", "1,7", "--bias"), "no --bias"),
+])
+def test_bad_hinge_model_input(tmp_path, args, needle):
+    work = tmp_path / "w"
+    r = infl("train", "--dataset", "mnist-tiny", *args, "-w", work)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (work / art.MODEL).exists()

@@ -38,7 +38,6 @@ PAPER_TEST = 1597  # the authors' test point (a 7 the SVM gets wrong)
 PAPER_R = {"0": 0.632, "0.001": 0.950, "0.1": 0.914}  # the authors' notebook
 ROUND_TO = 100  # the authors trim both sets to a multiple of 100 ("for batching")
 CURVES = (0.0, 0.001, 0.01, 0.1)  # panel (a)
-UNIT = 2.0 ** -53
 
 
 @dataclass(frozen=True)
@@ -184,79 +183,35 @@ def top_indices(predicted: np.ndarray, num: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- retraining
 class HingeProblem:
-    """Retrains without each removal: the SVM (row 0: warm-started dual coordinate ascent,
-    certified by its exact gap) and the smooth models (rows 1..: Newton from the full model,
-    preconditioned by its Hessian, certified by the gradient). ``solve_chunk`` is pure, so
-    the chunk store may run it in any order."""
+    """Retrains without each removal: the SVM (row 0) and the smooth models (rows 1..), each
+    by its :class:`~infl_cli.svm.Retrainer` (the engines' own), for the study's test point."""
 
     def __init__(self, hd: HingeData, settings: HingeSettings, svm_full, smooth_full: list,
                  test: int):
-        from scipy.linalg import cho_factor
+        from ..svm import Retrainer
 
-        from ..svm import smooth_hessian
-
-        self.hd, self.settings, self.test = hd, settings, test
-        self.svm_full = svm_full
-        self.smooth_full = smooth_full
-        self.x_test_norm = math.nextafter(float(np.linalg.norm(hd.x_test[test])), math.inf) \
-            * (1 + 1e-15)
-        keep = np.ones(hd.y.size, dtype=bool)
-        self.factors = []
-        for t, model in zip(settings.smooth, smooth_full):
-            m = hd.y * (hd.x @ model.weight)
-            self.factors.append(cho_factor(smooth_hessian(hd.x, hd.y, m, settings.wd, t, keep)))
+        kt, yt = hd.k_test[[test]], hd.y_test[[test]]
+        self.retrainers = [Retrainer("svm", hd.k_train, hd.y, hd.scale, settings.wd, 0.0,
+                                     svm_full.weight, svm_full.alpha, kt, yt)]
+        self.retrainers += [Retrainer("smooth-hinge", hd.k_train, hd.y, hd.scale, settings.wd,
+                                      t, model.weight, None, kt, yt)
+                            for t, model in zip(settings.smooth, smooth_full)]
 
     def solve_chunk(self, removed, selected, settings):
-        from .. import svm
-
-        hd, s = self.hd, self.settings
-        rows = 1 + len(s.smooth)
-        k = len(removed)
+        rows, k = len(self.retrainers), len(removed)
         out = {"actual_loss_diff": np.zeros((rows, k)), "actual_error_bound": np.zeros((rows, k)),
                "gap": np.zeros(k), "radius": np.zeros((rows, k)),
                "steps": np.zeros(k, dtype=np.int64)}
-        kt, yt = hd.k_test[[self.test]], hd.y_test[[self.test]].astype(np.int64)
-        full = self.svm_full
         for j, z in enumerate(np.asarray(removed).tolist()):
-            keep = np.ones(hd.y.size, dtype=bool)
-            keep[z] = False
-            alpha, report = svm.solve_dual(hd.x, hd.y, s.wd, full.alpha, keep)
-            cert = svm.certificate(hd.k_train, hd.y.astype(np.int64), alpha, s.wd, keep, kt, yt,
-                                   hd.scale)
-            delta = cert.test_hinge[0] - full.test_hinge[self.test]
-            value = float(delta)
-            out["actual_loss_diff"][0, j] = value
-            out["actual_error_bound"][0, j] = self.x_test_norm * (cert.radius + full.radius) \
-                * (1 + 4 * UNIT) + UNIT * abs(value)
-            out["gap"][j] = cert.gap
-            out["radius"][0, j] = cert.radius
-            out["steps"][j] = report.sweeps
-            for r, (t, model, factor) in enumerate(zip(s.smooth, self.smooth_full,
-                                                       self.factors), start=1):
-                loo = svm.fit_smooth(hd.x, hd.y, s.wd, t, keep, start=model.weight,
-                                     factor=factor)
-                value, bound = smooth_change(hd, self.test, t, model, loo, self.x_test_norm)
-                out["actual_loss_diff"][r, j] = value
-                out["actual_error_bound"][r, j] = bound
-                out["radius"][r, j] = loo.radius
+            for r, retrainer in enumerate(self.retrainers):
+                done = retrainer.retrain(z)
+                out["actual_loss_diff"][r, j] = done.values[0]
+                out["actual_error_bound"][r, j] = done.bounds[0]
+                out["radius"][r, j] = done.radius
+                if r == 0:
+                    out["gap"][j] = done.gap
+                    out["steps"][j] = done.steps
         return out, {}
-
-
-def smooth_change(hd: HingeData, test: int, t: float, full, loo, x_norm: float) -> tuple:
-    """The change of the smooth test loss ℓ_t from ``full`` to ``loo`` and its proven bound:
-    ℓ_t is 1-Lipschitz in the margin, so the models' radii cost ‖x‖·(r + r₋); the margins'
-    float64 evaluation γ_d·|x|ᵀ|w| each; ℓ_t's evaluation 4u of its value; the difference u."""
-    from ..svm import smooth_hinge
-
-    x, y = hd.x_test[test], hd.y_test[test]
-    d = x.size
-    gam = d * UNIT / (1 - d * UNIT)
-    values = [float(smooth_hinge(np.array([y * (x @ model.weight)]), t)[0])
-              for model in (full, loo)]
-    change = values[1] - values[0]
-    rounding = sum(gam * float(np.abs(x) @ np.abs(model.weight)) + 4 * UNIT * v
-                   for model, v in zip((full, loo), values)) + UNIT * abs(change)
-    return change, (x_norm * (full.radius + loo.radius) + rounding) * (1 + 1e-6)
 
 
 HINGE_LAYOUT = {"actual_loss_diff": ("tk", np.float64), "actual_error_bound": ("tk", np.float64),
