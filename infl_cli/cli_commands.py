@@ -73,10 +73,10 @@ IMPORT = typer.Option(None, "--import",
                       help="Instead: read another tool's scores, a [T, n] or [n, T] array "
                            "(.npy, .npz, .pt, .safetensors), as scores-NAME.safetensors.")
 IMPORT_NAME = typer.Option(None, "--name", help="With --import: the method's name.")
-METHOD = typer.Option(None, "--method",
-                      help="Instead of inverse-HVPs, another estimator: grad-dot (TracIn, one "
-                           "checkpoint) | grad-cos | representer | arnoldi | kfac | ekfac | "
-                           "datainf | trak; writes scores-<method>[-knobs].safetensors.")
+ESTIMATOR = typer.Option(None, "--method",
+                         help="Instead of inverse-HVPs, another estimator: grad-dot (TracIn, "
+                              "one checkpoint) | grad-cos | representer | arnoldi | kfac | ekfac "
+                              "| datainf | trak; writes scores-<method>[-knobs].safetensors.")
 RANK = typer.Option(None, "--rank", help="arnoldi: eigenvectors kept \\[default: 100].")
 PROJ_DIM = typer.Option(None, "--proj-dim", help="trak: projected dimension \\[default: 512].")
 MODELS = typer.Option(None, "--models",
@@ -95,7 +95,7 @@ def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
               test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
               seed: Optional[int] = SEED, device: str = DEVICE,
               import_file: Optional[Path] = IMPORT, name: Optional[str] = IMPORT_NAME,
-              meaning: str = MEANING, method: Optional[str] = METHOD,
+              meaning: str = MEANING, method: Optional[str] = ESTIMATOR,
               rank: Optional[int] = RANK, proj_dim: Optional[int] = PROJ_DIM,
               models: Optional[int] = MODELS, damping: Optional[float] = EST_DAMPING):
     """Influence of every training point on each test loss: writes scores-<solver>.safetensors

@@ -120,6 +120,20 @@ def validate_spec(spec: ModelSpec, protocol_given: bool = False,
                        f"{','.join(map(str, spec.decay_epochs))}")
 
 
+def first_points(data, size: int | None):
+    """The first ``size`` training points of ``data`` (``--train-size``; None: all)."""
+    if size is None:
+        return data
+    import numpy as np
+
+    from .data import subset
+
+    if size > data.n_train:
+        raise BadInput(f"--train-size {size:,} exceeds the {data.n_train:,} training points "
+                       f"of {data.name}")
+    return subset(data, np.arange(size), f"first {size:,}")
+
+
 class LogregPolicy:
     """Multinomial logistic regression: its defaults and what it offers."""
 
@@ -171,8 +185,6 @@ class CnnPolicy:
     def training_data(self, data, spec):
         """The authors' "small MNIST" (5,500 of the 55,000 training images) for the
         MNIST-format sets; every training image of mnist-tiny or an NPZ of 28 × 28 images."""
-        import numpy as np
-
         from .data import IMAGE_SHAPE, TORCHVISION_SETS, small_mnist_indices, subset
 
         if data.image_shape != IMAGE_SHAPE or data.bias:
@@ -182,12 +194,7 @@ class CnnPolicy:
                            + (" with the bias feature" if data.bias else ""))
         if data.name in TORCHVISION_SETS and data.n_train == 55_000:
             data = subset(data, small_mnist_indices(), "small MNIST: 5,500")
-        if spec.train_size is not None:
-            if spec.train_size > data.n_train:
-                raise BadInput(f"--train-size {spec.train_size:,} exceeds the "
-                               f"{data.n_train:,} training images of {data.name}")
-            data = subset(data, np.arange(spec.train_size), f"first {spec.train_size:,}")
-        return data
+        return first_points(data, spec.train_size)
 
     def default_test(self, data) -> int:
         for index in (self.paper_test, 8):
@@ -230,10 +237,6 @@ class HingePolicy:
         self.methods = ("dual",) if kind == "svm" else ("newton",)
 
     def training_data(self, data, spec):
-        import numpy as np
-
-        from .data import subset
-
         if data.n_classes != 2:
             raise BadInput(f"--model {self.kind} tells two classes apart; {data.name} has "
                            f"{data.n_classes}: give --classes A,B (the paper: 1,7)")
@@ -242,12 +245,7 @@ class HingePolicy:
             raise BadInput(f"--model {self.kind}'s certificate is exact arithmetic on integer "
                            f"features k/s with s ≤ 255 and no --bias; {data.name} has "
                            + ("a bias feature" if data.bias else "other features"))
-        if spec.train_size is not None:
-            if spec.train_size > data.n_train:
-                raise BadInput(f"--train-size {spec.train_size:,} exceeds the "
-                               f"{data.n_train:,} training points of {data.name}")
-            data = subset(data, np.arange(spec.train_size), f"first {spec.train_size:,}")
-        return data
+        return first_points(data, spec.train_size)
 
     def default_test(self, data) -> int:
         return self.paper_test if data.n_test > self.paper_test else 0

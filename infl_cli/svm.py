@@ -45,7 +45,7 @@ from fractions import Fraction
 
 import numpy as np
 
-ALPHA_BITS = 52  # α is certified as a multiple of 2⁻⁵²
+ALPHA_BITS = 52  # α is certified on a 2⁻⁵² grid, refined on a 2⁻¹⁰⁴ one
 LIMB_BITS = 36  # int64 limbs: 255 · 2³⁶ · 11,800 < 2⁶³, and 255 · 2³⁶ · 784 too
 MAX_ROWS = (2 ** 62) // (255 * 2 ** LIMB_BITS)  # the most terms an int64 limb sum can take
 UNIT = 2.0 ** -53
@@ -158,17 +158,48 @@ class Certified:
 
 def certificate(k_train: np.ndarray, y: np.ndarray, alpha: np.ndarray, wd: float,
                 keep: np.ndarray, k_test: np.ndarray, y_test: np.ndarray,
-                scale: int = 255) -> Certified:
+                scale: int = 255, refine: bool = True) -> Certified:
     """The exact duality gap of α (rounded to 2⁻⁵², clipped to [0, 1], 0 off ``keep``) for
     the SVM on the points ``keep`` of ``k_train`` (int64 pixel integers, x = k/scale),
     labels ``y`` ∈ {±1}; and what it certifies (see the module doc), with the exact margins
-    and hinge losses of the test points ``k_test`` (labels ``y_test`` ∈ {±1})."""
+    and hinge losses of the test points ``k_test`` (labels ``y_test`` ∈ {±1}).
+
+    With ``refine``, one step of iterative refinement beyond float64: the free points'
+    margin residuals 1 − mᵢ are taken from the *exact* margins (each correctly rounded, so
+    accurate relative to its own size), the correction δ of their α solves G_FF·δ = 1 − m_F
+    in float64, and α + δ (δ on a 2⁻¹⁰⁴ grid: α is then a sum of two floats, exact as a
+    rational) is certified again; the smaller of the two gaps is kept. The float64 dual
+    iterate leaves its free margins about 1e-15 from 1, so the gap near (free/N)·1e-15; the
+    refined α takes them to about 1e-15 of that."""
     keep = np.asarray(keep, dtype=bool)
+    base = np.clip(np.rint(np.asarray(alpha, dtype=np.float64) * (1 << ALPHA_BITS)), 0,
+                   1 << ALPHA_BITS).astype(np.int64)
+    base[~keep] = 0
+    a = [int(v) << ALPHA_BITS for v in base.tolist()]  # α·2¹⁰⁴
+    cert, exact = _certify(k_train, y, a, 2 * ALPHA_BITS, wd, keep, k_test, y_test, scale)
+    if not refine or cert.gap == 0.0:
+        return cert
+    free = np.flatnonzero(keep & (base > 0) & (base < (1 << ALPHA_BITS)))
+    if free.size == 0:
+        return cert
+    scaled, num = exact
+    residual = np.array([(num - scaled[i]) / num for i in free.tolist()])  # 1 − mᵢ, rounded
+    xf = k_train[free] / scale
+    gram = (y[free, None] * y[None, free]) * (xf @ xf.T) / (wd * cert.n)
+    delta = np.linalg.lstsq(gram, residual, rcond=None)[0]
+    fine = list(a)
+    for i, d in zip(free.tolist(), np.rint(delta * 2.0 ** (2 * ALPHA_BITS)).tolist()):
+        fine[i] = min(max(fine[i] + int(d), 0), 1 << (2 * ALPHA_BITS))
+    better, _ = _certify(k_train, y, fine, 2 * ALPHA_BITS, wd, keep, k_test, y_test, scale)
+    return better if better.gap < cert.gap else cert
+
+
+def _certify(k_train, y, a: list, bits: int, wd, keep, k_test, y_test, scale) -> tuple:
+    """The certificate of α = a/2^bits (Python integers, feasible, 0 off ``keep``), and the
+    exact training margins (as integers over a common denominator) it was made from."""
     n = int(keep.sum())
-    one = 1 << ALPHA_BITS
-    a = np.clip(np.rint(np.asarray(alpha, dtype=np.float64) * one), 0, one).astype(np.int64)
-    a[~keep] = 0
-    v = exact_rmatvec(k_train, (a * y.astype(np.int64)).tolist())  # w = v/denom
+    one = 1 << bits
+    v = exact_rmatvec(k_train, [ai * int(yi) for ai, yi in zip(a, y.tolist())])  # w = v/denom
     wdf = Fraction(wd)
     denom = wdf * n * scale * one
     q = denom * scale  # yᵢ·w(α)ᵀxᵢ = yᵢ·(Σⱼ vⱼ kᵢⱼ)/q, q = num/qd
@@ -182,17 +213,20 @@ def certificate(k_train: np.ndarray, y: np.ndarray, alpha: np.ndarray, wd: float
     hinge_sum = sum(num - t for t, kept in zip(scaled, keep.tolist()) if kept and t < num)
     half_wd_w2 = wdf / 2 * Fraction(sum(x * x for x in v)) / (denom * denom)
     primal = Fraction(hinge_sum, num) / n + half_wd_w2
-    dual = Fraction(int(a[keep].sum()), one) / n - half_wd_w2  # the same quadratic term
+    dual = Fraction(sum(ai for ai, kept in zip(a, keep.tolist()) if kept), one) / n \
+        - half_wd_w2  # the same quadratic term
     gap = primal - dual  # ≥ 0 exactly (weak duality)
     gap_up = _round_up(gap) if gap > 0 else 0.0
     radius = _sqrt_up(math.nextafter(2.0 * gap_up / wd, math.inf)) if gap_up else 0.0
     tests = margins_of(k_test, y_test)
-    return Certified(alpha=a / one, weight=np.array([float(Fraction(x) / denom) for x in v]),
+    cert = Certified(alpha=np.array([ai / one for ai in a]),
+                     weight=np.array([float(Fraction(x) / denom) for x in v]),
                      gap=gap_up, radius=radius, primal=float(primal),
                      margins=np.array([t / num for t in scaled]),
                      test_margins=np.array([t / num for t in tests]),
                      test_hinge=[Fraction(num - t, num) if t < num else Fraction(0)
                                  for t in tests], n=n)
+    return cert, (scaled, num)
 
 
 # ----------------------------------------------------------------------------- training
@@ -340,6 +374,34 @@ def smooth_hessian(x, y, m, wd, t, keep, drop: float = 1e-13) -> np.ndarray:
     h = (xr.T * (curv[rows] / n)) @ xr
     h[np.diag_indices_from(h)] += wd
     return h
+
+
+def test_gradient(x_test, y_test, w, t: float) -> np.ndarray:
+    """∇ℓ_t(y wᵀx) of test points [T, d] (labels ±1 [T]; no regulariser)."""
+    x_test = np.atleast_2d(x_test)
+    y_test = np.atleast_1d(y_test)
+    m = y_test * (x_test @ w)
+    return (smooth_hinge_d1(m, t) * y_test)[:, None] * x_test
+
+
+def predicted_from_ihvp(x, y, w, wd: float, t: float, s: np.ndarray) -> np.ndarray:
+    """The predicted change of each test loss on removing each training point,
+    (1/N)·sᵀ∇L(z) with s = H_t⁻¹∇L_test [T, d] and ∇L(z) = ℓ_t'(m_z)·y_z x_z + wd·w [T, N]
+    (= −I_up,loss/N)."""
+    s = np.atleast_2d(s)
+    coef = smooth_hinge_d1(y * (x @ w), t) * y
+    return (coef[None, :] * (s @ x.T) + wd * (s @ w)[:, None]) / x.shape[0]
+
+
+def solve_h(x, y, w, wd: float, t: float, g: np.ndarray) -> tuple:
+    """(H_t⁻¹g by a dense Cholesky of H_t at ``w`` [T, d], the residuals ‖H_t s − g‖ [T]):
+    each s is proven within ‖H_t s − g‖/wd of the exact solve (H_t ⪰ wd·I)."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    g = np.atleast_2d(g)
+    h = smooth_hessian(x, y, y * (x @ w), wd, t, np.ones(y.size, dtype=bool), drop=0.0)
+    s = cho_solve(cho_factor(h), g.T).T
+    return s, np.linalg.norm(s @ h - g, axis=1)
 
 
 def fit_smooth(x, y, wd, t, keep, start=None, tol=1e-14, max_steps=100,

@@ -117,32 +117,19 @@ class HingeEngine(HingePolicy):
 
     def test_gradients(self, tensors, x, y) -> torch.Tensor:
         """∇ℓ_t(z_test) per test point (no regulariser), at the model's t."""
-        t = self._t(tensors)
-        w = _numpy(tensors["weight"])
-        xs = _numpy(x)
-        ys = 1.0 - 2.0 * _numpy(y).astype(np.float64)
-        m = ys * (xs @ w)
-        g = (svm.smooth_hinge_d1(m, t) * ys)[:, None] * xs
+        g = svm.test_gradient(_numpy(x), 1.0 - 2.0 * _numpy(y).astype(np.float64),
+                              _numpy(tensors["weight"]), self._t(tensors))
         return torch.from_numpy(g).to(x.device)
-
-    def _hessian(self, w, p, wd, t):
-        keep = np.ones(p.y.size, dtype=bool)
-        m = p.y * (p.x @ w)
-        return svm.smooth_hessian(p.x, p.y, m, wd, t, keep, drop=0.0)
 
     def solve(self, tensors, mrec, data, solver, rhs, lissa, cg, damping=0.0, keeper=None):
         """H_t⁻¹·rhs by a dense Cholesky (d × d); proven error ‖s − s*‖ ≤ ‖Hs − g‖/wd (the
         residual evaluated in float64: its rounding is below 1e-13 of ‖g‖ here)."""
-        from scipy.linalg import cho_factor, cho_solve
-
         start = time.perf_counter()
         wd = mrec["settings"]["wd"]
         t = self._t(tensors)
         p = _Problem(data)
-        h = self._hessian(_numpy(tensors["weight"]), p, wd, t)
         g = _numpy(rhs)
-        s = cho_solve(cho_factor(h), g.T).T
-        residual = np.linalg.norm(s @ h - g, axis=1)
+        s, residual = svm.solve_h(p.x, p.y, _numpy(tensors["weight"]), wd, t, g)
         g_norm = np.maximum(np.linalg.norm(g, axis=1), 1e-300)
         s_norm = np.linalg.norm(s, axis=1)
         e = residual / wd
@@ -159,17 +146,13 @@ class HingeEngine(HingePolicy):
 
     def scores(self, tensors, mrec, data, ihvps):
         """I_up,loss(z, test) = −∇L_testᵀ H_t⁻¹ ∇L(z), ∇L(z) = ℓ_t'(m_z)·y_z x_z + wd·w; and the
-        predicted change −I/n."""
-        wd = mrec["settings"]["wd"]
-        t = self._t(tensors)
+        predicted change −I/n (:func:`~infl_cli.svm.predicted_from_ihvp`)."""
         p = _Problem(data)
-        w = _numpy(tensors["weight"])
-        s = _numpy(ihvps)  # [T, d]
-        m = p.y * (p.x @ w)
-        coef = svm.smooth_hinge_d1(m, t) * p.y
-        influence = -(coef[None, :] * (s @ p.x.T) + wd * (s @ w)[:, None])
-        out = torch.from_numpy(influence).to(ihvps.device)
-        return out, -out / p.y.size
+        predicted = svm.predicted_from_ihvp(p.x, p.y, _numpy(tensors["weight"]),
+                                            mrec["settings"]["wd"], self._t(tensors),
+                                            _numpy(ihvps))
+        out = torch.from_numpy(predicted).to(ihvps.device)
+        return -out * p.y.size, out
 
     # --------------------------------------------------------------------------- loo
     def loo_problem(self, tensors, mrec, data, x_test, y_test, settings, on_block=None,

@@ -209,3 +209,13 @@ def test_module_entry_point_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert_clean_failure(proc, "unknown dataset")
     assert not list(tmp_path.iterdir())
+
+
+def test_loo_and_score_each_document_their_own_method_option():
+    """`loo --method` is the retraining method, `score --method` the estimator (one name
+    once shadowed the other)."""
+    loo = infl("loo", "--help")
+    score = infl("score", "--help")
+    assert loo.returncode == 0 and score.returncode == 0
+    assert "Retraining: newton" in loo.stdout and "another estimator" not in loo.stdout
+    assert "another estimator" in score.stdout

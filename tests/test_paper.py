@@ -169,9 +169,24 @@ def test_exact_gap_against_rational_arithmetic():
     keep[3] = False
     alpha = np.random.default_rng(1).uniform(0, 1, size=len(y))
     alpha = np.rint(alpha * 2 ** 52) / 2 ** 52  # already on the certificate's grid
-    cert = svm.certificate(k, y.astype(np.int64), alpha, 0.01, keep, k[:2], y[:2].astype(np.int64))
+    cert = svm.certificate(k, y.astype(np.int64), alpha, 0.01, keep, k[:2], y[:2].astype(np.int64),
+                           refine=False)
     gap = _rational_gap(k, y, cert.alpha, 0.01, keep)
     assert cert.gap >= float(gap) and cert.gap <= float(gap) * (1 + 1e-15)
+
+
+def test_refinement_beyond_float64_shrinks_the_gap():
+    """The refined α's gap is far below the float64 iterate's, and its certificate still
+    holds against the converged solution of the other."""
+    k, y = _integer_problem(n=60, d=6, seed=3)
+    x = k / 255.0
+    keep = np.ones(len(y), dtype=bool)
+    alpha, _ = svm.solve_dual(x, y, 0.01, np.zeros(len(y)), keep)
+    args = (k, y.astype(np.int64), alpha, 0.01, keep, k[:1], y[:1].astype(np.int64))
+    plain = svm.certificate(*args, refine=False)
+    fine = svm.certificate(*args)
+    assert fine.gap <= plain.gap and fine.gap < 1e-6 * plain.gap
+    assert np.linalg.norm(fine.weight - plain.weight) <= fine.radius + plain.radius + 1e-15
 
 
 def test_dual_certificate_against_an_independent_primal_qp():

@@ -153,26 +153,17 @@ def _trimmed(size: int) -> int:
 
 
 # ----------------------------------------------------------------------------- influence
-def predicted_changes(x, y, w, margins, wd, t, x_test, y_test):
-    """(1/N)·∇L_testᵀ H_t⁻¹ ∇L(z) for every training point z, at weights ``w`` whose training
-    margins are ``margins``, with ∇L(z) including wd·w (module doc). Exact dense solve (a
-    Cholesky of the d × d Hessian) and its proven error: ‖s − H⁻¹g‖ ≤ ‖Hs − g‖/wd."""
-    from scipy.linalg import cho_factor, cho_solve
+def predicted_changes(x, y, w, wd, t, x_test, y_test):
+    """(1/N)·∇L_testᵀ H_t⁻¹ ∇L(z) for every training point z at weights ``w``, with ∇L(z)
+    including wd·w (module doc; :mod:`~infl_cli.svm`, as the engines), and the exact solve's
+    proven error ‖s − H⁻¹g‖ ≤ ‖Hs − g‖/wd."""
+    from ..svm import predicted_from_ihvp, solve_h, test_gradient
 
-    from ..svm import smooth_hinge_d1, smooth_hinge_d2
-
-    n = x.shape[0]
-    m_test = float(y_test * (x_test @ w))
-    g_test = smooth_hinge_d1(np.array([m_test]), t)[0] * y_test * x_test
-    curv = smooth_hinge_d2(margins, t)
-    h = (x.T * (curv / n)) @ x
-    h[np.diag_indices_from(h)] += wd
-    s = cho_solve(cho_factor(h), g_test)
-    residual = float(np.linalg.norm(h @ s - g_test))
-    coef = smooth_hinge_d1(margins, t) * y
-    predicted = (coef * (x @ s) + wd * float(w @ s)) / n
-    return predicted, {"ihvp_residual": residual, "ihvp_error_bound": residual / wd,
-                       "ihvp_norm": float(np.linalg.norm(s)), "test_margin": m_test}
+    g = test_gradient(x_test, y_test, w, t)
+    s, residual = solve_h(x, y, w, wd, t, g)
+    return predicted_from_ihvp(x, y, w, wd, t, s)[0], {
+        "ihvp_residual": float(residual[0]), "ihvp_error_bound": float(residual[0]) / wd,
+        "ihvp_norm": float(np.linalg.norm(s)), "test_margin": float(y_test * (x_test @ w))}
 
 
 def top_indices(predicted: np.ndarray, num: int) -> np.ndarray:
@@ -264,9 +255,8 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     predicted, reports = {}, {}
     t0 = time.perf_counter()
     for t in settings.temperatures:
-        predicted[t], reports[t] = predicted_changes(hd.x, hd.y, full.weight, full.margins,
-                                                     settings.wd, t, hd.x_test[test],
-                                                     hd.y_test[test])
+        predicted[t], reports[t] = predicted_changes(hd.x, hd.y, full.weight, settings.wd, t,
+                                                     hd.x_test[test], hd.y_test[test])
     timings["influence"] = time.perf_counter() - t0
     chosen = top_indices(predicted[0.0], settings.num)
     smooth_full, smooth_pred = [], []
@@ -277,8 +267,7 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
             if model.radius > 1e-6:
                 raise InflError(f"the smooth model at t = {t:g} did not converge (‖∇R‖ ≤ "
                                 f"{model.grad_bound:.1e})")
-            margins = hd.y * (hd.x @ model.weight)
-            pred, _ = predicted_changes(hd.x, hd.y, model.weight, margins, settings.wd, t,
+            pred, _ = predicted_changes(hd.x, hd.y, model.weight, settings.wd, t,
                                         hd.x_test[test], hd.y_test[test])
             smooth_full.append(model)
             smooth_pred.append(pred[chosen])
@@ -353,6 +342,9 @@ def metrics_of(arrays: dict, record: dict) -> dict:
                                 "spearman": float(spearmanr(actual, pred)[0])}
     out["svm_truth"] = {"max_bound": float(bound.max()), "max_relative_bound": float(rel.max()),
                         "within_1pct": int((rel <= 0.01).sum()), "n": int(actual.size),
+                        # e.g. a point that is no support vector, with every α of the SVM
+                        # strictly inside (0, 1): its removal leaves w unchanged
+                        "zero_within_bound": int((np.abs(actual) <= bound).sum()),
                         "max_gap": float(np.max(arrays["gap"]))}
     for i, t in enumerate(record["settings"]["smooth"]):
         act = np.asarray(arrays["smooth_actual"][i])
