@@ -10,7 +10,8 @@ import typer
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
-from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
+from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL,
+                          WIDTH, PROTOCOL,
                           ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS,
                           TRAIN_TOL, MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED,
                           PRESET, SCALE, DAMPING, DEPTH, BATCH, REPEATS, TAIL, STOP_TOL,
@@ -45,11 +46,12 @@ def run_figure(workdir: Path, figure: int, dataset: str, data_dir, download: boo
 def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
             train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER, download: bool = DOWNLOAD,
-            bias: bool = BIAS, classes: Optional[str] = CLASSES, model: str = MODEL, width: Optional[int] = WIDTH,
+            bias: bool = BIAS, classes: Optional[str] = CLASSES, model: str = MODEL,
+            width: Optional[int] = WIDTH,
             protocol: Optional[str] = PROTOCOL, adam_steps: Optional[int] = ADAM_STEPS,
             adam_lr: Optional[float] = ADAM_LR, train_batch: int = TRAIN_BATCH,
             decay_epochs: str = DECAY_EPOCHS, train_size: Optional[int] = TRAIN_SIZE,
-              temperature: Optional[float] = TEMPERATURE,
+            temperature: Optional[float] = TEMPERATURE,
             solver: Optional[str] = SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
@@ -73,14 +75,15 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             ("--classes", classes), ("--wd", wd), ("--test-index", test_index),
             ("--test-sample", test_sample), ("--solver", solver), ("--method", method),
             ("--num", num), ("--width", width), ("--protocol", protocol),
-            ("--cluster", cluster)) if value] + (["--model"] if model != "logreg" else []) \
+            ("--cluster", cluster), ("--temperature", temperature is not None),
+            ("--train-size", train_size)) if value] + (["--model"] if model != "logreg" else []) \
             + (["--bias"] if bias else [])
         if figure not in (1, 3):
             raise BadInput(f"--figure must be 1, 2 or 3 (the paper's figures), got {figure}")
         if given:
+            other = ("train --classes A,B` then `infl components" if figure == 1 else "hinge")
             raise BadInput(f"--figure {figure} runs the authors' settings; {given[0]} does not "
-                           f"apply (for other settings: `infl "
-                           f"{'train --classes A,B` then `infl components' if figure == 1 else 'hinge'}`)")
+                           f"apply (for other settings: `infl {other}`)")
         run_figure(workdir, figure, dataset, data_dir, download, train_tol, max_iter, device)
         return
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,

@@ -103,8 +103,8 @@ def _limbs(values) -> list:
 def _combine(parts: list) -> list:
     """Σₗ partsₗ·2^(36·l) as Python integers."""
     total = [0] * len(parts[0])
-    for l, part in enumerate(parts):
-        shift = LIMB_BITS * l
+    for index, part in enumerate(parts):
+        shift = LIMB_BITS * index
         total = [a + (int(b) << shift) for a, b in zip(total, part.tolist())]
     return total
 

@@ -35,6 +35,7 @@ from . import svm
 from .engines import HingePolicy
 from .errors import InflError
 
+
 def _numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy()
 
