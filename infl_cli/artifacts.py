@@ -158,7 +158,8 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
-STUDY_KEYS = ("mislabel", "self_influence", "components", "hinge")  # sections of metrics.json that studies own
+# sections of metrics.json that studies own
+STUDY_KEYS = ("mislabel", "self_influence", "components", "hinge")
 
 
 def update_json(path: Path, key: str, value: Any) -> None:

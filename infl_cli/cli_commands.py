@@ -12,7 +12,8 @@ import typer
 from . import cli_common as common
 from . import cli_report as report
 from . import settings as settings_mod
-from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL, WIDTH, PROTOCOL,
+from .cli_options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL,
+                          WIDTH, PROTOCOL,
                           ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS,
                           TRAIN_TOL, MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED,
                           PRESET, SCALE, DAMPING, DEPTH, BATCH, REPEATS, TAIL, STOP_TOL,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from .engines import HINGE_KINDS, ModelSpec, validate_spec
+from .engines import ModelSpec, validate_spec
 from .errors import BadInput
 from .lock import workdir_lock
 from .progress import console
@@ -52,12 +52,6 @@ def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                      train_batch=train_batch, decay_epochs=epochs, seed=seed or 0,
                      train_size=train_size, temperature=temperature)
     validate_spec(made, protocol_given=protocol is not None, width_given=width is not None)
-    if made.kind in HINGE_KINDS and temperature is None:  # recorded as the value it is
-        from dataclasses import replace
-
-        from .engines import policy_for
-
-        made = replace(made, temperature=policy_for(made.kind).default_temperature[made.kind])
     return made
 
 

@@ -34,6 +34,7 @@ from .settings import LOGREG_METHODS, SOLVERS
 
 KINDS = ("logreg", "cnn", "svm", "smooth-hinge")
 HINGE_KINDS = ("svm", "smooth-hinge")
+DEFAULT_TEMPERATURE = {"svm": 0.0, "smooth-hinge": 0.1}  # influence's t; training's t
 PROTOCOLS = ("exact", "paper")
 
 
@@ -60,6 +61,10 @@ class ModelSpec:
     seed: int = 0
     train_size: int | None = None
     temperature: float | None = None
+
+    def __post_init__(self):
+        if self.kind in HINGE_KINDS and self.temperature is None:  # recorded as the value it is
+            object.__setattr__(self, "temperature", DEFAULT_TEMPERATURE[self.kind])
 
     def record(self) -> dict:
         """The settings that define the model (the logistic model has none beyond its kind)."""
@@ -221,6 +226,27 @@ class CnnPolicy:
                            f"{', '.join(self.methods)}")
 
 
+def check_exact_features(data) -> None:
+    """The SVM's certificate is exact integer arithmetic: features k/s with integers
+    0 ≤ |k| ≤ 255, an integer scale s ≤ 255, and no bias feature (the limb sums of
+    :mod:`~infl_cli.svm` are sized for that)."""
+    import numpy as np
+
+    if data.bias:
+        raise BadInput(f"the SVM's certificate is exact arithmetic on integer features, no "
+                       f"--bias; {data.name} has a bias feature")
+    if data.pixel_scale is None or data.train_x.dtype.kind not in "iu":
+        raise BadInput(f"the SVM's certificate is exact arithmetic on integer features "
+                       f"(pixels/255); {data.name} has real-valued features")
+    if data.pixel_scale != int(data.pixel_scale) or data.pixel_scale > 255:
+        raise BadInput(f"the SVM's exact certificate needs features k/s with integer s ≤ 255; "
+                       f"{data.name} has s = {data.pixel_scale:g}")
+    for x in (data.train_x, data.test_x):
+        if int(np.max(np.abs(x.astype(np.int64)), initial=0)) > 255:
+            raise BadInput(f"the SVM's exact certificate needs integers ≤ 255; {data.name} has "
+                           "larger ones")
+
+
 class HingePolicy:
     """The linear SVM (``svm``: trained on the hinge, influence through the smooth hinge at
     ``--temperature``) and the smooth-hinge model trained at its own t (``smooth-hinge``),
@@ -230,7 +256,6 @@ class HingePolicy:
     default_tol = 1e-8  # every LOO model: wd·(its certified radius) ≤ this
     solvers = ("exact",)
     paper_test = 1597  # the paper's Figure 3 test point
-    default_temperature = {"svm": 0.0, "smooth-hinge": 0.1}
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -240,11 +265,7 @@ class HingePolicy:
         if data.n_classes != 2:
             raise BadInput(f"--model {self.kind} tells two classes apart; {data.name} has "
                            f"{data.n_classes}: give --classes A,B (the paper: 1,7)")
-        if data.pixel_scale is None or data.train_x.dtype.kind not in "iu" or data.bias \
-                or data.pixel_scale != int(data.pixel_scale) or data.pixel_scale > 255:
-            raise BadInput(f"--model {self.kind}'s certificate is exact arithmetic on integer "
-                           f"features k/s with s ≤ 255 and no --bias; {data.name} has "
-                           + ("a bias feature" if data.bias else "other features"))
+        check_exact_features(data)
         return first_points(data, spec.train_size)
 
     def default_test(self, data) -> int:

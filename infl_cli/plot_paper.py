@@ -9,6 +9,7 @@ import numpy as np
 
 from .plot import _save, _scatter
 
+CURVES = (0.0, 0.001, 0.01, 0.1)  # panel (a) of Figure 3: the paper's temperatures
 VARIANT_TITLES = {"no_train_loss": "without the training-loss term",
                   "no_hessian": "without H",
                   "no_both": "without both"}
@@ -71,7 +72,7 @@ def draw_hinge(arrays: dict, record: dict, metrics: dict, png: Path, write) -> N
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
     s = np.linspace(0.5, 1.5, 801)
     ax = axes[0, 0]
-    for t in sorted({0.0, 0.001, 0.01, 0.1, *temps}):
+    for t in sorted({*CURVES, *temps}):
         ax.plot(s, smooth_hinge(s, t), lw=1.2, label=f"t = {t:g}")
     ax.set_xlabel("s = y·wᵀx", fontsize=8)
     ax.set_ylabel("SmoothHinge(s, t)", fontsize=8)

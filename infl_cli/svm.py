@@ -45,6 +45,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from .errors import InflError
+
 ALPHA_BITS = 52  # α is certified on a 2⁻⁵² grid, refined on a 2⁻¹⁰⁴ one
 LIMB_BITS = 36  # int64 limbs: 255 · 2³⁶ · 11,800 < 2⁶³, and 255 · 2³⁶ · 784 too
 MAX_ROWS = (2 ** 62) // (255 * 2 ** LIMB_BITS)  # the most terms an int64 limb sum can take
@@ -320,6 +322,24 @@ def _polish(gram: np.ndarray, ma: np.ndarray, aa: np.ndarray, steps: int = 4) ->
             return
 
 
+MAX_GAP = 1e-10  # a trained SVM whose exact gap is above this is refused
+MAX_RADIUS = 1e-6  # a trained smooth model whose certified radius is above this is refused
+
+
+def train_svm(k, y, wd: float, scale: int, k_test, y_test) -> tuple:
+    """The SVM on all of (``k``, ``y``) from α = 0, certified (:func:`certificate`, with the
+    test points' exact margins and hinge losses): (Certified, DualReport). Refused, in one
+    line, when the exact gap stays above :data:`MAX_GAP`."""
+    keep = np.ones(y.size, dtype=bool)
+    alpha, report = solve_dual(k / scale, y, wd, np.zeros(y.size), keep)
+    cert = certificate(k, y.astype(np.int64), alpha, wd, keep, k_test,
+                       np.asarray(y_test).astype(np.int64), scale)
+    if cert.gap > MAX_GAP:
+        raise InflError(f"the SVM did not reach a certified optimum (duality gap "
+                        f"{cert.gap:.1e} after {report.rounds} rounds)")
+    return cert, report
+
+
 # ----------------------------------------------------------------------------- smooth model
 @dataclass
 class Smooth:
@@ -444,6 +464,16 @@ def fit_smooth(x, y, wd, t, keep, start=None, tol=1e-14, max_steps=100,
     gnorm = float(np.linalg.norm(grad))
     gbound = float(np.linalg.norm(np.abs(grad) + bound)) * (1 + 1e-6)
     return Smooth(weight=w, grad_norm=gnorm, grad_bound=gbound, radius=gbound / wd, steps=steps)
+
+
+def train_smooth(x, y, wd: float, t: float, start=None, tol: float = 1e-14) -> Smooth:
+    """The smooth model on all of (``x``, ``y``) at temperature ``t`` (:func:`fit_smooth`),
+    refused in one line when its certified radius stays above :data:`MAX_RADIUS`."""
+    model = fit_smooth(x, y, wd, t, np.ones(y.size, dtype=bool), start=start, tol=tol)
+    if model.radius > MAX_RADIUS:
+        raise InflError(f"the smooth model at t = {t:g} did not converge (‖∇R‖ ≤ "
+                        f"{model.grad_bound:.1e})")
+    return model
 
 
 # ----------------------------------------------------------------------------- retraining

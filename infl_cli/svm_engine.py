@@ -53,12 +53,8 @@ class _Problem:
 class HingeEngine(HingePolicy):
     tensor_names = ("weight", "alpha", "temperature")
 
-    def temperature(self, spec) -> float:
-        return self.default_temperature[self.kind] if spec.temperature is None \
-            else spec.temperature
-
     def describe(self, spec) -> str:
-        t = self.temperature(spec)
+        t = spec.temperature
         if self.kind == "svm":
             return f"linear SVM (hinge; influence through the smooth hinge at t = {t:g})"
         return f"smooth-hinge linear model, trained at t = {t:g}"
@@ -67,15 +63,9 @@ class HingeEngine(HingePolicy):
     def fit(self, data, wd: float, tol: float, max_iter: int, spec):
         start = time.perf_counter()
         p = _Problem(data)
-        keep = np.ones(p.y.size, dtype=bool)
         device = data.device
         if self.kind == "svm":
-            alpha, report = svm.solve_dual(p.x, p.y, wd, np.zeros(p.y.size), keep)
-            cert = svm.certificate(p.k, p.y.astype(np.int64), alpha, wd, keep,
-                                   p.k[:0], p.y[:0].astype(np.int64), p.scale)
-            if cert.gap > 1e-10:
-                raise InflError(f"the SVM did not reach a certified optimum (duality gap "
-                                f"{cert.gap:.1e})")
+            cert, report = svm.train_svm(p.k, p.y, wd, p.scale, p.k[:0], p.y[:0])
             weight = cert.weight
             info = {"duality_gap": cert.gap, "radius": cert.radius, "train_loss": cert.primal,
                     "grad_bound": wd * cert.radius, "kkt": report.kkt,
@@ -85,20 +75,18 @@ class HingeEngine(HingePolicy):
                     "certificate": "exact duality gap: ‖w − w*‖ ≤ √(2·gap/wd)"}
             tensors = {"alpha": torch.from_numpy(cert.alpha).to(device)}
         else:
-            t = self.temperature(spec)
-            model = svm.fit_smooth(p.x, p.y, wd, t, keep, tol=min(tol, 1e-14))
-            if model.radius > 1e-6:
-                raise InflError(f"the smooth model at t = {t:g} did not converge (‖∇R‖ ≤ "
-                                f"{model.grad_bound:.1e})")
+            t = spec.temperature
+            model = svm.train_smooth(p.x, p.y, wd, t, tol=min(tol, 1e-14))
             weight = model.weight
             info = {"grad_norm": model.grad_norm, "grad_bound": model.grad_bound,
                     "radius": model.radius, "newton_steps": model.steps,
-                    "train_loss": svm.smooth_objective(p.x, p.y, weight, wd, t, keep),
+                    "train_loss": svm.smooth_objective(p.x, p.y, weight, wd, t,
+                                                       np.ones(p.y.size, dtype=bool)),
                     "certificate": "gradient: ‖w − w*‖ ≤ (‖∇R‖ + rounding)/wd"}
             tensors = {}
         info["seconds"] = time.perf_counter() - start
-        info["temperature"] = self.temperature(spec)
-        tensors["temperature"] = torch.tensor(self.temperature(spec), dtype=torch.float64,
+        info["temperature"] = spec.temperature
+        tensors["temperature"] = torch.tensor(spec.temperature, dtype=torch.float64,
                                               device=device)
         tensors["weight"] = torch.from_numpy(np.ascontiguousarray(weight)).to(device)
         return tensors, info

@@ -145,6 +145,15 @@ def small_problem(tiny):
     return weight, x, y, 0.01
 
 
+def assert_refused_untouched(work, command: str, args, message: str, code: int = 2):
+    """``infl COMMAND -w WORK ARGS`` ends as :func:`assert_clean_failure` with ``message``
+    and exit ``code``, and ``work`` holds exactly the files it held before."""
+    before = listing(work)
+    proc = infl(command, "-w", work, *args)
+    assert_clean_failure(proc, message)
+    assert proc.returncode == code and listing(work) == before
+
+
 @pytest.fixture(scope="session")
 def tiny_work(tmp_path_factory):
     """The session's work folder on mnist-tiny, each stage run alone through the CLI: the

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_failure, copy_work, infl, listing
+from conftest import assert_refused_untouched, copy_work, infl
 from infl_cli import estimators as est
 from infl_cli.data import load_npz, with_bias
 
@@ -256,8 +256,4 @@ def test_every_method_writes_a_scores_artifact_judged_like_ours(est_work, tmp_pa
     (["--method", "kfac", "--rank", "5"], "takes no --rank"),
 ])
 def test_bad_knobs_are_one_line_exit_2_nothing_written(est_work, tmp_path, args, message):
-    work = copy_work(est_work, tmp_path)
-    before = listing(work)
-    proc = infl("score", "-w", work, *args)
-    assert_clean_failure(proc, message)
-    assert proc.returncode == 2 and listing(work) == before
+    assert_refused_untouched(copy_work(est_work, tmp_path), "score", args, message)

@@ -11,7 +11,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 from scipy.stats import spearmanr
 
-from conftest import REPO, assert_clean_failure, copy_work, infl, listing
+from conftest import (REPO, assert_clean_failure, assert_refused_untouched, copy_work, infl,
+                      listing)
 from infl_cli import datamodels
 
 WD = 0.01
@@ -292,11 +293,7 @@ def test_truth_file_is_read_back_and_checked(judged, tmp_path):
     (["--tol", "0"], "--tol must be > 0"),
 ])
 def test_lds_bad_input_is_one_line_exit_2_nothing_written(small_work, tmp_path, args, message):
-    work = copy_work(small_work, tmp_path)
-    before = listing(work)
-    proc = infl("lds", "-w", work, *args)
-    assert_clean_failure(proc, message)
-    assert proc.returncode == 2 and listing(work) == before
+    assert_refused_untouched(copy_work(small_work, tmp_path), "lds", args, message)
 
 
 def test_dattri_export_is_their_split_and_normalisation(tmp_path):

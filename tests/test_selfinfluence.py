@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_failure, copy_work, infl, listing
+from conftest import assert_clean_failure, assert_refused_untouched, copy_work, infl
 from infl_cli import selfinf
 from infl_cli.data import load_npz
 from infl_cli.linalg import HessianFactor
@@ -183,11 +183,7 @@ def test_mislabel_resumes_from_the_seeds_written(mislabel_run):
 ])
 def test_mislabel_bad_input_is_one_line_exit_2_nothing_written(tiny_work, tmp_path, args,
                                                               message):
-    work = copy_work(tiny_work, tmp_path)
-    before = listing(work)
-    proc = infl("mislabel", "-w", work, *args)
-    assert_clean_failure(proc, message)
-    assert proc.returncode == 2 and listing(work) == before
+    assert_refused_untouched(copy_work(tiny_work, tmp_path), "mislabel", args, message)
 
 
 def test_studies_refuse_a_model_without_what_they_need(tmp_path):

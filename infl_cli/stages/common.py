@@ -144,3 +144,24 @@ def most_accurate_scores(workdir: Path, solver: str | None) -> str:
     if not have:
         raise InflError(f"no scores in {workdir}; run `infl score` first")
     return have[0]
+
+
+def study_figure(workdir: Path, key: str, fingerprint: str, png: Path, draw) -> dict:
+    """The ``key`` section of the work folder's ``metrics.json`` for a study's figure ``png``
+    (and its PDF), drawn by ``draw()`` (which returns the section's metrics) only when the
+    section was made from another artifact than ``fingerprint`` or a figure is missing, as
+    ``infl run`` redraws nothing whose inputs did not change."""
+    import json
+
+    try:
+        section = json.loads((workdir / art.METRICS).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        section = None
+    if isinstance(section, dict) and section.get("made_from") == fingerprint \
+            and section.get("figure") == str(png) and png.is_file() \
+            and png.with_suffix(".pdf").is_file():
+        return section
+    metrics = draw()
+    metrics.update(figure=str(png), made_from=fingerprint)
+    art.update_json(workdir / art.METRICS, key, metrics)
+    return metrics

@@ -34,7 +34,7 @@ import numpy as np
 from .. import artifacts as art
 from ..engines import spec_of
 from ..errors import BadInput
-from .common import load_model
+from .common import load_model, model_record, study_figure
 
 ARTIFACT = "components.safetensors"
 FIGURE = "fig_components.png"
@@ -74,27 +74,29 @@ def components(v, x, y_sign, x_test, y_test_sign, wd_binary: float) -> dict:
 
 
 def run_components(workdir: Path, test_index: int | None = None, device=None) -> dict:
-    """Compute (or reuse, when current) the components of the model in ``workdir`` for one
-    test point; draw the figure; return the record with its metrics."""
-    import torch
-
-    from .. import device as device_mod
-
-    tensors, mrec, data = load_model(workdir, device=device)
-    if spec_of(mrec).kind != "logreg" or data.n_classes != 2:
+    """Compute (or reuse, when current: decided from the records, without torch or the
+    data) the components of the model in ``workdir`` for one test point; draw the figure;
+    return the record with its metrics."""
+    mrec = model_record(workdir)
+    classes, n_test = mrec.get("n_classes"), mrec["n_test"]
+    if spec_of(mrec).kind != "logreg" or classes != 2:
         raise BadInput(f"components: Figure 1 is for a binary logistic model; "
-                       f"{workdir / art.MODEL} holds a {data.n_classes}-class "
+                       f"{workdir / art.MODEL} holds a {classes}-class "
                        f"{spec_of(mrec).kind}: train with --classes A,B (the paper: "
                        "--classes 1,7 --wd 0.02)")
-    test = test_index if test_index is not None else \
-        (PAPER_TEST if data.n_test > PAPER_TEST else 0)
-    if not 0 <= test < data.n_test:
+    test = test_index if test_index is not None else (PAPER_TEST if n_test > PAPER_TEST else 0)
+    if not 0 <= test < n_test:
         raise BadInput(f"--test-index {test} is out of range: the test set has "
-                       f"{data.n_test:,} points")
+                       f"{n_test:,} points")
     path = workdir / ARTIFACT
     settings = {"test_index": test}
     inputs = {"model": mrec["fingerprint"]}
     if not art.is_current(path, settings, inputs):
+        import torch
+
+        from .. import device as device_mod
+
+        tensors, mrec, data = load_model(workdir, device=device)
         start = time.perf_counter()
         wd_binary = mrec["settings"]["wd"] / 2
         v = binary_weight(tensors["weight"])
@@ -138,11 +140,14 @@ def metrics_of(arrays: dict) -> dict:
 
 
 def draw(workdir: Path, arrays: dict, record: dict) -> dict:
-    from .. import plot_paper
-
-    metrics = metrics_of(arrays)
+    """The figure and its metrics (redrawn only when the artifact changed)."""
     png = workdir / FIGURE
-    plot_paper.draw_components(arrays, record, metrics, png, art.atomic_write)
-    metrics["figure"] = str(png)
-    art.update_json(workdir / "metrics.json", "components", metrics)
-    return metrics
+
+    def made():
+        from .. import plot_paper
+
+        metrics = metrics_of(arrays)
+        plot_paper.draw_components(arrays, record, metrics, png, art.atomic_write)
+        return metrics
+
+    return study_figure(workdir, "components", record["fingerprint"], png, made)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts as art
-from ..errors import BadInput, InflError
+from ..errors import BadInput
 
 ARTIFACT = "hinge.safetensors"
 PARTIAL = "hinge.partial.safetensors"
@@ -37,7 +37,6 @@ FIGURE = "fig_hinge.png"
 PAPER_TEST = 1597  # the authors' test point (a 7 the SVM gets wrong)
 PAPER_R = {"0": 0.632, "0.001": 0.950, "0.1": 0.914}  # the authors' notebook
 ROUND_TO = 100  # the authors trim both sets to a multiple of 100 ("for batching")
-CURVES = (0.0, 0.001, 0.01, 0.1)  # panel (a)
 
 
 @dataclass(frozen=True)
@@ -117,16 +116,9 @@ def hinge_data(data, settings: HingeSettings) -> HingeData:
     """The SVM's training and test sets: the first ``train_size``/``test_size`` points (default:
     the authors' trim to a multiple of 100), labels ±1 (class 0 → +1), features as integers
     over their scale (the exact certificate needs them)."""
-    if data.pixel_scale is None or data.train_x.dtype.kind not in "iu" or data.bias:
-        raise BadInput(f"the SVM's certificate is exact arithmetic on integer features "
-                       f"(pixels/255, no --bias); {data.name} has "
-                       + ("a bias feature" if data.bias else "real-valued features"))
-    if data.pixel_scale != int(data.pixel_scale) or data.pixel_scale > 255:
-        raise BadInput(f"the SVM's exact certificate needs features k/s with integer s ≤ 255; "
-                       f"{data.name} has s = {data.pixel_scale:g}")
-    if int(np.max(np.abs(data.train_x.astype(np.int64)), initial=0)) > 255:
-        raise BadInput(f"the SVM's exact certificate needs integers ≤ 255; {data.name} has "
-                       "larger ones")
+    from ..engines import check_exact_features
+
+    check_exact_features(data)
     n = settings.train_size or _trimmed(data.n_train)
     m = settings.test_size or _trimmed(data.n_test)
     for what, size, have in (("--train-size", n, data.n_train), ("--test-size", m, data.n_test)):
@@ -234,22 +226,15 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     record_settings = {**settings.record(), "classes": list(classes)}
     inputs = {"data": hd.fingerprint}
     if art.is_current(path, record_settings, inputs):
-        record = art.read_record(path)
-        arrays = art.load_arrays(path, "hinge")[0]
-        return {**record, "metrics": draw(workdir, arrays, record)}
+        return _finished(workdir, path)
     start = time.perf_counter()
-    keep = np.ones(n, dtype=bool)
     timings = {}
     with progress_bar("hinge: SVM (dual coordinate ascent)", total=1) as update:
         t0 = time.perf_counter()
-        alpha, report = svm.solve_dual(hd.x, hd.y, settings.wd, np.zeros(n), keep)
-        full = svm.certificate(hd.k_train, hd.y.astype(np.int64), alpha, settings.wd, keep,
-                               hd.k_test, hd.y_test.astype(np.int64), hd.scale)
+        full, report = svm.train_svm(hd.k_train, hd.y, settings.wd, hd.scale, hd.k_test,
+                                     hd.y_test)
         timings["svm"] = time.perf_counter() - t0
         update(status=f"gap {full.gap:.1e}")
-    if full.gap > 1e-10:
-        raise InflError(f"the SVM did not reach a certified optimum (duality gap {full.gap:.1e} "
-                        f"after {report.rounds} rounds)")
     if test is None:  # a small test set: the test point the SVM gets most wrong
         test = int(np.argmin(full.test_margins))
     predicted, reports = {}, {}
@@ -263,10 +248,7 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     t0 = time.perf_counter()
     with progress_bar("hinge: smooth models at their own t", total=len(settings.smooth)) as update:
         for t in settings.smooth:
-            model = svm.fit_smooth(hd.x, hd.y, settings.wd, t, keep, start=full.weight)
-            if model.radius > 1e-6:
-                raise InflError(f"the smooth model at t = {t:g} did not converge (‖∇R‖ ≤ "
-                                f"{model.grad_bound:.1e})")
+            model = svm.train_smooth(hd.x, hd.y, settings.wd, t, start=full.weight)
             pred, _ = predicted_changes(hd.x, hd.y, model.weight, settings.wd, t,
                                         hd.x_test[test], hd.y_test[test])
             smooth_full.append(model)
@@ -320,8 +302,12 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     art.save_artifact(path, {key: torch.from_numpy(np.ascontiguousarray(value))
                              for key, value in tensors.items()}, record)
     store.discard()
-    record = art.read_record(path)
-    arrays = art.load_arrays(path, "hinge")[0]
+    return _finished(workdir, path)
+
+
+def _finished(workdir: Path, path: Path) -> dict:
+    """The study's record, with the figure's metrics under ``metrics``."""
+    arrays, record = art.load_arrays(path, "hinge")
     return {**record, "metrics": draw(workdir, arrays, record)}
 
 
@@ -360,11 +346,16 @@ def metrics_of(arrays: dict, record: dict) -> dict:
 
 
 def draw(workdir: Path, arrays: dict, record: dict) -> dict:
-    from .. import plot_paper
+    """The figure and its metrics (redrawn only when the artifact changed)."""
+    from .common import study_figure
 
-    metrics = metrics_of(arrays, record)
     png = workdir / FIGURE
-    plot_paper.draw_hinge(arrays, record, metrics, png, art.atomic_write)
-    metrics["figure"] = str(png)
-    art.update_json(workdir / "metrics.json", "hinge", metrics)
-    return metrics
+
+    def made():
+        from .. import plot_paper
+
+        metrics = metrics_of(arrays, record)
+        plot_paper.draw_hinge(arrays, record, metrics, png, art.atomic_write)
+        return metrics
+
+    return study_figure(workdir, "hinge", record["fingerprint"], png, made)
