@@ -17,8 +17,8 @@ and for every feasible α, P(w(α)) − P(w*) ≤ P(w(α)) − D(α) = gap(α). 
 vectors sit on the kink of the hinge), so a float64 evaluation of it would hide the optimum
 behind its own rounding. :func:`certificate` therefore evaluates P(w(α)) and D(α) *exactly*:
 pixels are integers kᵢⱼ/255, α is rounded to multiples of 2⁻⁵² (still feasible), and every
-sum is an integer, formed in int64 in limbs small enough never to overflow and carried in
-Python integers; the gap is an exact fraction. The certified model is w(α) itself; the
+sum is an integer (:mod:`~infl_cli.exact_sums`: int64 limbs that never overflow, carried in
+Python integers); the gap is an exact fraction. The certified model is w(α) itself; the
 float64 weights used elsewhere are its correctly rounded value. Test margins are exact too,
 so an actual change of the hinge test loss, computed from two certified models, is off by at
 most ‖x_test‖·(r + r₋) (the hinge is 1-Lipschitz in the margin).
@@ -46,10 +46,9 @@ from fractions import Fraction
 import numpy as np
 
 from .errors import InflError
+from .exact_sums import exact_matvec, exact_rmatvec
 
 ALPHA_BITS = 52  # α is certified on a 2⁻⁵² grid, refined on a 2⁻¹⁰⁴ one
-LIMB_BITS = 36  # int64 limbs: 255 · 2³⁶ · 11,800 < 2⁶³, and 255 · 2³⁶ · 784 too
-MAX_ROWS = (2 ** 62) // (255 * 2 ** LIMB_BITS)  # the most terms an int64 limb sum can take
 UNIT = 2.0 ** -53
 
 
@@ -87,45 +86,6 @@ def _sigmoid(u):
     e = np.exp(u[~pos])
     out[~pos] = e / (1.0 + e)
     return out
-
-
-# ----------------------------------------------------------------------------- exact sums
-def _limbs(values) -> list:
-    """Signed int64 limbs of Python integers: values = Σₗ limbₗ·2^(36·l)."""
-    magnitude = [abs(int(v)) for v in values]
-    sign = np.array([1 if int(v) >= 0 else -1 for v in values], dtype=np.int64)
-    top = max(magnitude, default=0).bit_length()
-    mask = (1 << LIMB_BITS) - 1
-    out = []
-    for shift in range(0, max(top, 1), LIMB_BITS):
-        out.append(sign * np.array([(m >> shift) & mask for m in magnitude], dtype=np.int64))
-    return out
-
-
-def _combine(parts: list) -> list:
-    """Σₗ partsₗ·2^(36·l) as Python integers."""
-    total = [0] * len(parts[0])
-    for index, part in enumerate(parts):
-        shift = LIMB_BITS * index
-        total = [a + (int(b) << shift) for a, b in zip(total, part.tolist())]
-    return total
-
-
-def exact_matvec(k: np.ndarray, values) -> list:
-    """Σⱼ kᵢⱼ·valuesⱼ exactly (k: int64 [n, d] of magnitude ≤ 255; values: Python ints)."""
-    if k.shape[1] > MAX_ROWS:
-        raise ValueError("too many features for exact int64 limb sums")
-    return _combine([k @ limb for limb in _limbs(values)])
-
-
-def exact_rmatvec(k: np.ndarray, values) -> list:
-    """Σᵢ kᵢⱼ·valuesᵢ exactly, in blocks of rows that an int64 limb sum holds."""
-    total = [0] * k.shape[1]
-    for lo in range(0, k.shape[0], MAX_ROWS):
-        block = k[lo:lo + MAX_ROWS]
-        part = _combine([limb @ block for limb in _limbs(values[lo:lo + MAX_ROWS])])
-        total = [a + b for a, b in zip(total, part)]
-    return total
 
 
 def _round_up(x: Fraction) -> float:
@@ -474,77 +434,3 @@ def train_smooth(x, y, wd: float, t: float, start=None, tol: float = 1e-14) -> S
         raise InflError(f"the smooth model at t = {t:g} did not converge (‖∇R‖ ≤ "
                         f"{model.grad_bound:.1e})")
     return model
-
-
-# ----------------------------------------------------------------------------- retraining
-def smooth_change(x, y: float, t: float, full: Smooth, loo: Smooth, x_norm: float) -> tuple:
-    """The change of the smooth test loss ℓ_t at (x, y) from ``full`` to ``loo``, and its
-    proven bound: ℓ_t is 1-Lipschitz in the margin, so the models' radii cost ‖x‖·(r + r₋);
-    each margin's float64 evaluation γ_d·|x|ᵀ|w|; ℓ_t's evaluation 4u of its value; the
-    difference u of itself."""
-    d = x.size
-    gam = d * UNIT / (1 - d * UNIT)
-    values = [float(smooth_hinge(np.array([y * (x @ m.weight)]), t)[0]) for m in (full, loo)]
-    change = values[1] - values[0]
-    rounding = sum(gam * float(np.abs(x) @ np.abs(m.weight)) + 4 * UNIT * v
-                   for m, v in zip((full, loo), values)) + UNIT * abs(change)
-    return change, (x_norm * (full.radius + loo.radius) + rounding) * (1 + 1e-6)
-
-
-@dataclass
-class Retrained:
-    """One retraining without a point: the change of each test point's loss (``values`` [T])
-    and its proven bound (``bounds`` [T]), the model's certified ``radius``, the SVM's exact
-    ``gap`` (NaN for the smooth model), and the solver's ``steps``."""
-
-    values: np.ndarray
-    bounds: np.ndarray
-    radius: float
-    gap: float
-    steps: int
-
-
-class Retrainer:
-    """Leave-one-out retraining of one model, certified, for the test points (``k_test``,
-    ``y_test`` ∈ {±1}): ``kind`` ``svm`` (warm-started dual coordinate ascent from the full
-    α, the change of the exact hinge test loss) or ``smooth-hinge`` (Newton from the full
-    model at temperature ``t``, preconditioned by its Hessian; the change of ℓ_t). Pure in
-    its inputs, so removals may be retrained in any order."""
-
-    def __init__(self, kind: str, k: np.ndarray, y: np.ndarray, scale: int, wd: float,
-                 t: float, weight: np.ndarray, alpha, k_test: np.ndarray, y_test: np.ndarray):
-        from scipy.linalg import cho_factor
-
-        self.kind, self.k, self.y, self.scale, self.wd, self.t = kind, k, y, scale, wd, t
-        self.x = k / scale
-        self.k_test, self.y_test = k_test, y_test
-        self.x_test = k_test / scale
-        self.x_norm = np.array([math.nextafter(float(np.linalg.norm(r)), math.inf)
-                                for r in self.x_test]) * (1 + 1e-15)
-        keep = np.ones(y.size, dtype=bool)
-        if kind == "svm":
-            self.full = certificate(k, y.astype(np.int64), alpha, wd, keep, k_test,
-                                    y_test.astype(np.int64), scale)
-        else:
-            self.full = fit_smooth(self.x, y, wd, t, keep, start=weight)
-            m = y * (self.x @ self.full.weight)
-            self.factor = cho_factor(smooth_hessian(self.x, y, m, wd, t, keep))
-
-    def retrain(self, z: int) -> Retrained:
-        keep = np.ones(self.y.size, dtype=bool)
-        keep[z] = False
-        if self.kind == "svm":
-            alpha, report = solve_dual(self.x, self.y, self.wd, self.full.alpha, keep)
-            cert = certificate(self.k, self.y.astype(np.int64), alpha, self.wd, keep,
-                               self.k_test, self.y_test.astype(np.int64), self.scale)
-            values = np.array([float(a - b) for a, b in zip(cert.test_hinge,
-                                                             self.full.test_hinge)])
-            bounds = self.x_norm * (cert.radius + self.full.radius) * (1 + 4 * UNIT) \
-                + UNIT * np.abs(values)
-            return Retrained(values, bounds, cert.radius, cert.gap, report.sweeps)
-        loo = fit_smooth(self.x, self.y, self.wd, self.t, keep, start=self.full.weight,
-                         factor=self.factor)
-        pairs = [smooth_change(self.x_test[i], self.y_test[i], self.t, self.full, loo,
-                               self.x_norm[i]) for i in range(self.y_test.size)]
-        return Retrained(np.array([v for v, _ in pairs]), np.array([b for _, b in pairs]),
-                         loo.radius, math.nan, loo.steps)

@@ -34,6 +34,7 @@ import torch
 from . import svm
 from .engines import HingePolicy
 from .errors import InflError
+from .svm_loo import Retrainer
 
 
 def _numpy(t) -> np.ndarray:
@@ -165,7 +166,7 @@ class HingeEngine(HingePolicy):
 
 
 class HingeLooProblem:
-    """Retrains without each removal through :class:`~infl_cli.svm.Retrainer` (pure in its
+    """Retrains without each removal through :class:`~infl_cli.svm_loo.Retrainer` (pure in its
     inputs: chunks may run in any order); the module doc says what is certified."""
 
     def __init__(self, kind, tensors, mrec, data, x_test, y_test):
@@ -177,10 +178,10 @@ class HingeLooProblem:
                             "scale; the SVM's exact certificate needs them")
         alpha = _numpy(tensors["alpha"]) if "alpha" in tensors else None
         self.kind, self.wd = kind, mrec["settings"]["wd"]
-        self.retrainer = svm.Retrainer(kind, p.k, p.y, p.scale, self.wd,
-                                       float(tensors["temperature"]) if kind != "svm" else 0.0,
-                                       _numpy(tensors["weight"]), alpha, kt,
-                                       1.0 - 2.0 * _numpy(y_test).astype(np.float64))
+        self.retrainer = Retrainer(kind, p.k, p.y, p.scale, self.wd,
+                                   float(tensors["temperature"]) if kind != "svm" else 0.0,
+                                   _numpy(tensors["weight"]), alpha, kt,
+                                   1.0 - 2.0 * _numpy(y_test).astype(np.float64))
         r0 = self.retrainer.full.radius
         self.baseline_error = self.retrainer.x_norm * r0  # the full model's share of each bar
 

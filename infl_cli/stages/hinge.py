@@ -167,11 +167,11 @@ def top_indices(predicted: np.ndarray, num: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- retraining
 class HingeProblem:
     """Retrains without each removal: the SVM (row 0) and the smooth models (rows 1..), each
-    by its :class:`~infl_cli.svm.Retrainer` (the engines' own), for the study's test point."""
+    by its :class:`~infl_cli.svm_loo.Retrainer` (the engines' own), for the study's test point."""
 
     def __init__(self, hd: HingeData, settings: HingeSettings, svm_full, smooth_full: list,
                  test: int):
-        from ..svm import Retrainer
+        from ..svm_loo import Retrainer
 
         kt, yt = hd.k_test[[test]], hd.y_test[[test]]
         self.retrainers = [Retrainer("svm", hd.k_train, hd.y, hd.scale, settings.wd, 0.0,
