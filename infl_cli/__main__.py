@@ -1,3 +1,3 @@
-from .cli import entry
+from infl_cli.cli.app import entry
 
 entry()

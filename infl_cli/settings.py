@@ -2,7 +2,7 @@
 
 The command line reads, checks and refuses its options here before anything computes, so that
 ``--help``, ``--version`` and every option error answer in a fraction of a second (torch takes
-1.5–3 s to import). The computing modules (:mod:`~infl_cli.ihvp`, :mod:`~infl_cli.loo`) take
+1.5–3 s to import). The computing modules (:mod:`~infl_cli.engines.logreg.solvers`, :mod:`~infl_cli.engines.logreg.loo`) take
 their settings from here.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import BadInput
+from infl_cli.errors import BadInput
 
 # ----------------------------------------------------------------------------- names
 DATASETS = ("mnist", "mnist-tiny", "fashion-mnist", "kmnist")
@@ -137,7 +137,7 @@ def validate_train(wd: float | None, tol: float, spec=None) -> None:
     if not tol > 0:
         raise BadInput(f"--train-tol must be > 0, got {tol}")
     if spec is not None:
-        from .engines import validate_spec
+        from infl_cli.engines.spec import validate_spec
 
         validate_spec(spec)
 
@@ -207,7 +207,7 @@ IMPORT_MEANINGS = ("removal", "upweight", "helpful")  # what an imported score s
 
 @dataclass
 class LdsSettings:
-    """Subset retraining for the LDS (:mod:`~infl_cli.subsets`): ``subsets`` subsets of
+    """Subset retraining for the LDS (:mod:`~infl_cli.engines.logreg.subsets`): ``subsets`` subsets of
     ``fraction``·n training points each, drawn with ``seed``; every retrained model certified
     to ‖∇R_S‖ ≤ ``tol`` (rounding included); outputs measured as ``measure``; ``chunk_size``
     subsets solved together (None: from the memory a chunk takes)."""
@@ -220,9 +220,9 @@ class LdsSettings:
     chunk_size: int | None = None
 
     def solve_chunk(self, problem, ids, selected):
-        """The chunk interface of :func:`~infl_cli.loo.timed_chunk` (and of the cluster's
+        """The chunk interface of :func:`~infl_cli.engines.logreg.loo.timed_chunk` (and of the cluster's
         tasks): retrain on the subsets ``ids`` (their masks drawn again from the seed)."""
-        from . import subsets
+        from infl_cli.engines.logreg import subsets
 
         return subsets.solve_chunk(problem, ids, self)
 
@@ -251,7 +251,7 @@ METHODS = ("grad-dot", "grad-cos", "representer", "arnoldi", "kfac", "ekfac", "d
 
 @dataclass
 class EstimatorSettings:
-    """``infl score --method``: an estimator of :mod:`~infl_cli.estimators` and its knobs
+    """``infl score --method``: an estimator of :mod:`~infl_cli.engines.logreg.estimators` and its knobs
     (None: the estimator's default)."""
 
     method: str
@@ -300,7 +300,7 @@ def validate_cluster(cluster: str | None, timeout: float | None, device: str | N
     device) is refused."""
     if cluster is None:
         return
-    from . import cluster as cluster_mod
+    from infl_cli.runtime import cluster as cluster_mod
 
     cluster_mod.parse(cluster)
     if device is not None and not str(device).strip().lower().startswith(("cpu", "auto")):
@@ -316,7 +316,7 @@ def validate_cluster(cluster: str | None, timeout: float | None, device: str | N
 def check_device_name(spec: str | None) -> str:
     """The ``--device`` value, normalised, if it is well formed (auto, cpu, cuda, cuda:N);
     whether the device exists is asked of torch only when a stage computes
-    (:func:`infl_cli.device.resolve`)."""
+    (:func:`infl_cli.runtime.device.resolve`)."""
     import re
 
     name = (spec or "auto").strip().lower()

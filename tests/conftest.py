@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infl_cli.data import load_dataset
+from infl_cli.data.datasets import load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_LISSA = ["--depth", "600", "--batch-size", "200"]
@@ -42,12 +42,13 @@ class Outcome:
 
 
 def infl(*args, env_extra=None) -> Outcome:
-    """Run ``infl ARGS`` in this process through :func:`infl_cli.cli.main`.
+    """Run ``infl ARGS`` in this process through :func:`infl_cli.cli.app.main`.
 
     sys.argv, the environment (``COLUMNS=200`` plus ``env_extra``), the signal handlers that
     ``main`` installs and the progress console (made afresh on the captured stderr, exactly as
     at a real start-up) are restored afterwards."""
-    from infl_cli import cli, progress
+    from infl_cli.cli import app as cli
+    from infl_cli.runtime import progress
 
     env = {"COLUMNS": "200", **(env_extra or {})}
     saved_env = {key: os.environ.get(key) for key in env}
@@ -172,7 +173,7 @@ def tiny_work(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_work):
     """(weight [10, 784], model record) of the session's trained mnist-tiny model."""
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
 
     tensors, record = art.load_artifact(tiny_work / art.MODEL, "train")
     return tensors["weight"], record

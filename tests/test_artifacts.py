@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from infl_cli import artifacts as art
+from infl_cli.runtime import artifacts as art
 from infl_cli.errors import InflError
 
 

@@ -98,7 +98,8 @@ def test_missing_extra_fails_in_one_line(tiny_work, tmp_path, monkeypatch):
     proc = infl("loo", "-w", work, "--cluster", "local:2")
     assert_clean_failure(proc, "pip install -e '.[cluster]'")
     assert listing(work) == before
-    code = ("import sys; from infl_cli import cli, stages, chunks, loo; "
+    code = ("import sys; import infl_cli.cli, infl_cli.stages, infl_cli.runtime.chunks, "
+            "infl_cli.engines.logreg.loo; "
             "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_clean_failure, copy_work, infl, listing
-from infl_cli import autodiff, cnn, cnn_engine
-from infl_cli.data import subset
-from infl_cli.engines import ModelSpec
+from infl_cli.engines.cnn import autodiff, net as cnn, engine as cnn_engine
+from infl_cli.data.datasets import subset
+from infl_cli.engines.spec import ModelSpec
 
 WD = 0.03  # on 120 images Newton reaches a local minimum in ~16 steps (wd 0.001: not in 50)
 
@@ -163,7 +163,7 @@ def fnorm(t):
 
 
 def replace_settings(method, **kw):
-    from infl_cli.loo import LooSettings
+    from infl_cli.engines.logreg.loo import LooSettings
 
     return LooSettings(method=method, tol=1e-10, chunk_size=10, retrain_steps=20, **kw)
 

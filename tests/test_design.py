@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from infl_cli.design import DenseDesign, DesignMatrix
+from infl_cli.data.design import DenseDesign, DesignMatrix
 
 KINDS = ["core/rim", "dense"]
 

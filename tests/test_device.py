@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_clean_failure, copy_work, infl, listing
-from infl_cli import design as design_mod
-from infl_cli import device as device_mod
-from infl_cli import loo, stages
+from infl_cli.data import design as design_mod
+from infl_cli.runtime import device as device_mod
+from infl_cli.engines.logreg import loo
+from infl_cli import stages
 from infl_cli.errors import BadInput
 
 HAVE_CUDA = torch.cuda.is_available()
@@ -121,7 +122,7 @@ def test_cluster_and_a_gpu_are_refused_and_auto_with_cluster_is_the_cpu(monkeypa
     pytest.importorskip("distributed")
     with pytest.raises(BadInput, match="does not combine with --device cuda:0"):
         stages.validate_cluster("local:2", 10.0, torch.device("cuda:0"))
-    from infl_cli import cli_common
+    from infl_cli.cli import common as cli_common
 
     monkeypatch.setattr(device_mod, "available", lambda: ["cpu", "cuda:0"])
     assert cli_common.device("auto", cluster="local:2") == torch.device("cpu")
@@ -133,7 +134,7 @@ def test_reduced_precision_is_off_and_the_device_is_recorded(tiny_work):
     device_mod.check_precision()
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert torch.get_float32_matmul_precision() == "highest"
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
 
     for name in (art.MODEL, art.ihvp_name("cg"), art.scores_name("cg")):
         assert art.read_record(tiny_work / name)["device"] == "cpu", name
@@ -163,7 +164,7 @@ def test_gpu_pipeline_agrees_with_the_cpu(tiny_work, tmp_path):
                                                       *cuda], ["plot", "--solver", "cg"]):
         proc = infl(*args, "-w", work)
         assert proc.returncode == 0, (args, proc.stderr[-3000:])
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
 
     assert art.read_record(work / art.MODEL)["device"].startswith("cuda:0")
     assert json.loads((work / "metrics.json").read_text())["devices"]["loo"].startswith("cuda")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import assert_refused_untouched, copy_work, infl
-from infl_cli import estimators as est
-from infl_cli.data import load_npz, with_bias
+from infl_cli.engines.logreg import estimators as est
+from infl_cli.data.datasets import load_npz, with_bias
 
 WD = 0.01
 N, D = 60, 6
@@ -17,7 +17,7 @@ TESTS = [0, 3, 7]
 
 
 def _fitted(tmp_path, k):
-    from infl_cli import train
+    from infl_cli.engines.logreg import train
 
     rng = np.random.default_rng(k)
     x = rng.standard_normal((N + 10, D))
@@ -223,7 +223,7 @@ def test_trak_ensemble_in_groups_equals_one_model_at_a_time(setup, monkeypatch):
 def test_every_method_writes_a_scores_artifact_judged_like_ours(est_work, tmp_path):
     from safetensors.numpy import load_file
 
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
 
     work = copy_work(est_work, tmp_path)
     for args in (["--method", "arnoldi", "--rank", 10], ["--method", "trak", "--models", 3],

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, infl
-from infl_cli.artifacts import read_record
+from infl_cli.runtime.artifacts import read_record
 
 DATA = Path(os.environ.get("INFL_DATA_DIR") or REPO.parent / "shared" / "mnist")
 HAVE_MNIST = (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()

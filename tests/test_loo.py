@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from conftest import copy_work
-from infl_cli import bounds, loo, model, score, selection, stages, train
-from infl_cli.data import subset
+from infl_cli.numerics import bounds
+from infl_cli.engines.logreg import loo, model, score, train
+from infl_cli.stages import selection
+from infl_cli import stages
+from infl_cli.data.datasets import subset
 from infl_cli.errors import Interrupted
-from infl_cli.linalg import HessianFactor
+from infl_cli.numerics.linalg import HessianFactor
 
 WD = 0.01
 TESTS = [8, 3, 60]
@@ -161,7 +164,7 @@ def test_delta_pass_equals_direct_gradient(tiny, fitted, kind):
 def test_relabelled_retraining_equals_independent_training(tiny, fitted):
     """Label fixes through the same certified core: each retrained model is within its
     certificate of a from-scratch fit on the relabelled data."""
-    from infl_cli.data import with_labels
+    from infl_cli.data.datasets import with_labels
 
     w, problem, _, _ = fitted
     changes = _relabel_changes(tiny)
@@ -276,7 +279,7 @@ def test_random_and_all_selections_run_and_certify(stage_work, select, k):
 
 
 def test_interrupted_loo_stage_resumes_to_identical_artifact(tiny_work, tmp_path, monkeypatch):
-    from infl_cli import chunks
+    from infl_cli.runtime import chunks
 
     whole, cut = copy_work(tiny_work, tmp_path, "whole"), copy_work(tiny_work, tmp_path, "cut")
     settings = loo.LooSettings(chunk_size=4)
@@ -305,8 +308,8 @@ def test_interrupted_loo_stage_resumes_to_identical_artifact(tiny_work, tmp_path
 
 def test_partial_from_other_settings_is_not_reused(stage_work, tiny):
     """A checkpoint made with other settings (here another --rel-error) is started over."""
-    from infl_cli import artifacts as art
-    from infl_cli import chunks
+    from infl_cli.runtime import artifacts as art
+    from infl_cli.runtime import chunks
 
     work = stage_work
     plan = stages.plan_loo(work, None, stages.TestChoice([8]), "top", 6, 0, loo.LooSettings(),

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import grad, hessian, jvp, vmap
 
-from infl_cli import model
+from infl_cli.engines.logreg import model
 
 
 def _objective(w, x, y, wd):
@@ -70,7 +70,7 @@ def test_certified_gradient_bound_holds_against_extended_precision(tiny):
     evaluation on the data as rationals (pixels / 255), and the bound is small."""
     import numpy as np
 
-    from infl_cli.design import DesignMatrix
+    from infl_cli.data.design import DesignMatrix
 
     torch.manual_seed(1)
     design = DesignMatrix(tiny.x_train, scale=255.0)

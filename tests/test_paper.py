@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import assert_clean_failure, infl
-from infl_cli import artifacts as art
-from infl_cli import svm
-from infl_cli.data import load_dataset
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.hinge import svm
+from infl_cli.data.datasets import load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_colour_follows_no_color_on_a_terminal(tmp_path, no_color):
 
 def test_log_eta_leaves_out_the_set_up_before_the_first_advance(monkeypatch, capsys):
     """A 10 s set-up (say, a Hessian) before the first chunk must not inflate the ETA."""
-    from infl_cli import progress
+    from infl_cli.runtime import progress
 
     clock = {"now": 100.0}
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock["now"])

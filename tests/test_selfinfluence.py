@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import assert_clean_failure, assert_refused_untouched, copy_work, infl
-from infl_cli import selfinf
-from infl_cli.data import load_npz
-from infl_cli.linalg import HessianFactor
+from infl_cli.engines.logreg import selfinf
+from infl_cli.data.datasets import load_npz
+from infl_cli.numerics.linalg import HessianFactor
 
 WD = 0.01
 
@@ -26,8 +26,8 @@ def _npz(path, k, n=150, d=16, seed=0):
 
 
 def _fitted(tmp_path, k, bias):
-    from infl_cli import train
-    from infl_cli.data import with_bias
+    from infl_cli.engines.logreg import train
+    from infl_cli.data.datasets import with_bias
 
     data = load_npz(_npz(tmp_path / f"k{k}.npz", k))
     data = with_bias(data) if bias else data
@@ -82,7 +82,7 @@ def test_k2_at_twice_the_weight_decay_is_kohs_binary_closed_form(tmp_path):
     """Binary logistic regression (Koh's model, v = w₁ − w₂) at wd equals the K = 2 model at
     2·wd: v is its optimum, its self-influence σ(−y·vᵀx)²·xᵀH_b⁻¹x (the authors' code) is our
     Koh variant, and ∇CE_vᵀH_b⁻¹(∇CE_v + wd·v) is ours."""
-    from infl_cli import train
+    from infl_cli.engines.logreg import train
 
     data = load_npz(_npz(tmp_path / "b.npz", 2, n=200, d=12, seed=3))
     wd_b = 0.02
@@ -119,7 +119,7 @@ def test_self_influence_stage_table_and_truth_check(tiny_work, tmp_path):
     for name in ("self-influence.safetensors", "self-loo.safetensors",
                  "fig_self_influence.png", "fig_self_influence.pdf", "self-influence.png"):
         assert (work / name).is_file(), name
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
 
     rec = art.read_record(work / "self-influence.safetensors")
     assert rec["sample_proven_relative_error_max"] < 1e-6
@@ -142,7 +142,7 @@ def mislabel_run(tiny_work, tmp_path_factory):
 
 
 def test_mislabel_flips_are_recorded_and_restored_exactly(mislabel_run, tiny):
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
     from infl_cli.stages.mislabel import flip_labels
 
     arrays, rec = art.load_arrays(mislabel_run / "mislabel-seed-0.safetensors")

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from infl_cli import ihvp, model
+from infl_cli.engines.logreg import solvers as ihvp, model
 from infl_cli.errors import InflError
-from infl_cli.linalg import HessianFactor, SubspacePreconditioner, conjugate_gradient
+from infl_cli.numerics.linalg import HessianFactor, SubspacePreconditioner, conjugate_gradient
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_ihvp_error_bound_holds(tiny, fitted):
 def test_small_weight_decay_residual_understates_the_error(tiny):
     """With wd = 1e-4 the condition number is ~1e4: the residual can understate the error
     (here by more than 2x), which the bound covers."""
-    from infl_cli import train
+    from infl_cli.engines.logreg import train
 
     wd = 1e-4
     w, _ = train.fit(tiny, wd, 1e-10)

@@ -86,7 +86,7 @@ def test_a_current_run_imports_no_torch_and_redraws_nothing(tiny_work, tmp_path)
 def test_rerunning_a_stage_keeps_its_fingerprint(tiny_work, tmp_path):
     """Artifacts are fingerprinted by content: the same inputs give the same tensors, so what
     depends on a rerun stage stays current."""
-    from infl_cli import artifacts as art
+    from infl_cli.runtime import artifacts as art
 
     work = copy_work(tiny_work, tmp_path)
     before = art.read_record(work / art.scores_name("cg"))
@@ -117,7 +117,7 @@ def _entry(path):
 
 
 def test_the_cache_is_written_once_and_memory_mapped(tmp_path, cache_env):
-    from infl_cli.data import load_dataset, load_npz
+    from infl_cli.data.datasets import load_dataset, load_npz
 
     path = _npz(tmp_path / "d.npz")
     first = load_dataset(str(path))
@@ -133,7 +133,7 @@ def test_the_cache_is_written_once_and_memory_mapped(tmp_path, cache_env):
     assert second.train_x.dtype.kind in "iu"  # the integers of x·255, as stored
     assert isinstance(second.train_x.base, np.ndarray) or second.train_x.base is not None
     # the design from the cached pieces equals the design computed afresh
-    from infl_cli.design import DesignMatrix
+    from infl_cli.data.design import DesignMatrix
 
     a, b = second.design, DesignMatrix(direct.x_train, scale=255.0)
     assert (a.positions == b.positions).all() and (a.core == b.core).all()
@@ -142,7 +142,7 @@ def test_the_cache_is_written_once_and_memory_mapped(tmp_path, cache_env):
 
 @pytest.mark.parametrize("damage", ["flip a payload byte", "truncate", "foreign", "garbage"])
 def test_a_corrupted_or_foreign_cache_is_rebuilt_never_used(tmp_path, cache_env, damage):
-    from infl_cli.data import load_dataset
+    from infl_cli.data.datasets import load_dataset
 
     path = _npz(tmp_path / "d.npz")
     good = load_dataset(str(path))
@@ -168,7 +168,7 @@ def test_a_corrupted_or_foreign_cache_is_rebuilt_never_used(tmp_path, cache_env,
 
 
 def test_a_changed_source_file_is_never_served_from_the_cache(tmp_path, cache_env):
-    from infl_cli.data import load_dataset
+    from infl_cli.data.datasets import load_dataset
 
     path = _npz(tmp_path / "d.npz", seed=0)
     old = load_dataset(str(path))
@@ -201,7 +201,7 @@ def test_a_read_only_data_folder_caches_elsewhere_with_one_notice(tmp_path, cach
 
 
 def test_nowhere_to_write_the_cache_still_loads_with_one_notice(tmp_path, monkeypatch):
-    from infl_cli.data import load_dataset, load_npz
+    from infl_cli.data.datasets import load_dataset, load_npz
 
     folder, cache = tmp_path / "ro", tmp_path / "ro-cache"
     folder.mkdir()
@@ -225,7 +225,7 @@ def test_nowhere_to_write_the_cache_still_loads_with_one_notice(tmp_path, monkey
 
 READER = """
 import sys, time
-from infl_cli.data import load_dataset
+from infl_cli.data.datasets import load_dataset
 path, want, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 end, loads = time.monotonic() + seconds, 0
 while time.monotonic() < end or loads < 5:
@@ -241,7 +241,7 @@ def test_the_cache_rewritten_by_one_process_while_another_reads(tmp_path, cache_
     """One process rebuilds the cache over and over (deleting it, loading, corrupting it,
     loading) while another loads in a loop: every load the reader makes is complete and
     right."""
-    from infl_cli.data import load_dataset
+    from infl_cli.data.datasets import load_dataset
 
     path = _npz(tmp_path / "d.npz", n=3000)
     data = load_dataset(str(path))

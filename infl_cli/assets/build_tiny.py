@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from infl_cli.data import MNIST_VALIDATION, TINY_PATH, load_mnist_uint8
+from infl_cli.data.datasets import MNIST_VALIDATION, TINY_PATH, load_mnist_uint8
 
 N_TINY_TRAIN = 1_000
 N_TINY_TEST = 200

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import artifacts as art
-from .. import selection
-from ..engines import ModelSpec, engine_for, policy_for, spec_of
-from ..errors import InflError
-from ..settings import SOLVER_PRIORITY
+from infl_cli.runtime import artifacts as art
+from infl_cli.stages import selection
+from infl_cli.engines.spec import ModelSpec, engine_for, policy_for, spec_of
+from infl_cli.errors import InflError
+from infl_cli.settings import SOLVER_PRIORITY
 
 is_current = art.is_current
 
@@ -42,7 +42,7 @@ def compute_device(device):
     ``auto``), with reduced-precision shortcuts off."""
     import torch
 
-    from .. import device as device_mod
+    from infl_cli.runtime import device as device_mod
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     device_mod.check_precision()
@@ -56,7 +56,7 @@ def model_record(workdir: Path) -> dict:
 def model_dataset(mrec: dict, data=None):
     """The training data a model record names (the model kind takes its training set from
     the dataset as loaded, or from ``data``), checked against the record's fingerprint."""
-    from ..data import recorded_dataset
+    from infl_cli.data.datasets import recorded_dataset
 
     s = mrec["settings"]
     data = policy_for(spec_of(mrec).kind).training_data(
@@ -84,7 +84,7 @@ def model_tensors(workdir: Path, names: tuple, stage: str = "train"):
 
 
 def model_engine(mrec: dict):
-    """The engine of a model record (:mod:`~infl_cli.engines`)."""
+    """The engine of a model record (:mod:`~infl_cli.engines.spec`)."""
     return engine_for(spec_of(mrec).kind)
 
 

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..engines import spec_of
-from ..errors import BadInput
-from .common import load_model, model_record, study_figure
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.spec import spec_of
+from infl_cli.errors import BadInput
+from infl_cli.stages.common import load_model, model_record, study_figure
 
 ARTIFACT = "components.safetensors"
 FIGURE = "fig_components.png"
@@ -94,7 +94,7 @@ def run_components(workdir: Path, test_index: int | None = None, device=None) ->
     if not art.is_current(path, settings, inputs):
         import torch
 
-        from .. import device as device_mod
+        from infl_cli.runtime import device as device_mod
 
         tensors, mrec, data = load_model(workdir, device=device)
         start = time.perf_counter()
@@ -144,7 +144,7 @@ def draw(workdir: Path, arrays: dict, record: dict) -> dict:
     png = workdir / FIGURE
 
     def made():
-        from .. import plot_paper
+        from infl_cli.figures import paper as plot_paper
 
         metrics = metrics_of(arrays)
         plot_paper.draw_components(arrays, record, metrics, png, art.atomic_write)

@@ -1,4 +1,4 @@
-"""``infl score --method NAME``: the field's other estimators (:mod:`~infl_cli.estimators`)
+"""``infl score --method NAME``: the field's other estimators (:mod:`~infl_cli.engines.logreg.estimators`)
 as scores artifacts, ``scores-<label>.safetensors`` in the layout ``score`` writes (``influence``
 [T, n] in our sign, ``predicted_loss_diff`` = −influence/n, ``test_indices``), so ``plot``,
 ``loo`` and ``lds`` judge them as any other scores."""
@@ -8,16 +8,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import artifacts as art
-from ..errors import BadInput
-from ..progress import progress_bar
-from ..settings import EstimatorSettings
-from .common import TestChoice, load_model, model_engine
+from infl_cli.runtime import artifacts as art
+from infl_cli.errors import BadInput
+from infl_cli.runtime.progress import progress_bar
+from infl_cli.settings import EstimatorSettings
+from infl_cli.stages.common import TestChoice, load_model, model_engine
 
 
 def _tests(workdir: Path, tests: TestChoice | None, data, engine) -> list[int]:
     """As asked, else those of the most accurate scores present, else the model's default."""
-    from .lds import scores_present
+    from infl_cli.stages.lds import scores_present
 
     default = [engine.default_test(data)]
     for label in scores_present(workdir):
@@ -31,9 +31,9 @@ def _ensemble(workdir, tensors, mrec, data, chosen, settings: EstimatorSettings)
     (weight over the active features, probabilities [n, C]) each."""
     import torch
 
-    from .. import subsets
-    from ..settings import LooSettings
-    from .loo import build_problem
+    from infl_cli.engines.logreg import subsets
+    from infl_cli.settings import LooSettings
+    from infl_cli.stages.loo import build_problem
 
     problem = build_problem(tensors, mrec, data, chosen, LooSettings(), workdir)
     keep = subsets.draw_subsets(data.n_train, settings.models, 0.5, settings.seed)
@@ -50,8 +50,8 @@ def run_estimate(workdir: Path, settings: EstimatorSettings, tests: TestChoice |
                  device=None) -> dict:
     import torch
 
-    from .. import device as device_mod
-    from .. import estimators, model
+    from infl_cli.runtime import device as device_mod
+    from infl_cli.engines.logreg import estimators, model
 
     tensors, mrec, data = load_model(workdir, device=device)
     engine = model_engine(mrec)

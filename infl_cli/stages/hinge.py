@@ -1,5 +1,5 @@
 """``infl hinge``: the paper's Figure 3. A linear SVM trained to a certified optimum (exact
-duality gap, :mod:`~infl_cli.svm`), influence at its weights through the smooth hinge at
+duality gap, :mod:`~infl_cli.engines.hinge.svm`), influence at its weights through the smooth hinge at
 several temperatures, and the truth: the SVM retrained without each of the points of largest
 |influence| at t = 0, every change certified. Beyond the paper, the smooth-hinge model trained
 at its own t, predicted and retrained on the same points.
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..errors import BadInput
+from infl_cli.runtime import artifacts as art
+from infl_cli.errors import BadInput
 
 ARTIFACT = "hinge.safetensors"
 PARTIAL = "hinge.partial.safetensors"
@@ -116,7 +116,7 @@ def hinge_data(data, settings: HingeSettings) -> HingeData:
     """The SVM's training and test sets: the first ``train_size``/``test_size`` points (default:
     the authors' trim to a multiple of 100), labels ±1 (class 0 → +1), features as integers
     over their scale (the exact certificate needs them)."""
-    from ..engines import check_exact_features
+    from infl_cli.engines.spec import check_exact_features
 
     check_exact_features(data)
     n = settings.train_size or _trimmed(data.n_train)
@@ -130,7 +130,7 @@ def hinge_data(data, settings: HingeSettings) -> HingeData:
     y = 1.0 - 2.0 * data.train_y[:n].astype(np.float64)
     if np.unique(y).size < 2:
         raise BadInput(f"the first {n:,} training points of {data.name} hold one class only")
-    from .. import data as data_mod
+    from infl_cli.data import datasets as data_mod
 
     return HingeData(k_train=k, k_test=kt, y=y, y_test=1.0 - 2.0 * data.test_y[:m]
                      .astype(np.float64), x=k / scale, x_test=kt / scale, scale=scale,
@@ -147,9 +147,9 @@ def _trimmed(size: int) -> int:
 # ----------------------------------------------------------------------------- influence
 def predicted_changes(x, y, w, wd, t, x_test, y_test):
     """(1/N)·∇L_testᵀ H_t⁻¹ ∇L(z) for every training point z at weights ``w``, with ∇L(z)
-    including wd·w (module doc; :mod:`~infl_cli.svm`, as the engines), and the exact solve's
+    including wd·w (module doc; :mod:`~infl_cli.engines.hinge.svm`, as the engines), and the exact solve's
     proven error ‖s − H⁻¹g‖ ≤ ‖Hs − g‖/wd."""
-    from ..svm import predicted_from_ihvp, solve_h, test_gradient
+    from infl_cli.engines.hinge.svm import predicted_from_ihvp, solve_h, test_gradient
 
     g = test_gradient(x_test, y_test, w, t)
     s, residual = solve_h(x, y, w, wd, t, g)
@@ -167,11 +167,11 @@ def top_indices(predicted: np.ndarray, num: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- retraining
 class HingeProblem:
     """Retrains without each removal: the SVM (row 0) and the smooth models (rows 1..), each
-    by its :class:`~infl_cli.svm_loo.Retrainer` (the engines' own), for the study's test point."""
+    by its :class:`~infl_cli.engines.hinge.loo.Retrainer` (the engines' own), for the study's test point."""
 
     def __init__(self, hd: HingeData, settings: HingeSettings, svm_full, smooth_full: list,
                  test: int):
-        from ..svm_loo import Retrainer
+        from infl_cli.engines.hinge.loo import Retrainer
 
         kt, yt = hd.k_test[[test]], hd.y_test[[test]]
         self.retrainers = [Retrainer("svm", hd.k_train, hd.y, hd.scale, settings.wd, 0.0,
@@ -208,10 +208,11 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     Returns the record (with the figure's metrics under ``metrics``)."""
     import torch
 
-    from .. import chunks, svm
-    from ..progress import progress_bar
-    from ..settings import LooSettings
-    from .loo import solve_store
+    from infl_cli.runtime import chunks
+    from infl_cli.engines.hinge import svm
+    from infl_cli.runtime.progress import progress_bar
+    from infl_cli.settings import LooSettings
+    from infl_cli.stages.loo import solve_store
 
     validate(settings, classes)
     hd = hinge_data(data, settings)
@@ -347,12 +348,12 @@ def metrics_of(arrays: dict, record: dict) -> dict:
 
 def draw(workdir: Path, arrays: dict, record: dict) -> dict:
     """The figure and its metrics (redrawn only when the artifact changed)."""
-    from .common import study_figure
+    from infl_cli.stages.common import study_figure
 
     png = workdir / FIGURE
 
     def made():
-        from .. import plot_paper
+        from infl_cli.figures import paper as plot_paper
 
         metrics = metrics_of(arrays, record)
         plot_paper.draw_hinge(arrays, record, metrics, png, art.atomic_write)

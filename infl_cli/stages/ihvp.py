@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .. import artifacts as art
-from ..engines import policy_for, spec_of
-from ..settings import CgSettings, LissaSettings, validate_ihvp
-from .common import TestChoice, load_model, model_engine, solver_label, spec_damping
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.spec import policy_for, spec_of
+from infl_cli.settings import CgSettings, LissaSettings, validate_ihvp
+from infl_cli.stages.common import TestChoice, load_model, model_engine, solver_label, spec_damping
 
 
 def ihvp_settings(solver: str, test_indices: list[int], lissa: LissaSettings,
@@ -33,8 +33,8 @@ def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None, lissa: LissaS
              damping: float | None = None) -> dict:
     import torch
 
-    from .. import device as device_mod
-    from ..kept import Keeper
+    from infl_cli.runtime import device as device_mod
+    from infl_cli.engines.logreg.kept import Keeper
 
     cg = cg or CgSettings()
     tensors, mrec, data = loaded or load_model(workdir, device=device)

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..errors import BadInput
-from ..settings import IMPORT_MEANINGS, SOLVERS
-from .common import TestChoice, model_record
+from infl_cli.runtime import artifacts as art
+from infl_cli.errors import BadInput
+from infl_cli.settings import IMPORT_MEANINGS, SOLVERS
+from infl_cli.stages.common import TestChoice, model_record
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")

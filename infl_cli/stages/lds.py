@@ -1,13 +1,13 @@
 """``infl lds``: certified ground truth for the field's benchmarks, and every scores artifact
 judged on it.
 
-1. **Subset retraining** (:mod:`~infl_cli.subsets`): ``subsets`` subsets of ``fraction``·n
+1. **Subset retraining** (:mod:`~infl_cli.engines.logreg.subsets`): ``subsets`` subsets of ``fraction``·n
    training points drawn with ``seed``; the model retrained on each (Newton on R_S from Ŵ),
    certified to ‖∇R_S‖ ≤ tol, and every test point's output (``loss`` or ``margin``) measured
    with a proven bar. Chunked and checkpointed in ``subsets.partial.safetensors`` like ``loo``
    (resumable, bit-identical), on ``--device`` or ``--cluster``; the truth is written to
    ``subsets.safetensors`` with ``subsets.json`` beside it (:data:`TRUTH_SCHEMA`).
-2. **The scores** (:mod:`~infl_cli.datamodels`): for every ``scores-*.safetensors`` present
+2. **The scores** (:mod:`~infl_cli.numerics.datamodels`): for every ``scores-*.safetensors`` present
    (ours and imported), the LDS per test point and its mean with the range the bars allow,
    and, where ``loo.safetensors`` is present, the LOO correlation (Pearson and Spearman) on
    its selection. All of it under ``lds`` in ``metrics.json`` and in ``lds.png``.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..errors import BadInput, InflError
-from ..settings import SOLVER_PRIORITY, LdsSettings, LooSettings
-from .common import TestChoice, load_model, model_engine, model_record
+from infl_cli.runtime import artifacts as art
+from infl_cli.errors import BadInput, InflError
+from infl_cli.settings import SOLVER_PRIORITY, LdsSettings, LooSettings
+from infl_cli.stages.common import TestChoice, load_model, model_engine, model_record
 
 TRUTH = "subsets.safetensors"
 TRUTH_JSON = "subsets.json"
@@ -80,9 +80,10 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
     """The subset truth (``subsets.safetensors``): retrained unless current."""
     import torch
 
-    from .. import chunks, subsets
-    from .. import device as device_mod
-    from . import loo as loo_stage
+    from infl_cli.runtime import chunks
+    from infl_cli.engines.logreg import subsets
+    from infl_cli.runtime import device as device_mod
+    from infl_cli.stages import loo as loo_stage
 
     mrec = model_record(workdir)
     if model_engine(mrec).kind != "logreg":
@@ -215,7 +216,7 @@ def read_truth(path: Path, n_train: int, measure: str | None = None) -> dict:
 def judge(workdir: Path, truth: dict) -> dict:
     """The LDS of every scores artifact on ``truth`` (and the LOO correlation on
     ``loo.safetensors`` where present): the ``lds`` section of ``metrics.json``."""
-    from .. import datamodels
+    from infl_cli.numerics import datamodels
 
     mrec = model_record(workdir)
     labels = scores_present(workdir)
@@ -280,7 +281,7 @@ def _loo_truth(workdir: Path, mrec: dict):
 
 
 def _loo_entry(loo: dict, arrays: dict, have: list[int]):
-    from .. import datamodels
+    from infl_cli.numerics import datamodels
 
     common = [i for i, t in enumerate(loo["tests"]) if t in have]
     if not common:
@@ -294,7 +295,7 @@ def _loo_entry(loo: dict, arrays: dict, have: list[int]):
 def draw(workdir: Path, section: dict) -> Path:
     """``lds.png``: one bar per method (LDS, with the certified range) and, where LOO truth
     is present, its LOO Spearman and Pearson correlations beside."""
-    from ..plot_lds import draw_lds
+    from infl_cli.figures.lds import draw_lds
 
     return draw_lds(section, workdir / FIGURE)
 

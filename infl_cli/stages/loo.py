@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from .. import selection
-from ..engines import ModelSpec, spec_of
-from ..errors import BadInput, InflError, Interrupted
-from ..progress import progress_bar
-from ..settings import LOO_METHODS, LooSettings, validate_cluster, validate_loo  # noqa: F401
-from .common import (TestChoice, load_model, load_scores, model_engine, most_accurate_scores,
-                     score_rows)
+from infl_cli.runtime import artifacts as art
+from infl_cli.stages import selection
+from infl_cli.engines.spec import ModelSpec, spec_of
+from infl_cli.errors import BadInput, InflError, Interrupted
+from infl_cli.runtime.progress import progress_bar
+from infl_cli.settings import LOO_METHODS, LooSettings, validate_cluster, validate_loo  # noqa: F401
+from infl_cli.stages.common import (TestChoice, load_model, load_scores, model_engine,
+    most_accurate_scores, score_rows)
 
 
 def loo_settings(solver: str, test_indices: list[int], select: str, k: int, seed: int,
@@ -63,14 +63,14 @@ def build_problem(tensors, mrec, data, test_indices: list[int], settings: LooSet
                   workdir: Path | None = None):
     """The LOO problem of a model (its engine's; the logistic model's factored Hessian, with a
     progress bar, kept in ``workdir`` and taken from there when it is already kept:
-    :mod:`~infl_cli.kept`), on the data's device."""
+    :mod:`~infl_cli.engines.logreg.kept`), on the data's device."""
     import torch
 
     sel = torch.tensor(test_indices, dtype=torch.int64, device=data.device)
     engine = model_engine(mrec)
     extra = {}
     if workdir is not None and engine.kind == "logreg":
-        from ..kept import Keeper
+        from infl_cli.engines.logreg.kept import Keeper
 
         extra["keeper"] = Keeper(workdir, mrec)
     with progress_bar("loo: set-up", total=engine.hessian_blocks(tensors)) as update:
@@ -87,9 +87,9 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     """Retrain without every selected training point; writes loo.safetensors.
 
     The open chunks are solved in this process (on ``device``), or with ``cluster``
-    (``local:N`` or ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.cluster`)."""
-    from .. import chunks
-    from .. import device as device_mod
+    (``local:N`` or ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.runtime.cluster`)."""
+    from infl_cli.runtime import chunks
+    from infl_cli.runtime import device as device_mod
 
     validate_loo(settings, select, k)
     tensors, mrec, data = loaded or load_model(workdir, device=device)
@@ -186,7 +186,7 @@ def cluster_runner(cluster: str | None, cluster_timeout, tensors, mrec, chosen):
     rebuild the problem from the model's recipe."""
     if cluster is None:
         return None
-    from .. import cluster as cluster_mod
+    from infl_cli.runtime import cluster as cluster_mod
 
     s = mrec["settings"]
     return cluster_mod.ClusterRunner(
@@ -205,7 +205,7 @@ def solve_store(label: str, noun: str, store, built: dict, build, settings, runn
     needs no Hessian); ``finish(problem)``, if given, runs before the problem's kept factor
     is closed, its result in ``built["finish"]``. An interrupt keeps what is done and says so
     in one line. Returns the run's facts (workers, seconds, …)."""
-    from .. import chunks
+    from infl_cli.runtime import chunks
 
     def problem():
         if "problem" not in built:

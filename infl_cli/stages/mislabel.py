@@ -2,12 +2,12 @@
 every retrained model certified and every test prediction proven.
 
 For each seed: a fraction ``flip`` of the training labels is set to a uniformly drawn *other*
-class; the flipped model is trained (the certified core, :func:`~infl_cli.loo.solve_changes`,
+class; the flipped model is trained (the certified core, :func:`~infl_cli.engines.logreg.loo.solve_changes`,
 from the clean model: the flips are a relabelling of its objective) and the training points
 are ranked by each ordering, computed once at the flipped model:
 
 * ``self-influence``: the predicted rise of the point's own loss when it is removed,
-  −I_up,loss(z, z)/n (:mod:`~infl_cli.selfinf`), largest first;
+  −I_up,loss(z, z)/n (:mod:`~infl_cli.engines.logreg.selfinf`), largest first;
 * ``loss``: the training loss, largest first;
 * ``random``: a random order;
 * ``loo-loss`` (beyond the paper): the predicted leave-one-out loss, training loss +
@@ -20,7 +20,7 @@ the same certified core (one batch per seed: the curvature does not depend on th
 H(Ŵ_flip) is the exact Newton matrix of every fix at Ŵ_flip). Every retrained model is
 certified to ‖∇R‖ ≤ ``tol`` (rounding included); its test loss has a proven error bar, and each
 test prediction is proven by its logit margin against the certified distance to the exact
-optimum (:func:`~infl_cli.loo.test_predictions`); a model with unproven predictions is driven
+optimum (:func:`~infl_cli.engines.logreg.loo.test_predictions`); a model with unproven predictions is driven
 to its float64 floor and tested again, and what stays unproven is counted, never guessed.
 
 Per seed, ``mislabel-seed-<s>.safetensors`` is written when the seed finishes (an interrupted
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..engines import spec_of
-from ..errors import BadInput, InflError, Interrupted
-from ..progress import progress_bar
-from .common import load_model
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.spec import spec_of
+from infl_cli.errors import BadInput, InflError, Interrupted
+from infl_cli.runtime.progress import progress_bar
+from infl_cli.stages.common import load_model
 
 ORDERINGS = ("self-influence", "loss", "random", "loo-loss", "koh")
 DEFAULT_ORDERINGS = ("self-influence", "loss", "random", "loo-loss")
@@ -120,7 +120,7 @@ def _evaluate(problem, deltas, grad_bound, results) -> dict:
     """Test loss (with its proven bound) and proven test accuracy of models Ŵ + Δ_j."""
     import torch
 
-    from .. import loo as loo_mod
+    from infl_cli.engines.logreg import loo as loo_mod
 
     top, proven, _ = loo_mod.test_predictions(problem, deltas, grad_bound)
     correct = (top == problem.y_test[:, None]) & proven
@@ -144,7 +144,7 @@ def _solve(problem, changes, tol: float, stats: dict):
     prediction is not proven yet; (results, Δ [k, C, d_a], ‖∇R‖ bounds [k], evaluation)."""
     import torch
 
-    from .. import loo as loo_mod
+    from infl_cli.engines.logreg import loo as loo_mod
 
     k = len(changes)
     everyone = np.ones((len(problem.y_test), k), dtype=bool)
@@ -178,10 +178,10 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
     """One seed of the experiment (module doc): (tensors, record) of its artifact."""
     import torch
 
-    from .. import loo as loo_mod
-    from .. import model
-    from ..linalg import HessianFactor
-    from . import selfinfluence
+    from infl_cli.engines.logreg import loo as loo_mod
+    from infl_cli.engines.logreg import model
+    from infl_cli.numerics.linalg import HessianFactor
+    from infl_cli.stages import selfinfluence
 
     start = time.perf_counter()
     n, classes, wd = data.n_train, data.n_classes, mrec["settings"]["wd"]
@@ -212,7 +212,7 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
     with progress_bar(f"seed {seed}: Hessian at the flipped model", total=classes * (classes - 1)
                       // 2) as update:
         factor = HessianFactor(w_flip, data.design, wd, on_block=update)
-    from ..data import with_labels
+    from infl_cli.data.datasets import with_labels
 
     flipped_data = with_labels(data, y_flip, f"{flip:g} flipped, seed {seed}")
     si, si_report = selfinfluence.compute(w_full, mrec, flipped_data, cert, factor, sample,
@@ -316,8 +316,8 @@ def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
     """The experiment (module doc) on the clean model in ``workdir``; returns the metrics."""
     import torch
 
-    from .. import loo as loo_mod
-    from ..logreg_engine import ENGINE
+    from infl_cli.engines.logreg import loo as loo_mod
+    from infl_cli.engines.logreg.engine import ENGINE
 
     validate(flip, seeds, checks, orderings)
     tensors, mrec, data = load_model(workdir, device=device)
@@ -331,7 +331,7 @@ def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
     settings = {"flip": flip, "checks": list(checks), "orderings": list(orderings), "tol": tol,
                 "sample": sample}
     inputs = {"model": mrec["fingerprint"]}
-    from ..kept import Keeper
+    from infl_cli.engines.logreg.kept import Keeper
 
     built = {}
 
@@ -374,7 +374,7 @@ def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
     metrics["settings"] = settings
     metrics["model"] = {key: mrec.get(key) for key in ("settings", "grad_norm_certified",
                                                         "test_accuracy", "n_train")}
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     metrics["figure"] = str(workdir / FIGURE)
     plot.draw_mislabel(metrics, workdir / FIGURE, art.atomic_write)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import artifacts as art
+from infl_cli.runtime import artifacts as art
 
 PAPER_CLASSES = (1, 7)
 FIGURE1_WD = 0.02  # binary wd 0.01 ≡ the two-class multinomial model at 2 × 0.01
@@ -28,9 +28,9 @@ def figure_folder(workdir: Path, figure: int) -> Path:
 def run_figure1(workdir: Path, dataset: str, data_dir, download: bool, train_tol: float,
                 max_iter: int, device=None, report=None) -> dict:
     """Train (when not current) and compute the components; returns the components record."""
-    from ..data import load_dataset
-    from .components import run_components
-    from .train import run_train, train_settings
+    from infl_cli.data.datasets import load_dataset
+    from infl_cli.stages.components import run_components
+    from infl_cli.stages.train import run_train, train_settings
 
     report = report or {}
     folder = figure_folder(workdir, 1)
@@ -49,8 +49,8 @@ def run_figure1(workdir: Path, dataset: str, data_dir, download: bool, train_tol
 
 def run_figure3(workdir: Path, dataset: str, data_dir, download: bool) -> dict:
     """The SVM study with the authors' settings; returns its record."""
-    from ..data import load_dataset
-    from .hinge import HingeSettings, run_hinge
+    from infl_cli.data.datasets import load_dataset
+    from infl_cli.stages.hinge import HingeSettings, run_hinge
 
     folder = figure_folder(workdir, 3)
     folder.mkdir(parents=True, exist_ok=True)

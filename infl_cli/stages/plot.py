@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import artifacts as art
-from ..engines import spec_of
-from ..errors import BadInput, InflError
-from .common import available_scores, load_scores, score_rows
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.spec import spec_of
+from infl_cli.errors import BadInput, InflError
+from infl_cli.stages.common import available_scores, load_scores, score_rows
 
 
 def loo_artifact(workdir: Path, method: str | None = None) -> Path:
@@ -23,7 +23,7 @@ def loo_artifact(workdir: Path, method: str | None = None) -> Path:
 
 
 def _panel_title(mrec: dict, solver: str, lrec: dict) -> str:
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     spec = spec_of(mrec)
     if spec.kind == "cnn":
@@ -44,7 +44,7 @@ def _records(workdir: Path, solvers: list[str] | None, loo_method: str | None):
 
 def _plot_inputs(workdir: Path, solvers: list[str] | None, loo_method: str | None):
     """(LOO view, panels, LOO record, model record) of one work folder (see :mod:`plot`)."""
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     path, lrec, mrec, solvers = _records(workdir, solvers, loo_method)
     ltensors, lrec = art.load_arrays(path, "loo", hint="infl loo")
@@ -73,7 +73,7 @@ def plot_settings(workdir: Path, solvers: list[str] | None, out: Path | None,
     """(settings, inputs, figure paths) of the figures ``infl plot`` would draw, from the
     records alone: what ``metrics.json`` records, so that ``infl run`` redraws nothing whose
     inputs have not changed."""
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     path, lrec, mrec, solvers = _records(workdir, solvers, loo_method)
     n_tests = len(lrec["test_indices"])
@@ -117,7 +117,7 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
     the paper's three panels from the logistic folder and the CNN's). For a CNN folder the
     metrics also hold the ablation: R and ρ of every scores artifact against every LOO
     artifact present, on the same removals."""
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     made_settings, made_inputs, _ = plot_settings(workdir, solvers, out, beside, loo_method)
     view, panels, lrec, mrec = _plot_inputs(workdir, solvers, loo_method)
@@ -152,7 +152,7 @@ def ablation(workdir: Path, mrec: dict) -> list[dict]:
     """R and ρ (on each test point's selected removals, pooled) of every scores artifact in
     ``workdir`` against every LOO artifact there, for the removals both LOO artifacts share
     (the same top k when both were selected by the same scores)."""
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     loos = {}
     for method in ("newton", "adam"):

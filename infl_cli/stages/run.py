@@ -16,15 +16,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import artifacts as art
-from .. import selection
-from ..data import load_dataset
-from ..engines import ModelSpec, policy_for
-from .common import TestChoice, is_current, load_model, solver_label, spec_damping
-from .ihvp import ihvp_settings, ihvp_tests
-from .loo import loo_settings
-from .score import score_settings
-from .train import train_settings
+from infl_cli.runtime import artifacts as art
+from infl_cli.stages import selection
+from infl_cli.data.datasets import load_dataset
+from infl_cli.engines.spec import ModelSpec, policy_for
+from infl_cli.stages.common import TestChoice, is_current, load_model, solver_label, spec_damping
+from infl_cli.stages.ihvp import ihvp_settings, ihvp_tests
+from infl_cli.stages.loo import loo_settings
+from infl_cli.stages.score import score_settings
+from infl_cli.stages.train import train_settings
 
 
 def _loo_current(path: Path, expected: dict, inputs: dict, auto_chunk: bool) -> bool:
@@ -50,12 +50,12 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
             classes: tuple | None = None) -> dict:
     """Run every stage in ``workdir`` (see the module doc). ``report[stage](record)`` prints
     each stage's table (the command line's). Returns the seconds per stage."""
-    from . import plot as plot_stage
-    from . import show as show_stage
-    from .ihvp import run_ihvp
-    from .loo import resolve_chunk_size, run_loo
-    from .score import run_score
-    from .train import run_train
+    from infl_cli.stages import plot as plot_stage
+    from infl_cli.stages import show as show_stage
+    from infl_cli.stages.ihvp import run_ihvp
+    from infl_cli.stages.loo import resolve_chunk_size, run_loo
+    from infl_cli.stages.score import run_score
+    from infl_cli.stages.train import run_train
 
     report = report or {}
     say = report.get("say", lambda message: None)
@@ -79,7 +79,7 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     def computing():
         """The device, resolved (with torch) the first time a stage computes."""
         if state["device"] is None:
-            from .. import device as device_mod
+            from infl_cli.runtime import device as device_mod
 
             state["device"] = device_mod.resolve(device_name)
             device_mod.check_precision()
@@ -131,7 +131,7 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
 
     def loo():
         tensors, _, mdata = loaded()
-        from ..engines import engine_for
+        from infl_cli.engines.spec import engine_for
 
         resolved = resolve_chunk_size(settings, computing(), engine_for(spec.kind), spec, mdata)
         return run_loo(workdir, label, fixed, select, num, seed, resolved, loaded(),
@@ -162,7 +162,7 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     if device is None:
         where, peak = "none (every stage was current)", None
     else:
-        from .. import device as device_mod
+        from infl_cli.runtime import device as device_mod
 
         where, peak = device_mod.describe(device), device_mod.peak_gib(device)
     report.get("times", lambda title, rows: None)(f"seconds per stage ({where})", times)

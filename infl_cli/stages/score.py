@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .. import artifacts as art
-from ..engines import policy_for, spec_of
-from ..errors import InflError
-from ..progress import progress_bar
-from .common import TestChoice, load_model, model_engine, solver_label, spec_damping
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.spec import policy_for, spec_of
+from infl_cli.errors import InflError
+from infl_cli.runtime.progress import progress_bar
+from infl_cli.stages.common import TestChoice, load_model, model_engine, solver_label, spec_damping
 
 
 def score_settings(solver: str, test_indices: list[int]) -> dict:
@@ -40,7 +40,7 @@ def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
     ``lissa`` or e.g. ``exact-damping0.01``)."""
     import torch
 
-    from .. import device as device_mod
+    from infl_cli.runtime import device as device_mod
 
     tensors_m, mrec, data = loaded or load_model(workdir, device=device)
     solver = solver or default_label(mrec)

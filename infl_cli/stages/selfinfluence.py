@@ -5,7 +5,7 @@ Writes ``self-influence.safetensors``: ``self_influence`` [n] (I_up,loss(z_i, z_
 −∇CE(z_i)ᵀH⁻¹∇L(z_i)), ``predicted_own_change`` [n] (−I/n: the predicted change of z_i's own
 loss when it is removed), ``koh`` [n] (Koh's variant, ∇CE on both sides), ``train_loss`` [n],
 ``predicted_class`` [n] and ``predicted_probability`` [n], and the certified sample
-(:func:`~infl_cli.selfinf.certified_sample`). With ``--check K``: ``self-loo.safetensors``
+(:func:`~infl_cli.engines.logreg.selfinf.certified_sample`). With ``--check K``: ``self-loo.safetensors``
 (the actual change of each of the K points' own loss when it is removed, certified like
 ``loo``) and ``fig_self_influence.png``/``.pdf``.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..engines import spec_of
-from ..errors import BadInput, InflError, Interrupted
-from ..progress import progress_bar
-from .common import load_model
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.spec import spec_of
+from infl_cli.errors import BadInput, InflError, Interrupted
+from infl_cli.runtime.progress import progress_bar
+from infl_cli.stages.common import load_model
 
 ARTIFACT = "self-influence.safetensors"
 CHECK = "self-loo.safetensors"
@@ -59,7 +59,7 @@ def compute(weight, mrec: dict, data, cert, factor, sample: int, seed: int = 0) 
     certified independently."""
     import torch
 
-    from .. import selfinf
+    from infl_cli.engines.logreg import selfinf
 
     start = time.perf_counter()
     wd = mrec["settings"]["wd"]
@@ -106,9 +106,9 @@ def run_self_influence(workdir: Path, sample: int = 60, check: int = 0, seed: in
     metrics under ``check``)."""
     import torch
 
-    from .. import device as device_mod
-    from ..kept import Keeper
-    from ..logreg_engine import ENGINE
+    from infl_cli.runtime import device as device_mod
+    from infl_cli.engines.logreg.kept import Keeper
+    from infl_cli.engines.logreg.engine import ENGINE
 
     validate(sample, check, 1, "self-influence")
     tensors, mrec, data = load_model(workdir, device=device)
@@ -147,10 +147,11 @@ def run_check(workdir: Path, mrec: dict, tensors: dict, data, k: int, rel_error:
     write ``self-loo.safetensors`` and the Figure-2-style panel; return its metrics."""
     import torch
 
-    from .. import chunks, plot
-    from .. import loo as loo_mod
-    from ..kept import Keeper
-    from ..logreg_engine import ENGINE
+    from infl_cli.runtime import chunks
+    from infl_cli.figures import fig2 as plot
+    from infl_cli.engines.logreg import loo as loo_mod
+    from infl_cli.engines.logreg.kept import Keeper
+    from infl_cli.engines.logreg.engine import ENGINE
 
     arrays, srec = art.load_arrays(workdir / ARTIFACT, "self-influence")
     k = min(k, data.n_train)
@@ -219,7 +220,7 @@ def top_rows(workdir: Path, count: int, order: str) -> tuple:
     if record["inputs"]["model"] != mrec["fingerprint"]:
         raise InflError(f"{path} was computed for another model than {art.MODEL}; rerun "
                         "`infl self-influence`")
-    from .common import model_dataset
+    from infl_cli.stages.common import model_dataset
 
     data = model_dataset(mrec)
     rows = []
@@ -241,7 +242,7 @@ def draw_top(workdir: Path, rows: list, data, order: str, out: Path | None) -> P
     """The images of the points to check first (where the features are square images)."""
     if data.image_shape is None:
         return None
-    from .. import plot
+    from infl_cli.figures import fig2 as plot
 
     png = Path(out) if out else workdir / "self-influence.png"
     if png.suffix.lower() != ".png":

@@ -1,5 +1,5 @@
 """``infl show``: one test prediction explained by its most helpful and most harmful training
-points (:mod:`~infl_cli.explain`); reads records and arrays and draws, without torch for a
+points (:mod:`~infl_cli.figures.explain`); reads records and arrays and draws, without torch for a
 model that kept its test probabilities (every model trained since they are kept)."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from ..errors import BadInput
-from .common import load_scores, model_dataset, model_engine, most_accurate_scores, score_rows
+from infl_cli.runtime import artifacts as art
+from infl_cli.errors import BadInput
+from infl_cli.stages.common import (load_scores, model_dataset, model_engine, most_accurate_scores,
+    score_rows)
 
 
 def show_settings(workdir: Path, test_index: int | None, count: int, solver: str | None,
@@ -60,7 +61,7 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
              out: Path | None) -> dict:
     """The explanation of one test prediction as images (see :mod:`explain`); by default of
     the first test point scored. Writes only the image and its sidecar: it takes no lock."""
-    from .. import explain
+    from infl_cli.figures import explain
 
     settings, inputs, png, sidecar = show_settings(workdir, test_index, count, solver, out)
     test_index, solver = settings["test_index"], settings["solver"]
@@ -99,6 +100,6 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
 
 
 def _torch_model(workdir: Path, data):
-    from .common import load_model
+    from infl_cli.stages.common import load_model
 
     return load_model(workdir, data)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import artifacts as art
-from ..data import is_npz, load_dataset
-from ..engines import ModelSpec, engine_for
-from ..settings import validate_train  # noqa: F401 (the stage's refusals, for callers)
-from .common import compute_device, resolve_path
+from infl_cli.runtime import artifacts as art
+from infl_cli.data.datasets import is_npz, load_dataset
+from infl_cli.engines.spec import ModelSpec, engine_for
+from infl_cli.settings import validate_train  # noqa: F401 (the stage's refusals, for callers)
+from infl_cli.stages.common import compute_device, resolve_path
 
 
 def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
@@ -17,7 +17,7 @@ def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
     """What a model is made with. An NPZ dataset is recorded by its absolute path (and needs
     no data folder); ``wd`` None is the model kind's default; ``classes`` (recorded only when
     given) the classes kept."""
-    from ..engines import policy_for
+    from infl_cli.engines.spec import policy_for
 
     spec = spec or ModelSpec()
     wd = policy_for(spec.kind).default_wd if wd is None else wd
@@ -52,7 +52,7 @@ def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float | No
                             ("train", train_probs, data.y_train)):
         info[f"{split}_accuracy"] = float((probs.argmax(1) == y).double().mean())
     tensors["test_probs"] = test_probs
-    from .. import device as device_mod
+    from infl_cli.runtime import device as device_mod
 
     record = {
         "stage": "train",

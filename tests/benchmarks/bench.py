@@ -75,8 +75,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from infl_cli import artifacts as art
-from infl_cli import ihvp, loo, model, plot, score, stages
+from infl_cli.runtime import artifacts as art
+from infl_cli.engines.logreg import solvers as ihvp, loo, model, score
+from infl_cli.figures import fig2 as plot
+from infl_cli import stages
 
 console = Console(width=160)
 SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds",

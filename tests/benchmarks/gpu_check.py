@@ -41,7 +41,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from infl_cli import artifacts as art  # noqa: E402
+from infl_cli.runtime import artifacts as art  # noqa: E402
 
 console = Console(width=150)
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from gpu_check import console, infl, prepare, table  # noqa: E402
 
-from infl_cli import artifacts as art  # noqa: E402
+from infl_cli.runtime import artifacts as art  # noqa: E402
 
 
 def summary(work: Path, wall: float) -> dict:

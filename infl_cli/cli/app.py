@@ -1,0 +1,129 @@
+"""The ``infl`` command line: a thin Typer layer over :mod:`infl_cli.stages`.
+
+Importing it loads Typer, rich and the settings only: ``--help``, ``--version`` and every
+option error answer without torch, matplotlib or Dask, which each command imports when it
+computes (:mod:`~infl_cli.cli.pipeline`, :mod:`~infl_cli.cli.run`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+
+import typer
+from rich.markup import escape
+
+from infl_cli import __version__
+from infl_cli.cli import (benchmarks as cli_benchmarks, pipeline as cli_commands,
+    paper as cli_paper, run as cli_run, studies as cli_studies)
+from infl_cli.errors import InflError, Interrupted
+from infl_cli.runtime.progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Explain a prediction through its training data with influence functions "
+                       "(Koh & Liang 2017) and check it by leave-one-out retraining.")
+
+for _name, _command in (("train", cli_commands.train_cmd), ("ihvp", cli_commands.ihvp_cmd),
+                        ("score", cli_commands.score_cmd), ("loo", cli_commands.loo_cmd),
+                        ("plot", cli_commands.plot_cmd), ("show", cli_commands.show_cmd),
+                        ("run", cli_run.run_cmd),
+                        ("self-influence", cli_studies.self_influence_cmd),
+                        ("mislabel", cli_studies.mislabel_cmd),
+                        ("lds", cli_benchmarks.lds_cmd),
+                        ("components", cli_paper.components_cmd),
+                        ("hinge", cli_paper.hinge_cmd)):
+    app.command(_name)(_command)
+
+
+def version_text() -> str:
+    """``infl <version>``, with the commit when the package runs from a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent.parent
+    commit = None
+    if (here / ".git").exists():
+        try:
+            done = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty",
+                                   "--abbrev=12"], capture_output=True, text=True, timeout=5)
+            commit = done.stdout.strip() or None if done.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return f"infl {__version__}" + (f" (commit {commit})" if commit else "")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version (and the commit, in a git "
+                                            "checkout) and exit.")):
+    """Explain a prediction through its training data with influence functions (Koh & Liang
+    2017) and check it by leave-one-out retraining."""
+
+
+# Typer may vendor its own click: take the exception classes from Typer itself.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _interrupt(signum, frame):
+    raise Interrupted()
+
+
+def main() -> None:
+    """Entry point: every error ends as one line on stderr and a non-zero exit.
+
+    Ctrl-C and SIGTERM raise :class:`Interrupted` wherever the command is: it unwinds through
+    the atomic writes (no half-written file stays behind) and ends as one line, exit 130.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    # torch.func's first use warns of a torch-internal deprecation: not the user's business
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    try:
+        code = app(standalone_mode=False)
+    except InflError as exc:
+        _fail(str(exc), exc.EXIT_CODE)
+    except Interrupted as exc:
+        _fail(str(exc), Interrupted.EXIT_CODE)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail(Interrupted.DEFAULT, Interrupted.EXIT_CODE)
+    except _CLICK_ERROR as exc:
+        if exc.format_message():  # empty for the help shown when no command is given
+            _fail(exc.format_message(), exc.exit_code)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # unwritable folder, full disk, unreadable file
+        _fail(str(exc), 1)
+    except MemoryError:
+        _fail("out of memory; use a smaller --chunk-size", 1)
+    except Exception as exc:  # a bug: still one line, with its type, and a non-zero exit
+        _fail(f"{type(exc).__name__}: {exc}", 2, prefix="internal error")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, prefix: str = "error") -> None:
+    console.print(f"[red]{prefix}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def entry() -> None:
+    """The console script: :func:`main`, then a fast exit. Once the command has finished and
+    its output is flushed, nothing is left to clean up (every file is written atomically and
+    closed, the lock released, a local cluster shut down), so the process ends at once instead
+    of spending most of a second tearing down torch's modules."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

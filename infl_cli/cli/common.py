@@ -1,0 +1,71 @@
+"""What the commands share: the work folder's lock, test-point choices, model and LOO
+settings, the device (resolved with torch only when a stage computes)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.markup import escape
+
+from infl_cli.engines.spec import ModelSpec, validate_spec
+from infl_cli.errors import BadInput
+from infl_cli.runtime.lock import workdir_lock
+from infl_cli.runtime.progress import console
+from infl_cli.settings import LooSettings, check_device_name
+
+
+def device(spec: str, cluster: str | None = None):
+    """The torch device ``--device`` names; with ``--cluster``, ``auto`` is the CPU (the
+    workers')."""
+    from infl_cli.runtime import device as device_mod
+
+    return device_mod.resolve(device_name(spec, cluster))
+
+
+def device_name(spec: str, cluster: str | None = None) -> str:
+    """``--device`` checked for its form (no torch); with ``--cluster``, ``auto`` is ``cpu``."""
+    name = check_device_name(spec)
+    return "cpu" if cluster is not None and name == "auto" else name
+
+
+def tests(test_index, test_sample, seed):
+    from infl_cli.stages.common import TestChoice
+
+    return TestChoice(list(test_index) if test_index else None, test_sample, seed or 0)
+
+
+def loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps) -> LooSettings:
+    return LooSettings(method=method, tol=tol, rel_error=rel_error, chunk_size=chunk_size,
+                       max_steps=max_steps, retrain_steps=retrain_steps)
+
+
+def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
+         seed, train_size=None, temperature=None) -> ModelSpec:
+    """The model settings of ``train`` and ``run`` (checked: one line for each bad value)."""
+    try:
+        epochs = tuple(int(e) for e in decay_epochs.split(","))
+    except ValueError:
+        raise BadInput(f"--decay-epochs must be two integers A,B, got {decay_epochs!r}") from None
+    made = ModelSpec(kind=model, width=8 if width is None else width,
+                     protocol=protocol or "exact", adam_steps=adam_steps, adam_lr=adam_lr,
+                     train_batch=train_batch, decay_epochs=epochs, seed=seed or 0,
+                     train_size=train_size, temperature=temperature)
+    validate_spec(made, protocol_given=protocol is not None, width_given=width is not None)
+    return made
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                  soft_wrap=True)
+
+
+def say(message: str) -> None:
+    console.print(f"[dim]{escape(message)}[/dim]")
+
+
+@contextmanager
+def writing(workdir: Path):
+    """Hold the work folder's lock while a command writes into it (one writer at a time)."""
+    with workdir_lock(workdir, warn=warn):
+        yield

@@ -1,0 +1,176 @@
+"""The pipeline's commands: train, ihvp, score, loo, plot, show. Each checks its options
+(no torch), then takes the work folder's lock and calls its stage, importing what it computes
+with only then."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from infl_cli.cli import common
+from infl_cli.cli import report
+from infl_cli import settings as settings_mod
+from infl_cli.cli.options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL,
+    WIDTH, PROTOCOL, ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS, TRAIN_TOL,
+    MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED, PRESET, SCALE, DAMPING, DEPTH, BATCH,
+    REPEATS, TAIL, STOP_TOL, CHECK_EVERY, CG_RTOL, CG_MAX, CG_RANK, LOO_SOLVER, SELECT, NUM, METHOD,
+    RETRAIN_STEPS, LOO_TOL, REL_ERROR, CHUNK, DEVICE, MAX_STEPS, CLUSTER, CLUSTER_TIMEOUT,
+    PLOT_SOLVERS, BESIDE, PLOT_LOO, OUT, SHOW_TEST, SHOW_COUNT, SHOW_SOLVER, SHOW_OUT)
+
+
+def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
+              data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
+              train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER,
+              download: bool = DOWNLOAD, bias: bool = BIAS,
+              classes: Optional[str] = CLASSES, model: str = MODEL,
+              width: Optional[int] = WIDTH, protocol: Optional[str] = PROTOCOL,
+              adam_steps: Optional[int] = ADAM_STEPS, adam_lr: Optional[float] = ADAM_LR,
+              train_batch: int = TRAIN_BATCH, decay_epochs: str = DECAY_EPOCHS,
+              train_size: Optional[int] = TRAIN_SIZE,
+              temperature: Optional[float] = TEMPERATURE, seed: Optional[int] = SEED,
+              device: str = DEVICE):
+    """Fit the model and write model.safetensors: the logistic model by L-BFGS then Newton; the
+    CNN by its protocol."""
+    spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
+                       seed, train_size, temperature)
+    settings_mod.validate_train(wd, train_tol, spec)
+    chosen = settings_mod.parse_classes(classes, dataset)
+    where = common.device(device)
+    from infl_cli.stages.train import run_train
+
+    with common.writing(workdir):
+        report.report_train(run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
+                                      download, bias=bias, device=where, spec=spec,
+                                      classes=chosen))
+
+
+def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
+             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
+             damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
+             batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
+             average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
+             check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
+             cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, device: str = DEVICE):
+    """Solve s_test = H⁻¹∇L(z_test) per test point; writes ihvp-<solver>.safetensors."""
+    lissa = settings_mod.lissa_settings(preset, scale, depth, batch_size, repeats, seed,
+                                        average_tail, stop_tol, check_every)
+    cg = settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
+    settings_mod.validate_ihvp(solver, lissa, cg, damping)
+    where = common.device(device)
+    from infl_cli.stages.ihvp import run_ihvp
+
+    with common.writing(workdir):
+        report.report_ihvp(run_ihvp(workdir, solver, common.tests(test_index, test_sample, seed),
+                                    lissa, cg, device=where, damping=damping))
+
+
+IMPORT = typer.Option(None, "--import",
+                      help="Instead: read another tool's scores, a [T, n] or [n, T] array "
+                           "(.npy, .npz, .pt, .safetensors), as scores-NAME.safetensors.")
+IMPORT_NAME = typer.Option(None, "--name", help="With --import: the method's name.")
+ESTIMATOR = typer.Option(None, "--method",
+                         help="Instead of inverse-HVPs, another estimator: grad-dot (TracIn, "
+                              "one checkpoint) | grad-cos | representer | arnoldi | kfac | ekfac "
+                              "| datainf | trak; writes scores-<method>[-knobs].safetensors.")
+RANK = typer.Option(None, "--rank", help="arnoldi: eigenvectors kept \\[default: 100].")
+PROJ_DIM = typer.Option(None, "--proj-dim", help="trak: projected dimension \\[default: 512].")
+MODELS = typer.Option(None, "--models",
+                      help="trak: models averaged, retrained on random halves \\[default: 1].")
+EST_DAMPING = typer.Option(None, "--damping",
+                           help="kfac, ekfac: added to wd \\[default: 1e-8, Kronfluence's]; "
+                                "datainf: λ − wd \\[default: 0.1 × mean ‖g‖²/p].")
+MEANING = typer.Option("removal", "--meaning",
+                       help="With --import, what a score says: removal (predicted test-loss "
+                            "change when the point is removed, as ours) | upweight (I_up,loss: "
+                            "positive raises the test loss) | helpful (positive lowers it: "
+                            "TRAK, TracIn).")
+
+
+def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
+              test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+              seed: Optional[int] = SEED, device: str = DEVICE,
+              import_file: Optional[Path] = IMPORT, name: Optional[str] = IMPORT_NAME,
+              meaning: str = MEANING, method: Optional[str] = ESTIMATOR,
+              rank: Optional[int] = RANK, proj_dim: Optional[int] = PROJ_DIM,
+              models: Optional[int] = MODELS, damping: Optional[float] = EST_DAMPING):
+    """Influence of every training point on each test loss: writes scores-<solver>.safetensors
+    (``--solver`` names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01); with
+    --import, another tool's scores as scores-NAME.safetensors; with --method, another
+    estimator's as scores-<method>.safetensors."""
+    if method is not None or any(v is not None for v in (rank, proj_dim, models, damping)):
+        from infl_cli.settings import EstimatorSettings, validate_estimator
+
+        if method is None:
+            from infl_cli.errors import BadInput
+
+            raise BadInput("--rank, --proj-dim, --models and --damping go with --method")
+        settings = EstimatorSettings(method, rank, proj_dim, models, damping)
+        validate_estimator(settings)
+        where = common.device(device)
+        from infl_cli.stages.estimate import run_estimate
+
+        with common.writing(workdir):
+            report.report_score(run_estimate(workdir, settings,
+                                             common.tests(test_index, test_sample, seed),
+                                             where))
+        return
+    if import_file is not None:
+        from infl_cli.stages import importscores
+
+        importscores.validate(name, meaning, import_file)
+        with common.writing(workdir):
+            report.report_score(importscores.import_scores(
+                workdir, import_file, name, meaning, common.tests(test_index, test_sample,
+                                                                  seed)))
+        return
+    where = common.device(device)
+    from infl_cli.stages.score import run_score
+
+    with common.writing(workdir):
+        report.report_score(run_score(workdir, solver,
+                                      common.tests(test_index, test_sample, seed),
+                                      device=where))
+
+
+def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
+            test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
+            seed: Optional[int] = SEED, select: str = SELECT, num: Optional[int] = NUM,
+            method: Optional[str] = METHOD, tol: Optional[float] = LOO_TOL,
+            rel_error: float = REL_ERROR,
+            chunk_size: Optional[int] = CHUNK, max_steps: int = MAX_STEPS,
+            retrain_steps: int = RETRAIN_STEPS, cluster: Optional[str] = CLUSTER,
+            cluster_timeout: float = CLUSTER_TIMEOUT, device: str = DEVICE):
+    """Retrain without each selected training point: writes loo.safetensors (the CNN's Adam
+    retraining: loo-adam.safetensors)."""
+    settings = common.loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps)
+    settings_mod.validate_loo(settings, select, num)
+    settings_mod.validate_cluster(cluster, cluster_timeout, common.device_name(device, cluster))
+    where = common.device(device, cluster)
+    from infl_cli.stages.loo import run_loo
+
+    with common.writing(workdir):
+        report.report_loo(run_loo(workdir, solver, common.tests(test_index, test_sample, seed),
+                                  select, num, seed or 0, settings, cluster=cluster,
+                                  cluster_timeout=cluster_timeout, device=where))
+
+
+def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS,
+             out: Optional[Path] = OUT, beside: Optional[List[Path]] = BESIDE,
+             loo_method: Optional[str] = PLOT_LOO):
+    """Predicted vs actual change in test loss (Figure 2): figures and metrics.json."""
+    from infl_cli.stages.plot import run_plot
+
+    with common.writing(workdir):
+        report.report_plot(run_plot(workdir, solver, out, beside or [], loo_method))
+
+
+def show_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = SHOW_TEST,
+             num: int = SHOW_COUNT, solver: Optional[str] = SHOW_SOLVER,
+             out: Optional[Path] = SHOW_OUT):
+    """The explanation: a test image beside its most helpful and most harmful training images."""
+    from infl_cli.stages.show import run_show
+
+    report.report_show(run_show(workdir, test_index, num, solver, out))

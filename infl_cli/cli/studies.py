@@ -1,0 +1,86 @@
+"""The studies' commands: ``self-influence`` (which training labels to check first, and the
+truth of it) and ``mislabel`` (the paper's Figure 6). Options checked before torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from infl_cli.cli import common
+from infl_cli.cli import report
+from infl_cli.cli.options import DEVICE, REL_ERROR, SEED, WORKDIR
+
+SAMPLE = typer.Option(60, "--sample",
+                      help="Points whose self-influence is certified independently (the "
+                           "largest half and a random half): the measured and proven errors.")
+CHECK = typer.Option(0, "--check",
+                     help="Also retrain without each of this many points of largest "
+                          "self-influence (certified LOO, the point its own test point) and "
+                          "draw predicted against actual (0: no check; the paper's figure "
+                          "size: 500).")
+COUNT = typer.Option(20, "--num", "-n", help="Training points listed (and drawn) to check first.")
+ORDER = typer.Option("self-influence", "--order",
+                     help="Rank by: self-influence (predicted rise of the point's own loss "
+                          "when removed) | koh (∇CE on both sides) | loss | loo-loss (training "
+                          "loss + predicted own change).")
+IMAGE_OUT = typer.Option(None, "--out", "-o",
+                         help="Image of the points to check first \\[default: "
+                              "WORKDIR/self-influence.png; square image features only].")
+FLIP = typer.Option(0.1, "--flip", help="Fraction of training labels flipped to a uniformly "
+                                        "drawn other class.")
+SEEDS = typer.Option(5, "--seeds", help="Seeds (flips, random ordering); means and standard "
+                                        "errors over them.")
+CHECKS = typer.Option("0,0.05,0.1,0.15,0.2,0.25,0.3", "--checks",
+                      help="Fractions of the training data checked, increasing, in [0, 1].")
+ORDERINGS = typer.Option("self-influence,loss,random,loo-loss", "--orderings",
+                         help="Orderings compared: self-influence, loss, random, loo-loss, koh.")
+FIX_TOL = typer.Option(1e-8, "--tol",
+                       help="Every retrained model certified to ‖∇R‖ ≤ this, rounding included.")
+FIX_SAMPLE = typer.Option(60, "--sample",
+                          help="Points per seed whose self-influence is certified "
+                               "independently.")
+
+
+def self_influence_cmd(workdir: Path = WORKDIR, sample: int = SAMPLE, check: int = CHECK,
+                       num: int = COUNT, order: str = ORDER, seed: Optional[int] = SEED,
+                       rel_error: float = REL_ERROR, out: Optional[Path] = IMAGE_OUT,
+                       device: str = DEVICE):
+    """Self-influence of every training point (I_up,loss(z, z), the logistic model): the
+    labels to check first, as a table and images; with --check K, the truth of the K largest
+    by certified leave-one-out."""
+    from infl_cli.settings import validate_loo, LooSettings
+    from infl_cli.stages import selfinfluence
+
+    selfinfluence.validate(sample, check, num, order)
+    validate_loo(LooSettings(rel_error=rel_error))
+    where = common.device(device)
+    with common.writing(workdir):
+        record = selfinfluence.run_self_influence(workdir, sample, check, seed or 0, where,
+                                                  rel_error)
+        rows, _, data = selfinfluence.top_rows(workdir, num, order)
+        figure = selfinfluence.draw_top(workdir, rows, data, order, out)
+    report.report_self_influence(record, rows, order, figure)
+
+
+def mislabel_cmd(workdir: Path = WORKDIR, flip: float = FLIP, seeds: int = SEEDS,
+                 checks: str = CHECKS, orderings: str = ORDERINGS, tol: float = FIX_TOL,
+                 sample: int = FIX_SAMPLE, device: str = DEVICE):
+    """Find the mislabelled training data (the paper's Figure 6) on the model in WORKDIR
+    (`infl train` first): flip labels, rank the training points, restore the checked ones,
+    retrain (certified), and measure test accuracy (proven) and the flips found."""
+    from infl_cli.errors import BadInput
+    from infl_cli.stages import mislabel
+
+    levels = mislabel.parse_checks(checks)
+    names = mislabel.parse_orderings(orderings)
+    mislabel.validate(flip, seeds, levels, names)
+    if not tol > 0:
+        raise BadInput(f"--tol must be > 0, got {tol}")
+    if sample < 2:
+        raise BadInput(f"--sample must be ≥ 2, got {sample}")
+    where = common.device(device)
+    with common.writing(workdir):
+        report.report_mislabel(mislabel.run_mislabel(workdir, flip, seeds, levels, names, tol,
+                                                     sample, where))
