@@ -131,55 +131,11 @@ def parse_classes(text: str | None, dataset: str | None = None) -> tuple | None:
     return classes
 
 
-def validate_train(wd: float | None, tol: float, spec=None) -> None:
+def validate_train(wd: float | None, tol: float) -> None:
     if wd is not None and not wd > 0:
         raise BadInput(f"--wd must be > 0 (the Hessian must be invertible), got {wd}")
     if not tol > 0:
         raise BadInput(f"--train-tol must be > 0, got {tol}")
-    if spec is not None:
-        from infl_cli.engines.spec import validate_spec
-
-        validate_spec(spec)
-
-
-def validate_ihvp(solver: str | None, lissa: LissaSettings, cg: CgSettings,
-                  damping: float | None = None) -> None:
-    """One-line refusals of IHVP settings (``solver`` None: the model's default, checked
-    once known)."""
-    if solver is not None and solver not in SOLVERS:
-        raise BadInput(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
-    if damping is not None:
-        if solver == "lissa" and not 0 <= damping < 1:
-            raise BadInput(f"--damping must be in [0, 1) for LiSSA's recursion, got {damping}")
-        if not damping >= 0:
-            raise BadInput(f"--damping must be ≥ 0, got {damping}")
-    _validate_lissa(lissa)
-    _validate_cg(cg)
-
-
-def _validate_lissa(s: LissaSettings) -> None:
-    if s.scale != "auto" and not (isinstance(s.scale, (int, float)) and s.scale > 0):
-        raise BadInput(f"--scale must be 'auto' or a number > 0, got {s.scale!r}")
-    if not 0 <= s.damping < 1:
-        raise BadInput(f"--damping must be in [0, 1), got {s.damping}")
-    for name in ("depth", "batch_size", "repeats"):
-        if getattr(s, name) < 1:
-            raise BadInput(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(s, name)}")
-    if not 0 <= s.average_tail <= 1:
-        raise BadInput(f"--average-tail must be in [0, 1], got {s.average_tail}")
-    if not s.stop_tol >= 0:
-        raise BadInput(f"--stop-tol must be ≥ 0 (0: no early stop), got {s.stop_tol}")
-    if s.check_every < 1:
-        raise BadInput(f"--check-every must be ≥ 1, got {s.check_every}")
-
-
-def _validate_cg(s: CgSettings) -> None:
-    if not s.rtol > 0:
-        raise BadInput(f"--cg-rtol must be > 0, got {s.rtol}")
-    if s.max_iter < 1:
-        raise BadInput(f"--cg-max-iter must be ≥ 1, got {s.max_iter}")
-    if s.rank < 0:
-        raise BadInput(f"--cg-rank must be ≥ 0, got {s.rank}")
 
 
 def validate_loo(settings: LooSettings, select: str = "top", k: int | None = 1) -> None:
@@ -218,13 +174,6 @@ class LdsSettings:
     measure: str = "loss"
     tol: float = 1e-9
     chunk_size: int | None = None
-
-    def solve_chunk(self, problem, ids, selected):
-        """The chunk interface of :func:`~infl_cli.engines.logreg.loo.timed_chunk` (and of the cluster's
-        tasks): retrain on the subsets ``ids`` (their masks drawn again from the seed)."""
-        from infl_cli.engines.logreg import subsets
-
-        return subsets.solve_chunk(problem, ids, self)
 
     def record(self) -> dict:
         return {"subsets": self.subsets, "fraction": self.fraction, "seed": self.seed,
@@ -291,26 +240,6 @@ def validate_estimator(s: EstimatorSettings) -> None:
     extra = [k for k, v in given.items() if v is not None and k not in takes]
     if extra:
         raise BadInput(f"--method {s.method} takes no --{extra[0].replace('_', '-')}")
-
-
-def validate_cluster(cluster: str | None, timeout: float | None, device: str | None = None,
-                     check_installed: bool = True) -> None:
-    """A bad ``--cluster`` fails before anything runs (Dask is imported only with one). The
-    workers solve on their CPUs: ``--cluster`` with a CUDA ``device`` (a name or a torch
-    device) is refused."""
-    if cluster is None:
-        return
-    from infl_cli.runtime import cluster as cluster_mod
-
-    cluster_mod.parse(cluster)
-    if device is not None and not str(device).strip().lower().startswith(("cpu", "auto")):
-        raise BadInput(f"--cluster solves the LOO chunks on the Dask workers' CPUs; it does "
-                       f"not combine with --device {device} (one GPU runs all 55,000 MNIST "
-                       "removals in seconds: leave out --cluster, or use --device cpu)")
-    if timeout is not None and not timeout > 0:
-        raise BadInput(f"--cluster-timeout must be > 0, got {timeout}")
-    if check_installed:
-        cluster_mod.check_available()
 
 
 def check_device_name(spec: str | None) -> str:

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from conftest import assert_clean_failure, copy_work, infl, listing
 from infl_cli.engines.cnn import autodiff, net as cnn, engine as cnn_engine
 from infl_cli.data.datasets import subset
-from infl_cli.engines.spec import ModelSpec
+from infl_cli.engines.cnn.optim import Gauge
+from infl_cli.engines.spec import CnnSpec
 
 WD = 0.03  # on 120 images Newton reaches a local minimum in ~16 steps (wd 0.001: not in 50)
 
@@ -30,7 +31,7 @@ def arch():
 
 def _objective(arch, data):
     return autodiff.Objective(arch.logits, cnn.images(data.x_train), data.y_train, WD,
-                              arch.decay_mask(), cnn_engine._activations(arch))
+                              arch.decay_mask(), cnn.activations(arch))
 
 
 def test_architecture_is_koh_all_cnn_c(arch):
@@ -61,7 +62,7 @@ def test_hessian_equals_finite_differences_and_is_symmetric(arch, small):
     u = arch.null_directions()[:, 0]
     assert float((h @ u).norm()) < 1e-13 * float(h.norm())
     assert abs(float(obj.value_and_grad(theta)[1] @ u)) < 1e-15
-    spectrum = cnn_engine.Gauge(arch).spectrum(h)
+    spectrum = Gauge(arch).spectrum(h)
     evals = torch.linalg.eigvalsh(h)
     assert spectrum["lambda_max"] == pytest.approx(float(evals[-1]), rel=1e-10)
     assert spectrum["null_direction_curvature"] < 1e-13
@@ -95,7 +96,7 @@ def test_per_example_gradients_equal_autograd_one_by_one(arch, small):
 @pytest.fixture(scope="module")
 def trained(arch, small):
     """The exact protocol on the 120 images: Adam warm-up, then Newton to 1e-10 (~1.5 min)."""
-    spec = ModelSpec(kind="cnn", width=2, adam_steps=3000, adam_lr=1e-2)
+    spec = CnnSpec(width=2, adam_steps=3000, adam_lr=1e-2)
     tensors, info = cnn_engine.ENGINE.fit(small, WD, 1e-10, 50, spec)
     return tensors, info, spec
 
@@ -163,7 +164,7 @@ def fnorm(t):
 
 
 def replace_settings(method, **kw):
-    from infl_cli.engines.logreg.loo import LooSettings
+    from infl_cli.settings import LooSettings
 
     return LooSettings(method=method, tol=1e-10, chunk_size=10, retrain_steps=20, **kw)
 

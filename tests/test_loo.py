@@ -13,7 +13,7 @@ from infl_cli.stages import selection
 from infl_cli import stages
 from infl_cli.data.datasets import subset
 from infl_cli.errors import Interrupted
-from infl_cli.numerics.linalg import HessianFactor
+from infl_cli.engines.logreg.hessian import HessianFactor
 
 WD = 0.01
 TESTS = [8, 3, 60]

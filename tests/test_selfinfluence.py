@@ -10,7 +10,7 @@ import torch
 from conftest import assert_clean_failure, assert_refused_untouched, copy_work, infl
 from infl_cli.engines.logreg import selfinf
 from infl_cli.data.datasets import load_npz
-from infl_cli.numerics.linalg import HessianFactor
+from infl_cli.engines.logreg.hessian import HessianFactor
 
 WD = 0.01
 

@@ -38,7 +38,8 @@ def lds_cmd(workdir: Path = WORKDIR, subsets: int = SUBSETS, fraction: float = F
     """Certified ground truth for the LDS: retrain the model in WORKDIR on random subsets
     (each certified, each test output with a proven bar; subsets.safetensors), then the LDS
     of every scores artifact present and the LOO correlation on loo.safetensors."""
-    from infl_cli.settings import LdsSettings, validate_cluster, validate_lds
+    from infl_cli.runtime.cluster import validate_cluster
+    from infl_cli.settings import LdsSettings, validate_lds
 
     settings = LdsSettings(subsets=subsets, fraction=fraction, seed=seed, measure=measure,
                            tol=tol, chunk_size=chunk_size)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from infl_cli.engines.spec import ModelSpec, validate_spec
+from infl_cli.engines import ModelSpec, make_spec
 from infl_cli.errors import BadInput
 from infl_cli.runtime.lock import workdir_lock
 from infl_cli.runtime.progress import console
@@ -47,12 +47,9 @@ def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
         epochs = tuple(int(e) for e in decay_epochs.split(","))
     except ValueError:
         raise BadInput(f"--decay-epochs must be two integers A,B, got {decay_epochs!r}") from None
-    made = ModelSpec(kind=model, width=8 if width is None else width,
-                     protocol=protocol or "exact", adam_steps=adam_steps, adam_lr=adam_lr,
-                     train_batch=train_batch, decay_epochs=epochs, seed=seed or 0,
+    return make_spec(model, width=width, protocol=protocol, adam_steps=adam_steps,
+                     adam_lr=adam_lr, train_batch=train_batch, decay_epochs=epochs, seed=seed,
                      train_size=train_size, temperature=temperature)
-    validate_spec(made, protocol_given=protocol is not None, width_given=width is not None)
-    return made
 
 
 def warn(message: str) -> None:

@@ -35,7 +35,7 @@ def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     CNN by its protocol."""
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                        seed, train_size, temperature)
-    settings_mod.validate_train(wd, train_tol, spec)
+    settings_mod.validate_train(wd, train_tol)
     chosen = settings_mod.parse_classes(classes, dataset)
     where = common.device(device)
     from infl_cli.stages.train import run_train
@@ -55,16 +55,18 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
              check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
              cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, device: str = DEVICE):
     """Solve s_test = H⁻¹∇L(z_test) per test point; writes ihvp-<solver>.safetensors."""
+    from infl_cli.numerics.solvers import SolverChoice
+    from infl_cli.stages.ihvp import ihvp_solver, run_ihvp
+
     lissa = settings_mod.lissa_settings(preset, scale, depth, batch_size, repeats, seed,
                                         average_tail, stop_tol, check_every)
-    cg = settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
-    settings_mod.validate_ihvp(solver, lissa, cg, damping)
+    choice = SolverChoice(solver, lissa, settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank),
+                          damping)
     where = common.device(device)
-    from infl_cli.stages.ihvp import run_ihvp
-
+    parsed = ihvp_solver(workdir, choice)
     with common.writing(workdir):
-        report.report_ihvp(run_ihvp(workdir, solver, common.tests(test_index, test_sample, seed),
-                                    lissa, cg, device=where, damping=damping))
+        report.report_ihvp(run_ihvp(workdir, parsed, common.tests(test_index, test_sample, seed),
+                                    device=where))
 
 
 IMPORT = typer.Option(None, "--import",
@@ -147,7 +149,9 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
     retraining: loo-adam.safetensors)."""
     settings = common.loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps)
     settings_mod.validate_loo(settings, select, num)
-    settings_mod.validate_cluster(cluster, cluster_timeout, common.device_name(device, cluster))
+    from infl_cli.runtime.cluster import validate_cluster
+
+    validate_cluster(cluster, cluster_timeout, common.device_name(device, cluster))
     where = common.device(device, cluster)
     from infl_cli.stages.loo import run_loo
 

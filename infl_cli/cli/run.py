@@ -15,7 +15,7 @@ from infl_cli.cli.options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, 
     MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED, PRESET, SCALE, DAMPING, DEPTH, BATCH,
     REPEATS, TAIL, STOP_TOL, CHECK_EVERY, CG_RTOL, CG_MAX, CG_RANK, SELECT, NUM, METHOD,
     RETRAIN_STEPS, LOO_TOL, REL_ERROR, CHUNK, DEVICE, MAX_STEPS, CLUSTER, CLUSTER_TIMEOUT, OUT)
-from infl_cli.engines.spec import policy_for
+from infl_cli.engines import policy_for
 from infl_cli.errors import BadInput
 
 FIGURE = typer.Option(None, "--figure",
@@ -90,23 +90,20 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
                                         average_tail, stop_tol, check_every)
     cg = settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     # every setting is checked before any stage runs: a typo must not cost a training run
-    settings_mod.validate_train(wd, train_tol, spec)
+    settings_mod.validate_train(wd, train_tol)
     chosen = settings_mod.parse_classes(classes, dataset)
-    settings_mod.validate_ihvp(solver, lissa, cg, damping)
-    solver = solver or policy.default_solver(spec)
-    from infl_cli.stages.common import spec_damping
+    from infl_cli.numerics.solvers import make_solver
+    from infl_cli.runtime.cluster import validate_cluster
 
-    policy.check_solver(solver, spec_damping(spec, solver, damping))
+    parsed = make_solver(solver, policy, spec, lissa, cg, damping)
     settings = common.loo_settings(method or policy.default_method(spec),
                                    policy.default_tol if tol is None else tol, rel_error,
                                    chunk_size, max_steps, retrain_steps)
     settings_mod.validate_loo(settings, select, num)
     policy.check_method(settings.method)
     where = common.device_name(device, cluster)
-    settings_mod.validate_cluster(cluster, cluster_timeout, where)
-    if cluster is not None and spec.kind != "logreg":
-        raise BadInput("--cluster solves the logistic model's LOO chunks; the CNN's run in "
-                       "this process (on a GPU: --device cuda)")
+    validate_cluster(cluster, cluster_timeout, where)
+    policy.check_cluster(cluster)
     from infl_cli.stages.run import run_all
 
     reporters = {"train": report.report_train, "ihvp": report.report_ihvp,
@@ -114,7 +111,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
                  "plot": report.report_plot, "show": report.report_show,
                  "times": report.table, "say": common.say}
     with common.writing(workdir):
-        run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, solver,
-                common.tests(test_index, test_sample, seed), seed or 0, lissa, cg, select, num,
-                settings, out, cluster, cluster_timeout, where, spec, damping, reporters,
+        run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, parsed,
+                common.tests(test_index, test_sample, seed), seed or 0, select, num,
+                settings, out, cluster, cluster_timeout, where, spec, reporters,
                 classes=chosen)

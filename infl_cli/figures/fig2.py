@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-TITLES = {"lissa": "Linear (approx)", "cg": "Linear (exact)", "exact": "Linear (exact)"}
 GRID_MAX = 20
 DENSITY_ABOVE = 5000
 BANDS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 0.0)  # lower edges of |actual change| bands
@@ -42,14 +41,6 @@ class LooView:
     def pairs(self, t: int, values: np.ndarray) -> np.ndarray:
         """Test point t's selected entries of a [T, K] array."""
         return values[t][self.selected[t]]
-
-
-def default_figure_name(select: str, n_tests: int, kind: str = "logreg") -> str:
-    if select == "top":
-        if n_tests == 1:
-            return "fig2_right.png" if kind == "cnn" else "fig2_middle.png"
-        return "fig2_tests.png"
-    return f"fig2_{select}.png"
 
 
 def agreement(actual: np.ndarray, predicted: np.ndarray) -> dict:

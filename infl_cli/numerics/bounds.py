@@ -94,13 +94,15 @@ def test_loss_error(grad_f_norm, r, x_norm):
     return grad_f_norm * r + 0.25 * (x_norm * x_norm) * (r * r)
 
 
-def ihvp_error(residual_norm, estimate_norm, wd: float):
-    """(absolute, relative) error bounds of an inverse-HVP estimate s from ‖Hs − g‖:
-    ‖s − s*‖ ≤ ‖Hs − g‖/wd and ‖s − s*‖/‖s*‖ ≤ that/(‖s‖ − that) (inf when ‖s‖ ≤ that)."""
-    absolute = np.asarray(residual_norm, dtype=np.float64) / wd
+def ihvp_error(residual_norm, estimate_norm, floor: float):
+    """(absolute, relative) error bounds of an inverse-HVP estimate s from ‖Hs − g‖ and a
+    lower bound ``floor`` on λ_min(H) (wd for the convex models): ‖s − s*‖ ≤ ‖Hs − g‖/floor
+    and ‖s − s*‖/‖s*‖ ≤ that/(‖s‖ − that) (inf when ‖s‖ ≤ that, 0 when both are 0: g = 0)."""
+    absolute = np.asarray(residual_norm, dtype=np.float64) / floor
     estimate = np.asarray(estimate_norm, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        relative = np.where(estimate > absolute, absolute / (estimate - absolute), math.inf)
+        relative = np.where(estimate > absolute, absolute / (estimate - absolute),
+                            np.where((estimate == 0) & (absolute == 0), 0.0, math.inf))
     return absolute, relative
 
 

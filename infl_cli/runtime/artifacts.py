@@ -42,12 +42,6 @@ TIMINGS = "timings.json"  # seconds per stage of the last `infl run`
 IDENTITY_KEYS = ("stage", "settings", "inputs", "format_version")
 
 
-def loo_name(method: str | None, kind: str = "logreg") -> str:
-    """The LOO artifact: ``loo.safetensors``; the CNN's Adam retraining (the paper's
-    protocol) has its own, ``loo-adam.safetensors``, so both can sit in one folder."""
-    return "loo-adam.safetensors" if kind == "cnn" and method == "adam" else LOO
-
-
 def ihvp_name(solver: str) -> str:
     return f"ihvp-{solver}.safetensors"
 

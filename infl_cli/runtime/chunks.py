@@ -1,8 +1,10 @@
-"""Chunked, resumable leave-one-out: the partial artifact and the in-process runner.
+"""Chunked, resumable runs (leave-one-out's removals, subset retraining's subsets): the partial
+artifact, the chunk-job interface and the in-process runner.
 
-The K removals are cut into fixed chunks of ``chunk_size`` in ``train_indices`` order; a chunk
-is solved by :func:`~infl_cli.engines.logreg.loo.solve_chunk`, a pure function, so its result does not depend
-on when, where or in which order it runs. :class:`PartialResults` holds the results of the
+The K changes are cut into fixed chunks of ``chunk_size`` in ``train_indices`` order; a chunk
+is solved by a job (:class:`ChunkJob`: ``job.solve(problem, ids, selected)``), a pure function
+of the problem, the chunk and the job's settings, so its result does not depend on when, where
+or in which order it runs (here, or on a Dask worker: :mod:`~infl_cli.runtime.cluster`). :class:`PartialResults` holds the results of the
 chunks finished so far and a per-removal ``done`` mask in ``loo.partial.safetensors``,
 rewritten atomically after every chunk; a rerun with the same settings and inputs loads it and
 solves only the chunks still open, so nothing is lost or solved twice, whichever chunks
@@ -13,12 +15,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.logreg.loo import LooSettings, chunk_bounds, timed_chunk
 
 # each result: per (test point, change) "tk" or per change "k", and its dtype
 LOO_LAYOUT = {"actual_loss_diff": ("tk", np.float64), "actual_error_bound": ("tk", np.float64),
@@ -28,6 +30,28 @@ SUBSET_LAYOUT = {"outputs": ("tk", np.float64), "output_bound": ("tk", np.float6
                  "grad_norm": ("k", np.float64), "grad_rounding": ("k", np.float64),
                  "steps": ("k", np.int64)}
 RESULT_KEYS = tuple(LOO_LAYOUT)
+
+
+class ChunkJob(Protocol):
+    """What a chunked stage solves: ``solve(problem, ids, selected)`` → (results, stats), the
+    results as NumPy arrays in the store's layout ([T, k] or [k]), the stats counting passes.
+    Picklable: a cluster's workers run it on their own copy of the problem."""
+
+    def solve(self, problem, ids, selected) -> tuple[dict, dict]:
+        ...
+
+
+def chunk_bounds(n_removals: int, chunk_size: int):
+    """[(lo, hi)] of the fixed chunks that split ``n_removals`` changes."""
+    return [(lo, min(lo + chunk_size, n_removals)) for lo in range(0, n_removals, chunk_size)]
+
+
+def timed_chunk(job: ChunkJob, problem, ids, selected):
+    """``job.solve`` on one chunk, plus its wall time in the stats."""
+    start = time.perf_counter()
+    results, stats = job.solve(problem, ids, selected)
+    stats["seconds"] = time.perf_counter() - start
+    return results, stats
 
 
 class PartialResults:
@@ -130,14 +154,14 @@ class PartialResults:
         return out
 
 
-def run_in_process(problem, store: PartialResults, settings: LooSettings, update=None) -> dict:
+def run_in_process(problem, store: PartialResults, job: ChunkJob, update=None) -> dict:
     """Solve the store's open chunks one after the other in this process, checkpointing after
     each. ``update(advance, status)`` drives a progress bar. Returns run facts for the record."""
     start = time.perf_counter()
     solved = 0
     for _, lo, hi in store.pending():
         removed, selected = store.chunk_inputs(lo, hi)
-        results, stats = timed_chunk(problem, removed, selected, settings)
+        results, stats = timed_chunk(job, problem, removed, selected)
         status = store.finish(lo, hi, results, stats)
         solved += hi - lo
         if update is not None:

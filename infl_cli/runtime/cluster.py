@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 
 from infl_cli.errors import BadInput, InflError
 
@@ -52,6 +51,24 @@ def parse(spec: str) -> tuple[str, object]:
                     f"got {spec!r}")
 
 
+def validate_cluster(cluster: str | None, timeout: float | None, device: str | None = None,
+                     check_installed: bool = True) -> None:
+    """A bad ``--cluster`` fails before anything runs (Dask is imported only with one). The
+    workers solve on their CPUs: ``--cluster`` with a CUDA ``device`` (a name or a torch
+    device) is refused."""
+    if cluster is None:
+        return
+    parse(cluster)
+    if device is not None and not str(device).strip().lower().startswith(("cpu", "auto")):
+        raise BadInput(f"--cluster solves the LOO chunks on the Dask workers' CPUs; it does "
+                       f"not combine with --device {device} (one GPU runs all 55,000 MNIST "
+                       "removals in seconds: leave out --cluster, or use --device cpu)")
+    if timeout is not None and not timeout > 0:
+        raise BadInput(f"--cluster-timeout must be > 0, got {timeout}")
+    if check_installed:
+        check_available()
+
+
 def check_available() -> None:
     """A one-line error when the ``cluster`` extra (Dask distributed) is not installed."""
     try:
@@ -68,50 +85,25 @@ def check_available() -> None:
                         "pip install -e '.[cluster]'") from None
 
 
-@dataclass
-class ProblemRecipe:
-    """How a worker rebuilds the LOO problem: the data (checked by fingerprint), the model
-    and the test points; the factored Hessian comes separately (scattered)."""
-
-    settings: dict  # the model's training settings: dataset, data folder, bias, wd
-    data_fingerprint: str
-    weight: object  # torch.Tensor [C, d]
-    test_indices: list
-    key: str  # identifies the problem (model fingerprint, test points) across tasks
-    certificate: object = None  # training's certified gradient at Ŵ (the driver's too)
-
-    def build(self, factor):
-        import torch
-
-        from infl_cli.engines.logreg import loo
-        from infl_cli.data.datasets import recorded_dataset
-
-        data = recorded_dataset(self.settings, download=False)
-        if data.fingerprint != self.data_fingerprint:
-            raise InflError(f"the data a worker found at "
-                            f"{self.settings['data_dir'] or self.settings['dataset']} differ "
-                            "from those the model was trained on")
-        sel = torch.tensor(self.test_indices, dtype=torch.int64)
-        return loo.LooProblem(self.weight, data.design, data.y_train, self.settings["wd"],
-                              data.x_test[sel], data.y_test[sel], factor=factor,
-                              certificate=self.certificate)
-
-
-def _solve_remote(recipe: ProblemRecipe, factor, lo: int, hi: int, removed, selected,
-                  settings):
+def _solve_remote(recipe, shared, lo: int, hi: int, removed, selected, job):
     """A Dask task: one chunk, on a worker's cached copy of the problem."""
-    from infl_cli.engines.logreg import loo
+    from infl_cli.runtime.chunks import timed_chunk
 
     problem = _PROBLEMS.get(recipe.key)
     if problem is None:
         _PROBLEMS.clear()  # one run at a time per worker: free the previous one
-        problem = _PROBLEMS[recipe.key] = recipe.build(factor)
-    results, stats = loo.timed_chunk(problem, removed, selected, settings)
+        problem = _PROBLEMS[recipe.key] = recipe.build(shared)
+    results, stats = timed_chunk(job, problem, removed, selected)
     return lo, hi, results, stats
 
 
 class ClusterRunner:
-    """A ``runner`` for :func:`~infl_cli.stages.run_loo` that solves the chunks on Dask."""
+    """A ``runner`` of a chunked stage's store (:func:`~infl_cli.stages.loo.solve_store`) that
+    solves the chunks on Dask. ``recipe_factory()`` gives the picklable recipe from which each
+    worker rebuilds the problem once: ``recipe.key`` names the problem across tasks,
+    ``recipe.shared(problem)`` is what the driver's problem broadcasts to every worker (the
+    logistic model's factored Hessian), ``recipe.build(shared)`` the worker's problem
+    (:class:`~infl_cli.engines.logreg.remote.ProblemRecipe`)."""
 
     def __init__(self, spec: str, recipe_factory, timeout: float = CONNECT_TIMEOUT):
         self.kind, self.target = parse(spec)
@@ -138,7 +130,7 @@ class ClusterRunner:
             raise InflError(f"could not reach a Dask scheduler at {self.target} within "
                             f"{self.timeout:g} s ({type(exc).__name__})") from None
 
-    def __call__(self, problem_factory, store, settings, update) -> dict:
+    def __call__(self, problem_factory, store, job, update) -> dict:
         import distributed
 
         client, cluster = self._connect()
@@ -149,15 +141,16 @@ class ClusterRunner:
                 workers = len(client.scheduler_info()["workers"])
             problem = problem_factory()  # the driver's copy: its factored Hessian is shipped
             start = time.perf_counter()
-            factor = client.scatter(problem.factor, broadcast=True, hash=False)
-            recipe = client.scatter(self.recipe_factory(), broadcast=True, hash=False)
+            made = self.recipe_factory()
+            shared = client.scatter(made.shared(problem), broadcast=True, hash=False)
+            recipe = client.scatter(made, broadcast=True, hash=False)
             scatter_seconds = time.perf_counter() - start
             start = time.perf_counter()
             futures = []
             for i, lo, hi in store.pending():
                 removed, selected = store.chunk_inputs(lo, hi)
-                futures.append(client.submit(_solve_remote, recipe, factor, lo, hi, removed,
-                                             selected, settings, pure=False, retries=2,
+                futures.append(client.submit(_solve_remote, recipe, shared, lo, hi, removed,
+                                             selected, job, pure=False, retries=2,
                                              key=f"infl-loo-chunk-{i}-{id(store)}"))
             solved = 0
             for future in distributed.as_completed(futures):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from infl_cli.runtime import artifacts as art
 from infl_cli.stages import selection
-from infl_cli.engines.spec import ModelSpec, engine_for, policy_for, spec_of
+from infl_cli.engines import engine_for, policy_for, spec_of
 from infl_cli.errors import InflError
 from infl_cli.settings import SOLVER_PRIORITY
 
@@ -77,10 +77,30 @@ def load_model(workdir: Path, data=None, device=None):
     return {key: t.to(device) for key, t in tensors.items()}, record, data.to(device)
 
 
+def closed_form_model(workdir: Path, what: str, device=None):
+    """(tensors, record, data, engine, certificate) of a model with the logistic model's
+    closed form (its certified gradient at Ŵ included), for the studies built on it; any
+    other kind is refused in one line."""
+    mrec = model_record(workdir)
+    model_policy(mrec).require_closed_form(what, workdir / art.MODEL)
+    engine = model_engine(mrec)
+    tensors, mrec, data = load_model(workdir, device=device)
+    cert = engine.certificate(tensors, mrec)
+    if cert is None:
+        raise InflError(f"{workdir / art.MODEL} predates the certified gradient that training "
+                        "now keeps; rerun `infl train`")
+    return tensors, mrec, data, engine, cert
+
+
 def model_tensors(workdir: Path, names: tuple, stage: str = "train"):
     """Some of the model's tensors as NumPy arrays, with its record (no torch)."""
     arrays, record = art.load_arrays(workdir / art.MODEL, stage, hint="infl train")
     return {name: arrays[name] for name in names if name in arrays}, record
+
+
+def model_policy(mrec: dict):
+    """The torch-free policy of a model record's kind (:mod:`~infl_cli.engines.policy`)."""
+    return policy_for(spec_of(mrec).kind)
 
 
 def model_engine(mrec: dict):
@@ -88,31 +108,13 @@ def model_engine(mrec: dict):
     return engine_for(spec_of(mrec).kind)
 
 
-def solver_label(solver: str, damping: float) -> str:
-    """How an inverse-HVP is named: the solver, with the damping λ of (H + λI) for cg and
-    exact when it is not 0 (``exact-damping0.01``); LiSSA's damping is one of its settings."""
-    if solver != "lissa" and damping:
-        return f"{solver}-damping{damping:g}"
-    return solver
-
-
-def spec_damping(spec: ModelSpec, solver: str, damping: float | None) -> float:
-    """λ of (H + λI) for cg and exact: as given, else the model's default (the CNN's paper
-    protocol: the authors' 0.01; otherwise 0). LiSSA's damping is one of its settings: 0."""
-    if solver == "lissa":
-        return 0.0
-    if damping is not None:
-        return float(damping)
-    return policy_for(spec.kind).default_damping(spec)
-
-
 def available_scores(workdir: Path) -> list[str]:
-    """The score labels present, most accurate first: exact, cg, lissa, then damped ones,
-    then those of other estimators and imported tools (by name)."""
-    present = [s for s in SOLVER_PRIORITY if (workdir / art.scores_name(s)).is_file()]
-    damped = sorted(p.name[len("scores-"):-len(".safetensors")]
-                    for p in workdir.glob("scores-*-damping*.safetensors"))
-    return present + damped
+    """Every scores label in the work folder, most accurate first: exact, cg, lissa, then the
+    others by name (damped solvers, the other estimators, imported tools)."""
+    labels = [p.name[len("scores-"):-len(".safetensors")]
+              for p in Path(workdir).glob("scores-*.safetensors")]
+    first = [s for s in SOLVER_PRIORITY if s in labels]
+    return first + sorted(set(labels) - set(first))
 
 
 def load_scores(workdir: Path, solver: str, model_fp: str, numpy: bool = False):

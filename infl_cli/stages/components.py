@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.spec import spec_of
+from infl_cli.engines import spec_of
 from infl_cli.errors import BadInput
-from infl_cli.stages.common import load_model, model_record, study_figure
+from infl_cli.stages.common import load_model, model_policy, model_record, study_figure
 
 ARTIFACT = "components.safetensors"
 FIGURE = "fig_components.png"
@@ -79,7 +79,7 @@ def run_components(workdir: Path, test_index: int | None = None, device=None) ->
     return the record with its metrics."""
     mrec = model_record(workdir)
     classes, n_test = mrec.get("n_classes"), mrec["n_test"]
-    if spec_of(mrec).kind != "logreg" or classes != 2:
+    if not model_policy(mrec).closed_form or classes != 2:
         raise BadInput(f"components: Figure 1 is for a binary logistic model; "
                        f"{workdir / art.MODEL} holds a {classes}-class "
                        f"{spec_of(mrec).kind}: train with --classes A,B (the paper: "

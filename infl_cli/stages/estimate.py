@@ -9,18 +9,16 @@ import time
 from pathlib import Path
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.errors import BadInput
 from infl_cli.runtime.progress import progress_bar
 from infl_cli.settings import EstimatorSettings
-from infl_cli.stages.common import TestChoice, load_model, model_engine
+from infl_cli.stages.common import TestChoice, available_scores, load_model, model_engine
 
 
 def _tests(workdir: Path, tests: TestChoice | None, data, engine) -> list[int]:
     """As asked, else those of the most accurate scores present, else the model's default."""
-    from infl_cli.stages.lds import scores_present
 
     default = [engine.default_test(data)]
-    for label in scores_present(workdir):
+    for label in available_scores(workdir):
         default = art.read_record(workdir / art.scores_name(label))["settings"]["test_indices"]
         break
     return (tests or TestChoice()).resolve(data.n_test, default)
@@ -32,10 +30,15 @@ def _ensemble(workdir, tensors, mrec, data, chosen, settings: EstimatorSettings)
     import torch
 
     from infl_cli.engines.logreg import subsets
+    from infl_cli.runtime.kept import Keeper
     from infl_cli.settings import LooSettings
     from infl_cli.stages.loo import build_problem
 
-    problem = build_problem(tensors, mrec, data, chosen, LooSettings(), workdir)
+    keeper = Keeper(workdir, mrec)
+    try:
+        problem = build_problem(tensors, mrec, data, chosen, LooSettings(), keeper)
+    finally:
+        keeper.close()
     keep = subsets.draw_subsets(data.n_train, settings.models, 0.5, settings.seed)
     deltas, _, _ = subsets.newton(problem, keep, 1e-8)
     models = []
@@ -55,8 +58,7 @@ def run_estimate(workdir: Path, settings: EstimatorSettings, tests: TestChoice |
 
     tensors, mrec, data = load_model(workdir, device=device)
     engine = model_engine(mrec)
-    if engine.kind != "logreg":
-        raise BadInput("--method estimators are built for the logistic model")
+    engine.require_closed_form(f"--method {settings.method}", workdir / art.MODEL)
     chosen = _tests(workdir, tests, data, engine)
     weight = tensors["weight"]
     cert = engine.certificate(tensors, mrec)

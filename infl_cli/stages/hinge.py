@@ -116,7 +116,7 @@ def hinge_data(data, settings: HingeSettings) -> HingeData:
     """The SVM's training and test sets: the first ``train_size``/``test_size`` points (default:
     the authors' trim to a multiple of 100), labels ±1 (class 0 → +1), features as integers
     over their scale (the exact certificate needs them)."""
-    from infl_cli.engines.spec import check_exact_features
+    from infl_cli.engines.policy import check_exact_features
 
     check_exact_features(data)
     n = settings.train_size or _trimmed(data.n_train)
@@ -167,17 +167,18 @@ def top_indices(predicted: np.ndarray, num: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- retraining
 class HingeProblem:
     """Retrains without each removal: the SVM (row 0) and the smooth models (rows 1..), each
-    by its :class:`~infl_cli.engines.hinge.loo.Retrainer` (the engines' own), for the study's test point."""
+    by its retrainer (:mod:`~infl_cli.engines.hinge.loo`: the engines' own), for the study's
+    test point."""
 
     def __init__(self, hd: HingeData, settings: HingeSettings, svm_full, smooth_full: list,
                  test: int):
-        from infl_cli.engines.hinge.loo import Retrainer
+        from infl_cli.engines.hinge.loo import SmoothRetrainer, SvmRetrainer
 
         kt, yt = hd.k_test[[test]], hd.y_test[[test]]
-        self.retrainers = [Retrainer("svm", hd.k_train, hd.y, hd.scale, settings.wd, 0.0,
-                                     svm_full.weight, svm_full.alpha, kt, yt)]
-        self.retrainers += [Retrainer("smooth-hinge", hd.k_train, hd.y, hd.scale, settings.wd,
-                                      t, model.weight, None, kt, yt)
+        self.retrainers = [SvmRetrainer(hd.k_train, hd.y, hd.scale, settings.wd,
+                                        svm_full.alpha, kt, yt)]
+        self.retrainers += [SmoothRetrainer(hd.k_train, hd.y, hd.scale, settings.wd, t,
+                                            model.weight, kt, yt)
                             for t, model in zip(settings.smooth, smooth_full)]
 
     def solve_chunk(self, removed, selected, settings):
@@ -192,7 +193,7 @@ class HingeProblem:
                 out["actual_error_bound"][r, j] = done.bounds[0]
                 out["radius"][r, j] = done.radius
                 if r == 0:
-                    out["gap"][j] = done.gap
+                    out["gap"][j] = done.extra["duality_gap"]
                     out["steps"][j] = done.steps
         return out, {}
 
@@ -212,7 +213,7 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     from infl_cli.engines.hinge import svm
     from infl_cli.runtime.progress import progress_bar
     from infl_cli.settings import LooSettings
-    from infl_cli.stages.loo import solve_store
+    from infl_cli.stages.loo import Built, LooJob, solve_store
 
     validate(settings, classes)
     hd = hinge_data(data, settings)
@@ -263,10 +264,10 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
                                   settings.chunk_size, record_settings, inputs,
                                   layout=HINGE_LAYOUT, stage="hinge-partial",
                                   status=("gap", "max gap"))
-    built = {}
     t0 = time.perf_counter()
-    solve_store("hinge: retrain without each point", "removals", store, built,
-                lambda: HingeProblem(hd, settings, full, smooth_full, test), chunk_settings)
+    solve_store("hinge: retrain without each point", "removals", store, Built(),
+                lambda: HingeProblem(hd, settings, full, smooth_full, test),
+                LooJob(chunk_settings))
     timings["retraining"] = time.perf_counter() - t0
     a = store.arrays
     tensors = {

@@ -1,66 +1,54 @@
-"""``infl ihvp``: s_test = H⁻¹∇L(z_test) per test point, written to ``ihvp-<label>.safetensors``."""
+"""``infl ihvp``: s_test = H⁻¹∇L(z_test) per test point, written to ``ihvp-<label>.safetensors``
+by a solver (:mod:`~infl_cli.numerics.solvers`) parsed once, for the work folder's model
+(:func:`ihvp_solver`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
 from pathlib import Path
 
+from infl_cli.engines import policy_for, spec_of
+from infl_cli.numerics.solvers import Solver, SolverChoice
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.spec import policy_for, spec_of
-from infl_cli.settings import CgSettings, LissaSettings, validate_ihvp
-from infl_cli.stages.common import TestChoice, load_model, model_engine, solver_label, spec_damping
+from infl_cli.stages.common import TestChoice, load_model, model_engine, model_record
 
 
-def ihvp_settings(solver: str, test_indices: list[int], lissa: LissaSettings,
-                  cg: CgSettings, damping: float = 0.0) -> dict:
-    base = {"solver": solver, "test_indices": list(test_indices)}
-    if solver == "lissa":
-        base["lissa"] = asdict(lissa)
-    elif solver == "cg":
-        base["cg"] = asdict(cg)
-    if solver != "lissa" and damping:
-        base["damping"] = damping
-    return base
+def ihvp_solver(workdir: Path, choice: SolverChoice) -> Solver:
+    """The solver ``choice`` asks for, for the model in ``workdir`` (its defaults and the
+    solvers it has, from the model's record: no torch)."""
+    spec = spec_of(model_record(workdir))
+    return choice.for_model(policy_for(spec.kind), spec)
 
 
-def ihvp_tests(tests: TestChoice | None, data, engine) -> list[int]:
+def ihvp_tests(tests: TestChoice | None, data, policy) -> list[int]:
     """The test points of an inverse-HVP: as asked, or the model kind's default."""
-    return (tests or TestChoice()).resolve(data.n_test, [engine.default_test(data)])
+    return (tests or TestChoice()).resolve(data.n_test, [policy.default_test(data)])
 
 
-def run_ihvp(workdir: Path, solver: str, tests: TestChoice | None, lissa: LissaSettings,
-             cg: CgSettings | None = None, loaded=None, device=None,
-             damping: float | None = None) -> dict:
+def run_ihvp(workdir: Path, solver: Solver, tests: TestChoice | None, loaded=None,
+             device=None) -> dict:
+    """Solve for the chosen test points (by default the model kind's) and write the
+    artifact; the engine takes the work folder's kept matrices where it has any."""
     import torch
 
     from infl_cli.runtime import device as device_mod
-    from infl_cli.engines.logreg.kept import Keeper
+    from infl_cli.runtime.kept import Keeper
 
-    cg = cg or CgSettings()
     tensors, mrec, data = loaded or load_model(workdir, device=device)
     engine = model_engine(mrec)
-    spec = spec_of(mrec)
-    solver = solver or policy_for(spec.kind).default_solver(spec)
-    if solver == "lissa" and damping is not None:
-        lissa = replace(lissa, damping=damping)
-    validate_ihvp(solver, lissa, cg, damping)
-    lam = spec_damping(spec, solver, damping)
-    engine.check_solver(solver, lam)
     idx = ihvp_tests(tests, data, engine)
     sel = torch.tensor(idx, dtype=torch.int64, device=data.device)
     rhs = engine.test_gradients(tensors, data.x_test[sel], data.y_test[sel])
-    extra = {"keeper": Keeper(workdir, mrec)} if spec.kind == "logreg" else {}
+    keeper = Keeper(workdir, mrec)
     try:
-        est, report = engine.solve(tensors, mrec, data, solver, rhs, lissa, cg, lam, **extra)
+        est, report = engine.solve(tensors, mrec, data, solver, rhs, keeper)
     finally:
-        if extra:
-            extra["keeper"].close()
-    if extra and extra["keeper"].used:
-        report["hessian_factor"] = extra["keeper"].used
-    label = solver_label(solver, lam)
+        keeper.close()
+    if keeper.used:
+        report["hessian_factor"] = keeper.used
+    label = solver.label()
     record = {
         "stage": "ihvp",
-        "settings": ihvp_settings(solver, idx, lissa, cg, lam),
+        "settings": solver.record(idx),
         "label": label,
         "inputs": {"model": mrec["fingerprint"]},
         "device": device_mod.describe(data.device),

@@ -19,14 +19,16 @@ elsewhere, or another tool's) without retraining.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput, InflError
-from infl_cli.settings import SOLVER_PRIORITY, LdsSettings, LooSettings
-from infl_cli.stages.common import TestChoice, load_model, model_engine, model_record
+from infl_cli.settings import LdsSettings, LooSettings
+from infl_cli.stages.common import (TestChoice, available_scores, load_model, model_policy,
+                                   model_record)
 
 TRUTH = "subsets.safetensors"
 TRUTH_JSON = "subsets.json"
@@ -49,13 +51,18 @@ TRUTH_SCHEMA = {
 }
 
 
-def scores_present(workdir: Path) -> list[str]:
-    """Every scores label in the work folder: exact, cg, lissa first, then the others (damped
-    solvers, other estimators, imported tools) by name."""
-    labels = [p.name[len("scores-"):-len(".safetensors")]
-              for p in Path(workdir).glob("scores-*.safetensors")]
-    first = [s for s in SOLVER_PRIORITY if s in labels]
-    return first + sorted(set(labels) - set(first))
+@dataclass
+class SubsetJob:
+    """The chunk job of subset retraining (:class:`~infl_cli.runtime.chunks.ChunkJob`): the
+    subsets ``ids`` (their masks drawn again from the settings' seed) retrained and certified
+    (:func:`~infl_cli.engines.logreg.subsets.solve_chunk`)."""
+
+    settings: LdsSettings
+
+    def solve(self, problem, ids, selected):
+        from infl_cli.engines.logreg import subsets
+
+        return subsets.solve_chunk(problem, ids, self.settings)
 
 
 def truth_record(settings: LdsSettings, test_indices: list[int], chunk: int) -> dict:
@@ -65,7 +72,7 @@ def truth_record(settings: LdsSettings, test_indices: list[int], chunk: int) -> 
 def _default_tests(workdir: Path, tests: TestChoice | None, n_test: int) -> list[int]:
     """The test points: as asked, else those of the most accurate scores present."""
     have = None
-    for label in scores_present(workdir):
+    for label in available_scores(workdir):
         have = art.read_record(workdir / art.scores_name(label))["settings"]["test_indices"]
         break
     if (tests is None or (tests.indices is None and tests.sample is None)) and have is None:
@@ -80,20 +87,19 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
     """The subset truth (``subsets.safetensors``): retrained unless current."""
     import torch
 
-    from infl_cli.runtime import chunks
     from infl_cli.engines.logreg import subsets
+    from infl_cli.runtime import chunks
     from infl_cli.runtime import device as device_mod
+    from infl_cli.runtime.kept import Keeper
     from infl_cli.stages import loo as loo_stage
 
     mrec = model_record(workdir)
-    if model_engine(mrec).kind != "logreg":
-        raise BadInput("infl lds retrains the logistic model (subset retraining of the CNN "
-                       "is not certified)")
+    model_policy(mrec).require_closed_form("infl lds (certified subset retraining)",
+                                           workdir / art.MODEL)
     tensors, mrec, data = load_model(workdir, device=device)
     chosen = _default_tests(workdir, tests, data.n_test)
-    probe = type("P", (), {"device": torch.device(data.device), "n": data.n_train,
-                           "classes": int(tensors["weight"].shape[0])})()
-    chunk = subsets.chunk_size(probe, settings)
+    chunk = subsets.chunk_size(torch.device(data.device), data.n_train,
+                               int(tensors["weight"].shape[0]), settings)
     record_settings = truth_record(settings, chosen, chunk)
     inputs = {"model": mrec["fingerprint"]}
     path = workdir / TRUTH
@@ -105,15 +111,17 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
                                   np.zeros((len(chosen), m), dtype=bool), chunk,
                                   record_settings, inputs, layout=chunks.SUBSET_LAYOUT,
                                   stage="subsets-partial")
-    built = {}
+    built = loo_stage.Built(keeper=Keeper(workdir, mrec))
     start = time.perf_counter()
     runner = loo_stage.cluster_runner(cluster, cluster_timeout, tensors, mrec, chosen)
     run_facts = loo_stage.solve_store(
         "lds: subset retraining", "subsets", store, built,
-        lambda: loo_stage.build_problem(tensors, mrec, data, chosen, LooSettings(), workdir),
-        settings, runner, finish=lambda problem: _full_outputs(problem(), settings.measure))
+        lambda: loo_stage.build_problem(tensors, mrec, data, chosen, LooSettings(),
+                                        built.keeper),
+        SubsetJob(settings), runner,
+        finish=lambda problem: _full_outputs(problem(), settings.measure))
     a = store.arrays
-    full, full_bound = built["finish"]
+    full, full_bound = built.finish
     keep = subsets.draw_subsets(data.n_train, m, settings.fraction, settings.seed)
     grad_bound = a["grad_norm"] + a["grad_rounding"]
     spread = a["outputs"].std(axis=1)
@@ -133,7 +141,7 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
         "newton_steps_max": int(a["steps"].max()),
         "float64_passes": int(store.stats["float64_passes"]),
         "chunk_seconds": float(store.stats["chunk_seconds"]),
-        "problem_seconds": built.get("seconds", 0.0),
+        "problem_seconds": built.seconds,
         "workers": run_facts.get("workers", 1),
         "cluster": cluster,
         "device": device_mod.describe(data.device),
@@ -219,7 +227,7 @@ def judge(workdir: Path, truth: dict) -> dict:
     from infl_cli.numerics import datamodels
 
     mrec = model_record(workdir)
-    labels = scores_present(workdir)
+    labels = available_scores(workdir)
     if not labels:
         raise InflError(f"no scores in {workdir} to judge; run `infl score` or import some "
                         "(`infl score --import FILE --name NAME`)")

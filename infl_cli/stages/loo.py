@@ -1,23 +1,52 @@
 """``infl loo``: retrain without each selected training point, certified; writes
-``loo.safetensors`` (the CNN's Adam retraining: ``loo-adam.safetensors``)."""
+``loo.safetensors`` (the CNN's Adam retraining: ``loo-adam.safetensors``). Also the chunked
+runner that ``loo`` and ``lds`` share (:func:`solve_store`: in process or on Dask, under one
+progress bar, resumable)."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from infl_cli.engines import ModelSpec, spec_of
+from infl_cli.errors import InflError, Interrupted
 from infl_cli.runtime import artifacts as art
-from infl_cli.stages import selection
-from infl_cli.engines.spec import ModelSpec, spec_of
-from infl_cli.errors import BadInput, InflError, Interrupted
+from infl_cli.runtime.cluster import validate_cluster
 from infl_cli.runtime.progress import progress_bar
-from infl_cli.settings import LOO_METHODS, LooSettings, validate_cluster, validate_loo  # noqa: F401
+from infl_cli.settings import LooSettings, validate_loo
+from infl_cli.stages import selection
 from infl_cli.stages.common import (TestChoice, load_model, load_scores, model_engine,
-    most_accurate_scores, score_rows)
+                                    most_accurate_scores, score_rows)
+
+
+@dataclass
+class LooJob:
+    """The chunk job of leave-one-out (:class:`~infl_cli.runtime.chunks.ChunkJob`): the
+    engine's LOO problem retrains without each removal of the chunk."""
+
+    settings: LooSettings
+
+    def solve(self, problem, ids, selected):
+        return problem.solve_chunk(ids, selected, self.settings)
+
+
+@dataclass
+class Built:
+    """A chunked stage's problem, built on first use (a rerun with every chunk saved needs
+    none), with the work folder's keeper of kept matrices and the build's seconds."""
+
+    problem: object = None
+    keeper: object = None
+    seconds: float = 0.0
+    finish: object = None
+
+    def hessian_source(self):
+        """What happened to the float32 Hessian factor (kept, derived, formed), or None."""
+        return None if self.keeper is None else self.keeper.used.get("torch.float32")
 
 
 def loo_settings(solver: str, test_indices: list[int], select: str, k: int, seed: int,
@@ -60,25 +89,17 @@ def resolve_chunk_size(settings: LooSettings, device, engine, spec: ModelSpec,
 
 
 def build_problem(tensors, mrec, data, test_indices: list[int], settings: LooSettings,
-                  workdir: Path | None = None):
-    """The LOO problem of a model (its engine's; the logistic model's factored Hessian, with a
-    progress bar, kept in ``workdir`` and taken from there when it is already kept:
-    :mod:`~infl_cli.engines.logreg.kept`), on the data's device."""
+                  keeper=None):
+    """The LOO problem of a model (its engine's, with a progress bar over its set-up: the
+    logistic model's factored Hessian, taken from ``keeper`` when it is kept there), on the
+    data's device."""
     import torch
 
     sel = torch.tensor(test_indices, dtype=torch.int64, device=data.device)
     engine = model_engine(mrec)
-    extra = {}
-    if workdir is not None and engine.kind == "logreg":
-        from infl_cli.engines.logreg.kept import Keeper
-
-        extra["keeper"] = Keeper(workdir, mrec)
     with progress_bar("loo: set-up", total=engine.hessian_blocks(tensors)) as update:
-        problem = engine.loo_problem(tensors, mrec, data, data.x_test[sel], data.y_test[sel],
-                                     settings, on_block=update, **extra)
-    problem.hessian_source = extra["keeper"].used.get("torch.float32") if extra else None
-    problem.keeper = extra.get("keeper")
-    return problem
+        return engine.loo_problem(tensors, mrec, data, data.x_test[sel], data.y_test[sel],
+                                  settings, on_block=update, keeper=keeper)
 
 
 def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,
@@ -90,6 +111,7 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     (``local:N`` or ``tcp://HOST:PORT``) on Dask workers (:mod:`~infl_cli.runtime.cluster`)."""
     from infl_cli.runtime import chunks
     from infl_cli.runtime import device as device_mod
+    from infl_cli.runtime.kept import Keeper
 
     validate_loo(settings, select, k)
     tensors, mrec, data = loaded or load_model(workdir, device=device)
@@ -100,12 +122,10 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     if settings.tol is None:
         settings = replace(settings, tol=engine.default_tol)
     engine.check_method(settings.method)
-    if cluster is not None and engine.kind != "logreg":
-        raise BadInput("--cluster solves the logistic model's LOO chunks; the CNN's run in "
-                       "this process (on a GPU: --device cuda)")
+    engine.check_cluster(cluster)
     validate_cluster(cluster, cluster_timeout, str(data.device))
     settings = resolve_chunk_size(settings, data.device, engine, spec, data)
-    loo_path = workdir / art.loo_name(settings.method, engine.kind)
+    loo_path = workdir / engine.loo_name(settings.method)
     device_mod.reset_peak(data.device)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
@@ -114,20 +134,20 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
                                   engine.result_keys(settings))
     total = len(train_idx)
     start = time.perf_counter()
-    built = {}
+    built = Built(keeper=Keeper(workdir, mrec))
     runner = cluster_runner(cluster, cluster_timeout, tensors, mrec, chosen)
     run_facts = solve_store(f"loo ({settings.method}) removals", "removals", store, built,
                             lambda: build_problem(tensors, mrec, data, chosen, settings,
-                                                  workdir), settings, runner)
-    record = _loo_record(store, record_settings, inputs, settings, built.get("problem"), mrec)
+                                                  built.keeper), LooJob(settings), runner)
+    record = _loo_record(store, record_settings, inputs, settings, built.problem, mrec)
     record.update(engine.loo_summary(store.arrays, settings))
-    record.update(factor_seconds=built.get("seconds", 0.0), workers=run_facts["workers"],
+    record.update(factor_seconds=built.seconds, workers=run_facts["workers"],
                   seconds=time.perf_counter() - start, resumed_from=store.resumed_from,
                   removals_per_second=(run_facts.get("solved", 0) / run_facts["seconds"]
                                        if run_facts.get("seconds") else None),
                   cluster=cluster, scatter_seconds=run_facts.get("scatter_seconds"),
                   device=device_mod.describe(data.device),
-                  hessian_factor=getattr(built.get("problem"), "hessian_source", None),
+                  hessian_factor=built.hessian_source(),
                   peak_device_gib=device_mod.peak_gib(data.device))
     result = art.save_artifact(loo_path, store.final_tensors(), record)
     store.discard()
@@ -186,33 +206,35 @@ def cluster_runner(cluster: str | None, cluster_timeout, tensors, mrec, chosen):
     rebuild the problem from the model's recipe."""
     if cluster is None:
         return None
+    from infl_cli.engines.logreg.remote import ProblemRecipe
     from infl_cli.runtime import cluster as cluster_mod
 
     s = mrec["settings"]
     return cluster_mod.ClusterRunner(
-        cluster, lambda: cluster_mod.ProblemRecipe(
+        cluster, lambda: ProblemRecipe(
             s, mrec["inputs"]["data"], tensors["weight"], chosen,
             f"{mrec['fingerprint']}:{','.join(map(str, chosen))}",
             model_engine(mrec).certificate(tensors, mrec)),
         cluster_timeout or cluster_mod.CONNECT_TIMEOUT)
 
 
-def solve_store(label: str, noun: str, store, built: dict, build, settings, runner=None,
+def solve_store(label: str, noun: str, store, built: Built, build, job, runner=None,
                 finish=None) -> dict:
-    """Solve a checkpointed store's open chunks (``loo``'s removals, ``lds``'s subsets) in
-    this process or on ``runner``, under one progress bar. The problem is ``build()`` on
-    first use, kept in ``built`` with its build ``seconds`` (a rerun with every chunk saved
-    needs no Hessian); ``finish(problem)``, if given, runs before the problem's kept factor
-    is closed, its result in ``built["finish"]``. An interrupt keeps what is done and says so
-    in one line. Returns the run's facts (workers, seconds, …)."""
+    """Solve a checkpointed store's open chunks (``loo``'s removals, ``lds``'s subsets) by
+    ``job`` (:class:`~infl_cli.runtime.chunks.ChunkJob`), in this process or on ``runner``,
+    under one progress bar. The problem is ``build()`` on first use, kept in ``built`` with
+    its build seconds (a rerun with every chunk saved needs no Hessian); ``finish(problem)``,
+    if given, runs before the keeper's writes are waited for, its result in
+    ``built.finish``. An interrupt keeps what is done and says so in one line. Returns the
+    run's facts (workers, seconds, …)."""
     from infl_cli.runtime import chunks
 
     def problem():
-        if "problem" not in built:
+        if built.problem is None:
             t0 = time.perf_counter()
-            built["problem"] = build()
-            built["seconds"] = time.perf_counter() - t0
-        return built["problem"]
+            built.problem = build()
+            built.seconds = time.perf_counter() - t0
+        return built.problem
 
     total = len(store.train_indices)
     facts = {"workers": 1, "seconds": 0.0}
@@ -221,16 +243,15 @@ def solve_store(label: str, noun: str, store, built: dict, build, settings, runn
             update(advance=store.n_done)
             if store.pending():
                 if runner is None:
-                    facts = chunks.run_in_process(problem(), store, settings, update)
+                    facts = chunks.run_in_process(problem(), store, job, update)
                 else:
-                    facts = runner(problem, store, settings, update)
+                    facts = runner(problem, store, job, update)
         if finish is not None:
-            built["finish"] = finish(problem)
+            built.finish = finish(problem)
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted(f"interrupted; {store.n_done} of {total} {noun} are saved in "
                           f"{store.path}; rerun the same command to continue") from None
     finally:
-        keeper = getattr(built.get("problem"), "keeper", None)
-        if keeper is not None:
-            keeper.close()  # the kept Hessian factor, written while the chunks ran
+        if built.keeper is not None:
+            built.keeper.close()  # the kept Hessian factor, written while the chunks ran
     return facts

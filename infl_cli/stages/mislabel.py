@@ -38,10 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.spec import spec_of
-from infl_cli.errors import BadInput, InflError, Interrupted
+from infl_cli.errors import BadInput, Interrupted
 from infl_cli.runtime.progress import progress_bar
-from infl_cli.stages.common import load_model
+from infl_cli.stages.common import closed_form_model
 
 ORDERINGS = ("self-influence", "loss", "random", "loo-loss", "koh")
 DEFAULT_ORDERINGS = ("self-influence", "loss", "random", "loo-loss")
@@ -180,7 +179,7 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
 
     from infl_cli.engines.logreg import loo as loo_mod
     from infl_cli.engines.logreg import model
-    from infl_cli.numerics.linalg import HessianFactor
+    from infl_cli.engines.logreg.hessian import HessianFactor
     from infl_cli.stages import selfinfluence
 
     start = time.perf_counter()
@@ -317,21 +316,14 @@ def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
     import torch
 
     from infl_cli.engines.logreg import loo as loo_mod
-    from infl_cli.engines.logreg.engine import ENGINE
 
     validate(flip, seeds, checks, orderings)
-    tensors, mrec, data = load_model(workdir, device=device)
-    if spec_of(mrec).kind != "logreg":
-        raise BadInput("infl mislabel retrains the logistic model in closed form; "
-                       f"{workdir / art.MODEL} holds a {spec_of(mrec).kind}")
-    cert = ENGINE.certificate(tensors, mrec)
-    if cert is None:
-        raise InflError(f"{workdir / art.MODEL} lacks the certified gradient that training now "
-                        "keeps; rerun `infl train`")
+    tensors, mrec, data, _, cert = closed_form_model(workdir, "infl mislabel", device)
     settings = {"flip": flip, "checks": list(checks), "orderings": list(orderings), "tol": tol,
                 "sample": sample}
     inputs = {"model": mrec["fingerprint"]}
-    from infl_cli.engines.logreg.kept import Keeper
+    from infl_cli.engines.logreg.hessian import kept_factor
+    from infl_cli.runtime.kept import Keeper
 
     built = {}
 
@@ -339,8 +331,8 @@ def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
         if "p" not in built:
             keeper = Keeper(workdir, mrec)
             try:
-                factor = keeper.hessian(tensors["weight"], data.design, mrec["settings"]["wd"],
-                                        torch.float32)
+                factor = kept_factor(keeper, tensors["weight"], data.design,
+                                     mrec["settings"]["wd"], torch.float32)
             finally:
                 keeper.close()
             built["p"] = loo_mod.LooProblem(tensors["weight"], data.design, data.y_train,

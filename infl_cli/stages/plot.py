@@ -6,29 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.spec import spec_of
+from infl_cli.engines import spec_of
 from infl_cli.errors import BadInput, InflError
-from infl_cli.stages.common import available_scores, load_scores, score_rows
+from infl_cli.stages.common import available_scores, load_scores, model_policy, score_rows
 
 
 def loo_artifact(workdir: Path, method: str | None = None) -> Path:
-    """The LOO artifact to read: the one ``method`` writes (newton and lbfgs:
-    loo.safetensors; the CNN's adam: loo-adam.safetensors), or by default loo.safetensors,
-    else loo-adam.safetensors."""
+    """The LOO artifact to read: the one ``method`` writes for the folder's model kind
+    (newton and lbfgs: loo.safetensors; the CNN's adam: loo-adam.safetensors), or by default
+    loo.safetensors, else the kind's other LOO artifact."""
+    policy = model_policy(art.checked_record(workdir / art.MODEL, "train", "infl train"))
     if method is not None:
-        return workdir / art.loo_name(method, "cnn")
+        policy.check_method(method)
+        return workdir / policy.loo_name(method)
     plain = workdir / art.LOO
-    adam = workdir / art.loo_name("adam", "cnn")
-    return plain if plain.is_file() or not adam.is_file() else adam
-
-
-def _panel_title(mrec: dict, solver: str, lrec: dict) -> str:
-    from infl_cli.figures import fig2 as plot
-
-    spec = spec_of(mrec)
-    if spec.kind == "cnn":
-        return f"CNN, {spec.protocol} [{solver}; LOO {lrec['settings']['method']}]"
-    return f"{plot.TITLES.get(solver.split('-')[0], solver)} [{solver}]"
+    others = [workdir / policy.loo_name(m) for m in policy.methods]
+    return plain if plain.is_file() else next((p for p in others if p.is_file()), plain)
 
 
 def _records(workdir: Path, solvers: list[str] | None, loo_method: str | None):
@@ -58,7 +51,8 @@ def _plot_inputs(workdir: Path, solvers: list[str] | None, loo_method: str | Non
         irec = art.read_record(ipath) if ipath.is_file() else {}
         panels[solver] = {"predicted": stensors["predicted_loss_diff"][rows][:, train_idx],
                           "ihvp": irec.get("report", {}),
-                          "title": _panel_title(mrec, solver, lrec),
+                          "title": model_policy(mrec).panel_title(
+                              spec_of(mrec), solver, lrec["settings"]["method"]),
                           "device": f"{irec.get('device', 'cpu')}, {srec.get('device', 'cpu')}"}
     view = plot.LooView(test_indices=test_indices, train_indices=train_idx,
                         actual=ltensors["actual_loss_diff"],
@@ -73,12 +67,11 @@ def plot_settings(workdir: Path, solvers: list[str] | None, out: Path | None,
     """(settings, inputs, figure paths) of the figures ``infl plot`` would draw, from the
     records alone: what ``metrics.json`` records, so that ``infl run`` redraws nothing whose
     inputs have not changed."""
-    from infl_cli.figures import fig2 as plot
 
     path, lrec, mrec, solvers = _records(workdir, solvers, loo_method)
     n_tests = len(lrec["test_indices"])
-    png = Path(out) if out else workdir / plot.default_figure_name(
-        lrec["settings"]["select"], n_tests, spec_of(mrec).kind)
+    png = Path(out) if out else workdir / model_policy(mrec).figure_name(
+        lrec["settings"]["select"], n_tests)
     if png.suffix.lower() != ".png":
         raise BadInput(f"--out must end in .png (a .pdf copy is written beside it), got {png}")
     figures = [png, png.with_suffix(".pdf")]
@@ -121,7 +114,6 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
 
     made_settings, made_inputs, _ = plot_settings(workdir, solvers, out, beside, loo_method)
     view, panels, lrec, mrec = _plot_inputs(workdir, solvers, loo_method)
-    kind = spec_of(mrec).kind
     png = Path(made_settings["figure"])
     others = []
     for folder in beside:
@@ -141,7 +133,7 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
     metrics["devices"] = {"train": mrec.get("device", "cpu"), "loo": lrec.get("device", "cpu"),
                           **{f"ihvp, score ({solver})": panels[solver]["device"]
                              for solver in panels}}
-    if kind == "cnn":
+    if model_policy(mrec).ablation:
         metrics["ablation"] = ablation(workdir, mrec)
     metrics["made_from"] = {"settings": made_settings, "inputs": made_inputs}
     art.write_json(workdir / art.METRICS, art.keep_study_sections(workdir / art.METRICS, metrics))
@@ -155,8 +147,9 @@ def ablation(workdir: Path, mrec: dict) -> list[dict]:
     from infl_cli.figures import fig2 as plot
 
     loos = {}
-    for method in ("newton", "adam"):
-        path = workdir / art.loo_name(method, "cnn")
+    policy = model_policy(mrec)
+    for method in policy.methods:
+        path = workdir / policy.loo_name(method)
         if path.is_file():
             tensors, rec = art.load_arrays(path, "loo")
             if rec["inputs"]["model"] == mrec["fingerprint"]:

@@ -16,12 +16,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from infl_cli.data.datasets import load_dataset
+from infl_cli.engines import ModelSpec, policy_for
+from infl_cli.engines.spec import LogregSpec
+from infl_cli.numerics.solvers import Solver
 from infl_cli.runtime import artifacts as art
 from infl_cli.stages import selection
-from infl_cli.data.datasets import load_dataset
-from infl_cli.engines.spec import ModelSpec, policy_for
-from infl_cli.stages.common import TestChoice, is_current, load_model, solver_label, spec_damping
-from infl_cli.stages.ihvp import ihvp_settings, ihvp_tests
+from infl_cli.stages.common import TestChoice, is_current, load_model
+from infl_cli.stages.ihvp import ihvp_tests
 from infl_cli.stages.loo import loo_settings
 from infl_cli.stages.score import score_settings
 from infl_cli.stages.train import train_settings
@@ -44,10 +46,9 @@ def _loo_current(path: Path, expected: dict, inputs: dict, auto_chunk: bool) -> 
 
 
 def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, download, bias,
-            solver, tests: TestChoice, seed: int, lissa, cg, select, num, settings, out,
+            solver: Solver, tests: TestChoice, seed: int, select, num, settings, out,
             cluster=None, cluster_timeout=None, device_name: str = "auto",
-            spec: ModelSpec | None = None, damping=None, report=None,
-            classes: tuple | None = None) -> dict:
+            spec: ModelSpec | None = None, report=None, classes: tuple | None = None) -> dict:
     """Run every stage in ``workdir`` (see the module doc). ``report[stage](record)`` prints
     each stage's table (the command line's). Returns the seconds per stage."""
     from infl_cli.stages import plot as plot_stage
@@ -61,17 +62,14 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     say = report.get("say", lambda message: None)
     times = {}
     t0 = time.perf_counter()
-    spec = spec or ModelSpec()
+    spec = spec or LogregSpec()
     policy = policy_for(spec.kind)
     full = load_dataset(dataset, data_dir, download, bias, classes)
     data = policy.training_data(full, spec)
     chosen = ihvp_tests(tests, data, policy)
     num = selection.resolve_k(num, data.n_train)
     selection.check_selection(select, num, data.n_train)
-    lam = spec_damping(spec, solver, damping)
-    label = solver_label(solver, lam)
-    if solver == "lissa" and damping is not None:
-        lissa = replace(lissa, damping=damping)
+    label = solver.label()
     auto_chunk = settings.chunk_size is None
     times["load data"] = time.perf_counter() - t0
     state = {"device": None, "loaded": None}
@@ -115,24 +113,22 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     fixed = TestChoice(chosen)
     ipath = workdir / art.ihvp_name(label)
     irec = stage("ihvp", ipath,
-                 is_current(ipath, ihvp_settings(solver, chosen, lissa, cg, lam),
-                            {"model": mrec["fingerprint"]}),
-                 lambda: run_ihvp(workdir, solver, fixed, lissa, cg, loaded(),
-                                  damping=damping))
+                 is_current(ipath, solver.record(chosen), {"model": mrec["fingerprint"]}),
+                 lambda: run_ihvp(workdir, solver, fixed, loaded()))
     spath = workdir / art.scores_name(label)
     srec = stage("score", spath,
                  is_current(spath, score_settings(label, chosen),
                             {"model": mrec["fingerprint"], "ihvp": irec["fingerprint"]}),
                  lambda: run_score(workdir, label, fixed, loaded()))
-    lpath = workdir / art.loo_name(settings.method, spec.kind)
+    lpath = workdir / policy.loo_name(settings.method)
     linputs = {"model": mrec["fingerprint"], "scores": srec["fingerprint"]}
     expected = loo_settings(label, chosen, select, num, seed,
                             settings if not auto_chunk else replace(settings, chunk_size=None))
 
     def loo():
-        tensors, _, mdata = loaded()
-        from infl_cli.engines.spec import engine_for
+        from infl_cli.engines import engine_for
 
+        tensors, _, mdata = loaded()
         resolved = resolve_chunk_size(settings, computing(), engine_for(spec.kind), spec, mdata)
         return run_loo(workdir, label, fixed, select, num, seed, resolved, loaded(),
                        cluster=cluster, cluster_timeout=cluster_timeout)

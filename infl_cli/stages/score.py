@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.spec import policy_for, spec_of
+from infl_cli.engines import policy_for, spec_of
 from infl_cli.errors import InflError
 from infl_cli.runtime.progress import progress_bar
-from infl_cli.stages.common import TestChoice, load_model, model_engine, solver_label, spec_damping
+from infl_cli.numerics.solvers import make_solver
+from infl_cli.stages.common import TestChoice, load_model, model_engine
 
 
 def score_settings(solver: str, test_indices: list[int]) -> dict:
@@ -30,8 +31,7 @@ def score_tests(workdir: Path, solver: str, tests: TestChoice | None, data):
 def default_label(mrec: dict) -> str:
     """The label of the inverse-HVPs a model's default solver writes."""
     spec = spec_of(mrec)
-    default = policy_for(spec.kind).default_solver(spec)
-    return solver_label(default, spec_damping(spec, default, None))
+    return make_solver(None, policy_for(spec.kind), spec).label()
 
 
 def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,

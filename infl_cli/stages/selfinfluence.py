@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.spec import spec_of
 from infl_cli.errors import BadInput, InflError, Interrupted
 from infl_cli.runtime.progress import progress_bar
-from infl_cli.stages.common import load_model
+from infl_cli.stages.common import closed_form_model
 
 ARTIFACT = "self-influence.safetensors"
 CHECK = "self-loo.safetensors"
@@ -106,19 +105,12 @@ def run_self_influence(workdir: Path, sample: int = 60, check: int = 0, seed: in
     metrics under ``check``)."""
     import torch
 
+    from infl_cli.engines.logreg.hessian import kept_factor
     from infl_cli.runtime import device as device_mod
-    from infl_cli.engines.logreg.kept import Keeper
-    from infl_cli.engines.logreg.engine import ENGINE
+    from infl_cli.runtime.kept import Keeper
 
     validate(sample, check, 1, "self-influence")
-    tensors, mrec, data = load_model(workdir, device=device)
-    if spec_of(mrec).kind != "logreg":
-        raise BadInput("self-influence is computed in closed form for the logistic model; "
-                       f"{workdir / art.MODEL} holds a {spec_of(mrec).kind}")
-    cert = ENGINE.certificate(tensors, mrec)
-    if cert is None:
-        raise InflError(f"{workdir / art.MODEL} predates the certified gradient that training "
-                        "now keeps; rerun `infl train`")
+    tensors, mrec, data, _, cert = closed_form_model(workdir, "self-influence", device)
     path = workdir / ARTIFACT
     settings = {"sample": sample, "seed": seed}
     inputs = {"model": mrec["fingerprint"]}
@@ -127,8 +119,8 @@ def run_self_influence(workdir: Path, sample: int = 60, check: int = 0, seed: in
     else:
         keeper = Keeper(workdir, mrec)
         try:
-            factor = keeper.hessian(tensors["weight"], data.design, mrec["settings"]["wd"],
-                                    torch.float64)
+            factor = kept_factor(keeper, tensors["weight"], data.design,
+                                 mrec["settings"]["wd"], torch.float64)
         finally:
             keeper.close()
         out, report = compute(tensors["weight"], mrec, data, cert, factor, sample, seed)
@@ -147,11 +139,12 @@ def run_check(workdir: Path, mrec: dict, tensors: dict, data, k: int, rel_error:
     write ``self-loo.safetensors`` and the Figure-2-style panel; return its metrics."""
     import torch
 
-    from infl_cli.runtime import chunks
-    from infl_cli.figures import fig2 as plot
     from infl_cli.engines.logreg import loo as loo_mod
-    from infl_cli.engines.logreg.kept import Keeper
     from infl_cli.engines.logreg.engine import ENGINE
+    from infl_cli.figures import fig2 as plot
+    from infl_cli.runtime import chunks
+    from infl_cli.runtime.kept import Keeper
+    from infl_cli.stages.loo import LooJob
 
     arrays, srec = art.load_arrays(workdir / ARTIFACT, "self-influence")
     k = min(k, data.n_train)
@@ -179,7 +172,8 @@ def run_check(workdir: Path, mrec: dict, tensors: dict, data, k: int, rel_error:
                             tensors, mrec, data, data.x_train[index], data.y_train[index],
                             settings, on_block=blocks, keeper=keeper)
                     try:
-                        chunks.run_in_process(built["problem"], store, settings, update)
+                        chunks.run_in_process(built["problem"], store, LooJob(settings),
+                                              update)
                     finally:
                         keeper.close()
         except (KeyboardInterrupt, Interrupted):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.data.datasets import is_npz, load_dataset
-from infl_cli.engines.spec import ModelSpec, engine_for
-from infl_cli.settings import validate_train  # noqa: F401 (the stage's refusals, for callers)
+from infl_cli.engines import ModelSpec, engine_for, policy_for
+from infl_cli.engines.spec import LogregSpec
+from infl_cli.runtime import artifacts as art
+from infl_cli.settings import validate_train
 from infl_cli.stages.common import compute_device, resolve_path
 
 
@@ -17,9 +18,7 @@ def train_settings(dataset: str, data_dir: Path | None, wd: float, tol: float,
     """What a model is made with. An NPZ dataset is recorded by its absolute path (and needs
     no data folder); ``wd`` None is the model kind's default; ``classes`` (recorded only when
     given) the classes kept."""
-    from infl_cli.engines.spec import policy_for
-
-    spec = spec or ModelSpec()
+    spec = spec or LogregSpec()
     wd = policy_for(spec.kind).default_wd if wd is None else wd
     where = {"dataset": resolve_path(Path(dataset)), "data_dir": None} if is_npz(dataset) \
         else {"dataset": dataset, "data_dir": resolve_path(data_dir)}
@@ -35,8 +34,9 @@ def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float | No
     """Train and write the model with what later stages reuse: ``test_probs`` [m, C] (the
     test set's class probabilities) and, for the logistic model, the certified gradient at Ŵ
     with the training probabilities it was computed from (:meth:`fit` of the engine)."""
-    spec = spec or ModelSpec()
-    validate_train(wd, tol, spec)
+    spec = spec or LogregSpec()
+    validate_train(wd, tol)
+    spec.validate()
     engine = engine_for(spec.kind)
     settings = train_settings(dataset, data_dir, wd, tol, bias, spec, classes)
     device = compute_device(device)

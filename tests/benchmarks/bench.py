@@ -76,7 +76,11 @@ from rich.console import Console
 from rich.table import Table
 
 from infl_cli.runtime import artifacts as art
-from infl_cli.engines.logreg import solvers as ihvp, loo, model, score
+from infl_cli.engines.logreg import loo, model, score
+from infl_cli.engines.logreg.solvers import LogisticOperator
+from infl_cli.numerics.solvers import CgSolver, ExactSolver, LissaSolver
+from infl_cli.runtime.chunks import chunk_bounds
+from infl_cli.settings import CgSettings, LissaSettings, LooSettings
 from infl_cli.figures import fig2 as plot
 from infl_cli import stages
 
@@ -437,25 +441,24 @@ def bench_run(args, work: Path) -> dict:
 
 
 def bench_ihvp(args, work: Path) -> dict:
-    weight, mrec, data = stages.load_model(work)
+    tensors, mrec, data = stages.load_model(work)
+    weight = tensors["weight"]
     wd = mrec["settings"]["wd"]
     ltensors, _ = art.load_artifact(work / art.LOO)
     removed, actual = ltensors["train_indices"], ltensors["actual_loss_diff"][0].numpy()
     t = int(ltensors["test_indices"][0])
     rhs = model.test_point_grads(weight, data.x_test[t:t + 1], data.y_test[t:t + 1])
-    solver_runs = [("exact", "exact", {}),
-                   ("cg (default: subspace-preconditioned)", "cg",
-                    {"cg_settings": ihvp.CgSettings()}),
-                   ("cg --cg-rank 0 (plain)", "cg", {"cg_settings": ihvp.CgSettings(rank=0)}),
-                   ("lissa (default)", "lissa", {"lissa_settings": ihvp.LissaSettings()}),
-                   ("lissa --preset paper", "lissa",
-                    {"lissa_settings": ihvp.LissaSettings.paper()})]
+    solver_runs = [("exact", ExactSolver()),
+                   ("cg (default: subspace-preconditioned)", CgSolver(CgSettings())),
+                   ("cg --cg-rank 0 (plain)", CgSolver(CgSettings(rank=0))),
+                   ("lissa (default)", LissaSolver(LissaSettings())),
+                   ("lissa --preset paper", LissaSolver(LissaSettings.paper()))]
     estimates, rows, out = {}, [], {}
-    for label, solver, settings in solver_runs:
+    operator = LogisticOperator(weight, wd, data.design, dense=lambda: data.x_train)
+    for label, solver in solver_runs:
         seconds = []
-        for _ in range(1 if solver == "exact" else args.repeats):
-            est, rep = ihvp.solve(solver, weight, data.x_train, wd, rhs, design=data.design,
-                                  **settings)
+        for _ in range(1 if solver.name == "exact" else args.repeats):
+            est, rep = solver.solve(operator, rhs)
             seconds.append(rep["seconds"])
         estimates[label] = est
         reference = estimates["exact"]
@@ -477,13 +480,14 @@ def bench_ihvp(args, work: Path) -> dict:
 def bench_loo(args, work: Path, run: dict | None) -> dict:
     """Certified Newton (from the run) against warm-started L-BFGS on a sample of its points,
     each certified by the same float64 pass."""
-    weight, mrec, data = stages.load_model(work)
+    tensors, mrec, data = stages.load_model(work)
+    weight = tensors["weight"]
     ltensors, lrec = art.load_artifact(work / art.LOO)
     t = int(ltensors["test_indices"][0])
     problem = loo.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
                              data.x_test[t:t + 1], data.y_test[t:t + 1], build_factor=False)
     sample = ltensors["train_indices"][:args.lbfgs_sample].numpy()
-    settings = loo.LooSettings(method="lbfgs", tol=lrec["settings"]["tol"])
+    settings = LooSettings(method="lbfgs", tol=lrec["settings"]["tol"])
     start = time.perf_counter()
     out, _ = loo.solve_chunk(problem, sample, np.ones((1, len(sample)), bool), settings)
     lbfgs_per_point = (time.perf_counter() - start) / len(sample)
@@ -649,16 +653,16 @@ def bench_examples(args, work: Path) -> dict:
 def all_sample_child(work: Path, count: int) -> None:
     """The first ``count`` removals of ``--select all`` for test 8 with the stage's defaults;
     prints JSON with the per-removal cost and its extrapolation."""
-    weight, mrec, data = stages.load_model(work)
-    settings = loo.LooSettings()
+    tensors, mrec, data = stages.load_model(work)
+    settings = LooSettings()
     plan = stages.plan_loo(work, None, stages.TestChoice([8]), "all", 0, 0, settings, mrec, data)
     _, _, tests, train_idx, selected = plan
     start = time.perf_counter()
-    problem = stages.build_problem(weight, mrec, data, tests, settings)
+    problem = stages.build_problem(tensors, mrec, data, tests, settings)
     factor = time.perf_counter() - start
     actual, bound, passes = [], [], [0, 0]
     start = time.perf_counter()
-    for lo, hi in loo.chunk_bounds(count, settings.chunk_size):
+    for lo, hi in chunk_bounds(count, settings.chunk_size):
         res, stats = loo.solve_chunk(problem, train_idx[lo:hi], selected[:, lo:hi], settings)
         actual.append(res["actual_loss_diff"][0])
         bound.append(res["actual_error_bound"][0])

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from gpu_check import console, infl, prepare, table  # noqa: E402
 
+from infl_cli.engines.policy import CnnPolicy  # noqa: E402
 from infl_cli.runtime import artifacts as art  # noqa: E402
 
 
@@ -59,8 +60,8 @@ def summary(work: Path, wall: float) -> dict:
             "local minimum": mrec.get("local_minimum"),
             "‖H·u‖ (null direction)": mrec.get("null_direction_curvature"),
             "loo error kind": lrec.get("error_kind"),
-            "loo max ‖∇R₋z‖": art.read_record(work / art.loo_name(
-                lrec["settings"]["method"], "cnn")).get("max_grad_norm"),
+            "loo max ‖∇R₋z‖": art.read_record(work / CnnPolicy().loo_name(
+                lrec["settings"]["method"])).get("max_grad_norm"),
             "pearson_r": panel["pearson_r"], "spearman_rho": panel["spearman_rho"],
             "pairs": panel.get("k")}
 

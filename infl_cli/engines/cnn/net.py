@@ -33,6 +33,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from infl_cli.engines.cnn import autodiff
+from infl_cli.errors import InflError
+
 from infl_cli.data.datasets import SMALL_MNIST, small_mnist_indices  # noqa: F401 (the CNN's training set)
 
 CLASSES = 10
@@ -131,3 +134,23 @@ class Architecture:
 def images(x: torch.Tensor) -> torch.Tensor:
     """Flat MNIST inputs [n, 784] (pixels / 255) as images [n, 1, 28, 28]."""
     return x.reshape(x.shape[0], 1, 28, 28)
+
+
+def architecture_of(theta: torch.Tensor) -> Architecture:
+    """The architecture a parameter vector belongs to (its width, from its length)."""
+    p = theta.shape[-1]
+    for width in range(1, 257):
+        arch = Architecture(width)
+        if arch.n_params == p:
+            return arch
+    raise InflError(f"no All-CNN-C width has {p} parameters")
+
+
+def activations(arch: Architecture) -> int:
+    w = arch.width
+    return 784 + w * (26 * 26 + 12 * 12 + 10 * 10 + 4 * 4 + 2 * 2) + CLASSES * 4
+
+
+def objective(arch: Architecture, data, wd: float, dtype=torch.float64):
+    return autodiff.Objective(arch.logits, images(data.x_train).to(dtype), data.y_train,
+                              wd, arch.decay_mask(dtype, data.device), activations(arch))

@@ -1,12 +1,12 @@
 """Leave-one-out retraining of the SVM and of the smooth-hinge model, certified
-(:class:`Retrainer`): the engines' LOO (:mod:`~infl_cli.engines.hinge.engine`) and the Figure 3 study's
+(:class:`SvmRetrainer`, :class:`SmoothRetrainer`): the engines' LOO (:mod:`~infl_cli.engines.hinge.engine`) and the Figure 3 study's
 (:mod:`~infl_cli.stages.hinge`) both retrain through it. The mathematics is
 :mod:`~infl_cli.engines.hinge.svm`'s."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,57 +31,76 @@ def smooth_change(x, y: float, t: float, full: Smooth, loo: Smooth, x_norm: floa
 @dataclass
 class Retrained:
     """One retraining without a point: the change of each test point's loss (``values`` [T])
-    and its proven bound (``bounds`` [T]), the model's certified ``radius``, the SVM's exact
-    ``gap`` (NaN for the smooth model), and the solver's ``steps``."""
+    and its proven bound (``bounds`` [T]), the model's certified ``radius``, the solver's
+    ``steps``, and what else its certificate holds (``extra``: the SVM's exact
+    ``duality_gap``)."""
 
     values: np.ndarray
     bounds: np.ndarray
     radius: float
-    gap: float
     steps: int
+    extra: dict = field(default_factory=dict)
 
 
-class Retrainer:
+class _Retrainer:
     """Leave-one-out retraining of one model, certified, for the test points (``k_test``,
-    ``y_test`` ∈ {±1}): ``kind`` ``svm`` (warm-started dual coordinate ascent from the full
-    α, the change of the exact hinge test loss) or ``smooth-hinge`` (Newton from the full
-    model at temperature ``t``, preconditioned by its Hessian; the change of ℓ_t). Pure in
-    its inputs, so removals may be retrained in any order."""
+    ``y_test`` ∈ {±1}). Pure in its inputs, so removals may be retrained in any order."""
 
-    def __init__(self, kind: str, k: np.ndarray, y: np.ndarray, scale: int, wd: float,
-                 t: float, weight: np.ndarray, alpha, k_test: np.ndarray, y_test: np.ndarray):
-        from scipy.linalg import cho_factor
-
-        self.kind, self.k, self.y, self.scale, self.wd, self.t = kind, k, y, scale, wd, t
+    def __init__(self, k: np.ndarray, y: np.ndarray, scale: int, wd: float,
+                 k_test: np.ndarray, y_test: np.ndarray):
+        self.k, self.y, self.scale, self.wd = k, y, scale, wd
         self.x = k / scale
         self.k_test, self.y_test = k_test, y_test
         self.x_test = k_test / scale
         self.x_norm = np.array([math.nextafter(float(np.linalg.norm(r)), math.inf)
                                 for r in self.x_test]) * (1 + 1e-15)
-        keep = np.ones(y.size, dtype=bool)
-        if kind == "svm":
-            self.full = certificate(k, y.astype(np.int64), alpha, wd, keep, k_test,
-                                    y_test.astype(np.int64), scale)
-        else:
-            self.full = fit_smooth(self.x, y, wd, t, keep, start=weight)
-            m = y * (self.x @ self.full.weight)
-            self.factor = cho_factor(smooth_hessian(self.x, y, m, wd, t, keep))
+
+    def retrain(self, z: int) -> Retrained:
+        raise NotImplementedError
+
+
+class SvmRetrainer(_Retrainer):
+    """The SVM: warm-started dual coordinate ascent from the full α (``alpha``), the change
+    of the exact hinge test loss."""
+
+    def __init__(self, k, y, scale, wd, alpha, k_test, y_test):
+        super().__init__(k, y, scale, wd, k_test, y_test)
+        self.full = certificate(k, y.astype(np.int64), alpha, wd, np.ones(y.size, dtype=bool),
+                                k_test, y_test.astype(np.int64), scale)
 
     def retrain(self, z: int) -> Retrained:
         keep = np.ones(self.y.size, dtype=bool)
         keep[z] = False
-        if self.kind == "svm":
-            alpha, report = solve_dual(self.x, self.y, self.wd, self.full.alpha, keep)
-            cert = certificate(self.k, self.y.astype(np.int64), alpha, self.wd, keep,
-                               self.k_test, self.y_test.astype(np.int64), self.scale)
-            values = np.array([float(a - b) for a, b in zip(cert.test_hinge,
-                                                             self.full.test_hinge)])
-            bounds = self.x_norm * (cert.radius + self.full.radius) * (1 + 4 * UNIT) \
-                + UNIT * np.abs(values)
-            return Retrained(values, bounds, cert.radius, cert.gap, report.sweeps)
+        alpha, report = solve_dual(self.x, self.y, self.wd, self.full.alpha, keep)
+        cert = certificate(self.k, self.y.astype(np.int64), alpha, self.wd, keep,
+                           self.k_test, self.y_test.astype(np.int64), self.scale)
+        values = np.array([float(a - b) for a, b in zip(cert.test_hinge, self.full.test_hinge)])
+        bounds = self.x_norm * (cert.radius + self.full.radius) * (1 + 4 * UNIT) \
+            + UNIT * np.abs(values)
+        return Retrained(values, bounds, cert.radius, report.sweeps,
+                         {"duality_gap": cert.gap})
+
+
+class SmoothRetrainer(_Retrainer):
+    """The smooth-hinge model at temperature ``t``: Newton from the full model (``weight``),
+    preconditioned by its Hessian; the change of ℓ_t."""
+
+    def __init__(self, k, y, scale, wd, t, weight, k_test, y_test):
+        from scipy.linalg import cho_factor
+
+        super().__init__(k, y, scale, wd, k_test, y_test)
+        self.t = t
+        keep = np.ones(y.size, dtype=bool)
+        self.full = fit_smooth(self.x, y, wd, t, keep, start=weight)
+        m = y * (self.x @ self.full.weight)
+        self.factor = cho_factor(smooth_hessian(self.x, y, m, wd, t, keep))
+
+    def retrain(self, z: int) -> Retrained:
+        keep = np.ones(self.y.size, dtype=bool)
+        keep[z] = False
         loo = fit_smooth(self.x, self.y, self.wd, self.t, keep, start=self.full.weight,
                          factor=self.factor)
         pairs = [smooth_change(self.x_test[i], self.y_test[i], self.t, self.full, loo,
                                self.x_norm[i]) for i in range(self.y_test.size)]
         return Retrained(np.array([v for v, _ in pairs]), np.array([b for _, b in pairs]),
-                         loo.radius, math.nan, loo.steps)
+                         loo.radius, loo.steps)

@@ -1,23 +1,26 @@
-"""The engine of multinomial logistic regression (the closed-form model: :mod:`model`,
-:mod:`train`, :mod:`ihvp`, :mod:`score`, :mod:`loo`), behind :mod:`engines`' interface.
+"""The engine of multinomial logistic regression (the closed-form model: :mod:`.model`,
+:mod:`.train`, :mod:`.solvers`, :mod:`.score`, :mod:`.loo`), behind the seam of
+:mod:`~infl_cli.engines.base`.
 
 Tensors: ``weight`` W [C, d]; and what training certified at Ŵ, kept so that no later stage
 recomputes it: ``grad`` (∇R(Ŵ) over the active features, within the record's ``grad_bound``),
 ``train_probs`` [n, C] (the softmax at Ŵ from certified logits) and ``train_row_error`` [n]
-(proven bounds on those probabilities' errors, :func:`~infl_cli.engines.logreg.model.certified_gradient`)."""
+(proven bounds on those probabilities' errors,
+:func:`~infl_cli.engines.logreg.model.certified_gradient`)."""
 
 from __future__ import annotations
 
 import torch
 
-from infl_cli.engines.logreg import solvers as ihvp_mod
+from infl_cli.engines.base import Engine
 from infl_cli.engines.logreg import loo as loo_mod
-from infl_cli.runtime import memory
 from infl_cli.engines.logreg import model, score, train
-from infl_cli.engines.spec import LogregPolicy
+from infl_cli.engines.logreg.solvers import LogisticOperator
+from infl_cli.engines.policy import LogregPolicy
+from infl_cli.runtime import memory
 
 
-class LogregEngine(LogregPolicy):
+class LogregEngine(LogregPolicy, Engine):
     tensor_names = ("weight",)
 
     def describe(self, spec) -> str:
@@ -30,8 +33,7 @@ class LogregEngine(LogregPolicy):
         return {"weight": weight, "grad": cert.grad, "train_probs": cert.probs,
                 "train_row_error": cert.row_error}, info
 
-    @staticmethod
-    def certificate(tensors, mrec):
+    def certificate(self, tensors, mrec):
         """The certified gradient at Ŵ that training kept (None for a model written before it
         was kept: then it is recomputed)."""
         if "train_probs" not in tensors or "grad_bound" not in mrec:
@@ -45,25 +47,12 @@ class LogregEngine(LogregPolicy):
     def test_gradients(self, tensors, x, y) -> torch.Tensor:
         return model.test_point_grads(tensors["weight"], x, y)
 
-    def solve(self, tensors, mrec, data, solver, rhs, lissa, cg, damping=0.0, keeper=None):
-        """H⁻¹·rhs; ``exact`` takes the float64 Cholesky factor from ``keeper`` (the work
-        folder's, :mod:`~infl_cli.engines.logreg.kept`) when there is one."""
-        weight = tensors["weight"]
-        factor = None
-        if solver == "exact":
-            memory.require_hessian(weight.shape[0], data.design.width, 8, "--solver exact",
-                                   "use --solver cg or --solver lissa (Hessian-free)")
-            if keeper is not None:
-                factor = keeper.hessian(weight, data.design, mrec["settings"]["wd"],
-                                        torch.float64)
-        elif solver == "cg" and cg.rank > 0:
-            memory.require_gram(data.design.width, "--solver cg's preconditioner",
-                                "use --cg-rank 0 (plain CG) or --solver lissa")
-        # LiSSA samples rows of the dense inputs; CG and exact work on the design alone
-        x = data.x_train if solver == "lissa" else None
-        return ihvp_mod.solve(solver, weight, x, mrec["settings"]["wd"], rhs, lissa,
-                              cg, design=data.design, factor=factor,
-                              certificate=self.certificate(tensors, mrec))
+    def operator(self, tensors, mrec, data, keeper=None) -> LogisticOperator:
+        """H(Ŵ) on the data's design; the exact solve's float64 Cholesky factor from
+        ``keeper`` when there is one (:func:`~infl_cli.engines.logreg.hessian.kept_factor`)."""
+        return LogisticOperator(tensors["weight"], mrec["settings"]["wd"], data.design,
+                                dense=lambda: data.x_train,
+                                certificate=self.certificate(tensors, mrec), keeper=keeper)
 
     def scores(self, tensors, mrec, data, ihvps):
         cert = self.certificate(tensors, mrec)
@@ -74,15 +63,17 @@ class LogregEngine(LogregPolicy):
     def loo_problem(self, tensors, mrec, data, x_test, y_test, settings, on_block=None,
                     keeper=None):
         """The LOO problem; its preconditioner, the float32 inverse Hessian, from ``keeper``
-        (the work folder's, :mod:`~infl_cli.engines.logreg.kept`) when there is one."""
+        when there is one."""
+        from infl_cli.engines.logreg.hessian import kept_factor
+
         weight = tensors["weight"]
         factor = None
         if settings.method == "newton":
             memory.require_hessian(weight.shape[0], data.design.width, 4, "--method newton",
                                    "use --method lbfgs (Hessian-free, slower per removal)")
             if keeper is not None:
-                factor = keeper.hessian(weight, data.design, mrec["settings"]["wd"],
-                                        torch.float32, on_block=on_block)
+                factor = kept_factor(keeper, weight, data.design, mrec["settings"]["wd"],
+                                     torch.float32, on_block=on_block)
         return loo_mod.LooProblem(weight, data.design, data.y_train, mrec["settings"]["wd"],
                                   x_test, y_test, factor=factor,
                                   build_factor=settings.method == "newton",
@@ -91,13 +82,6 @@ class LogregEngine(LogregPolicy):
     def auto_chunk_size(self, device, spec, data, settings) -> int:
         return loo_mod.auto_chunk_size(device, data.n_classes, data.n_features,
                                        settings.max_steps)
-
-    def result_keys(self, settings) -> tuple:
-        return ()
-
-    def loo_summary(self, arrays, settings) -> dict:
-        """What the LOO record says of its error figures: proofs."""
-        return {"error_kind": "certified"}
 
     def hessian_blocks(self, tensors) -> int:
         """Progress units of building the LOO problem (the Gram blocks of the Hessian)."""

@@ -47,7 +47,6 @@ lower its bound further and stops there (reported when that is above the target)
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +55,8 @@ import torch
 from infl_cli.numerics import bounds
 from infl_cli.engines.logreg import model
 from infl_cli import settings
-from infl_cli.numerics.linalg import HessianFactor, batched_dot, batched_norm
+from infl_cli.engines.logreg.hessian import HessianFactor
+from infl_cli.numerics.linalg import batched_dot, batched_norm
 from infl_cli.engines.logreg.retrain import lbfgs_retrain, newton_cg_retrain
 
 METHODS = settings.LOGREG_METHODS
@@ -140,7 +140,7 @@ class LooProblem:
     ``weight`` [C, d] is the trained model, ``design`` the training inputs (a design of
     :mod:`~infl_cli.data.design`; everything here lives on its device), ``x_test`` [T, d] and
     ``y_test`` [T] the test points whose losses are tracked. ``factor``: a float32 explicit
-    inverse :class:`~infl_cli.numerics.linalg.HessianFactor` of H(Ŵ) (built when not given, which is
+    inverse :class:`~infl_cli.engines.logreg.hessian.HessianFactor` of H(Ŵ) (built when not given, which is
     the expensive part: ``on_block`` reports its progress); ``None`` with ``method="lbfgs"``.
     ``certificate``: the certified gradient at Ŵ (:func:`~infl_cli.engines.logreg.model.certified_gradient`)
     when the caller has it (training keeps it), else computed here.
@@ -776,20 +776,3 @@ def _newton(problem: LooProblem, chunk: _Chunk, base, base_error, selected, sett
     short = ~(cert.grad_norm + cert.rounding <= settings.tol)
     deltas[short] = best_deltas[short]  # the fallback starts from the best one
     return deltas, steps
-
-
-def chunk_bounds(n_removals: int, chunk_size: int):
-    """[(lo, hi)] of the fixed chunks that split ``n_removals`` removals."""
-    return [(lo, min(lo + chunk_size, n_removals)) for lo in range(0, n_removals, chunk_size)]
-
-
-def timed_chunk(problem, removed, selected, settings: LooSettings):
-    """``problem.solve_chunk`` (any engine's), or the chunk solver the settings carry, plus
-    its wall time in the stats."""
-    start = time.perf_counter()
-    # settings that carry their own chunk solver (subset retraining) use it on this problem
-    solve = getattr(settings, "solve_chunk", None)
-    results, stats = solve(problem, removed, selected) if solve is not None else \
-        problem.solve_chunk(removed, selected, settings)
-    stats["seconds"] = time.perf_counter() - start
-    return results, stats

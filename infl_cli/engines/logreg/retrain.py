@@ -1,23 +1,21 @@
 """The per-removal retrainers of leave-one-out (:mod:`~infl_cli.engines.logreg.loo`): the safe fallback of
 the batched Newton method (Newton steps on the exact Hessian by conjugate gradients) and the
 ``lbfgs`` method (warm-started full-batch L-BFGS). Each returns a change Δ of the weights that
-the caller certifies by its float64 pass; neither claims anything itself."""
+the caller certifies by its float64 pass; neither claims anything itself. ``problem`` is the
+caller's :class:`~infl_cli.engines.logreg.loo.LooProblem`, ``changes`` its
+:class:`~infl_cli.engines.logreg.loo.Changes`."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from infl_cli.engines.logreg import model
 
-if TYPE_CHECKING:  # the caller's types, for the annotations only (no import cycle)
-    from infl_cli.engines.logreg.loo import Changes, LooProblem
 
-
-def weighted_hvp(problem: LooProblem, probs: torch.Tensor, sample_weight: torch.Tensor,
+def weighted_hvp(problem, probs: torch.Tensor, sample_weight: torch.Tensor,
                   v: torch.Tensor) -> torch.Tensor:
     """H₋z v for the objective with per-example weights (0 for the removed point)."""
     k, c, d = v.shape
@@ -29,14 +27,14 @@ def weighted_hvp(problem: LooProblem, probs: torch.Tensor, sample_weight: torch.
     return back / sample_weight.sum() + problem.wd * v
 
 
-def removal_weights(problem: LooProblem, index: int) -> torch.Tensor:
+def removal_weights(problem, index: int) -> torch.Tensor:
     weights = torch.ones(problem.n, dtype=torch.float64, device=problem.device)
     if index >= 0:
         weights[index] = 0.0
     return weights
 
 
-def newton_cg_retrain(problem: LooProblem, changes: Changes, j: int, start: torch.Tensor,
+def newton_cg_retrain(problem, changes, j: int, start: torch.Tensor,
                        tol: float, max_steps: int = 30):
     """The safe fallback for change ``j``: Newton steps whose direction solves the exact
     Hessian of its objective at the current iterate (conjugate gradients on full-data
@@ -80,7 +78,7 @@ def newton_cg_retrain(problem: LooProblem, changes: Changes, j: int, start: torc
     return w - problem.weight, steps
 
 
-def lbfgs_retrain(problem: LooProblem, index: int, tol: float, max_iter: int = 2000):
+def lbfgs_retrain(problem, index: int, tol: float, max_iter: int = 2000):
     """Warm-started full-batch L-BFGS on R₋z for one removal, stopped at ‖∇R₋z‖ ≤ tol (SciPy's
     L-BFGS on the CPU, its gradients where the data are). Returns (Δ, iterations); the caller
     certifies the result."""

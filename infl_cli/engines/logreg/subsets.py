@@ -240,17 +240,17 @@ def certified_gradients(problem, keep: np.ndarray, deltas: torch.Tensor):
     return gn, bound
 
 
-def chunk_size(problem, settings) -> int:
+def chunk_size(device, n: int, classes: int, settings) -> int:
     """Subsets per chunk: as set, else as many as keep a chunk's [n, k, C] float64 arrays
     (about :data:`ARRAYS` of them at once, in the certified products) within
     :data:`CHUNK_BYTES` (CPU) or a quarter of the free memory (GPU), at most the count."""
     if settings.chunk_size is not None:
         return int(settings.chunk_size)
     budget = CHUNK_BYTES
-    if problem.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(problem.device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
         budget = 0.25 * free
-    per_subset = ARRAYS * problem.n * problem.classes * 8
+    per_subset = ARRAYS * n * classes * 8
     return int(max(1, min(settings.subsets, budget // per_subset)))
 
 

@@ -20,7 +20,8 @@ from infl_cli.engines.logreg import model
 from infl_cli.numerics.bounds import fnorm
 from infl_cli.data.datasets import Dataset
 from infl_cli.errors import InflError
-from infl_cli.numerics.linalg import SubspacePreconditioner, conjugate_gradient
+from infl_cli.engines.logreg.hessian import SubspacePreconditioner
+from infl_cli.numerics.linalg import conjugate_gradient
 from infl_cli.runtime.progress import progress_bar
 
 NEWTON_SWITCH = 0.03  # hand over to Newton once ‖∇R‖ ≤ this × ‖∇R(0)‖
