@@ -34,48 +34,44 @@ def removal_weights(problem, index: int) -> torch.Tensor:
     return weights
 
 
-def newton_cg_retrain(problem, changes, j: int, start: torch.Tensor,
-                       tol: float, max_steps: int = 30):
+def newton_cg_retrain(problem, changes, j: int, start: torch.Tensor, tol: float,
+                      max_steps: int = 30):
     """The safe fallback for change ``j``: Newton steps whose direction solves the exact
     Hessian of its objective at the current iterate (conjugate gradients on full-data
     products), each halved until the objective decreases (or, where the objective no longer
     resolves the change, the gradient norm does), from ``start`` or from Ŵ, whichever has the
-    smaller gradient. Returns (Δ, steps); the caller certifies the result."""
+    smaller gradient: the shared Newton core (:func:`~infl_cli.numerics.newton.newton`).
+    Returns (Δ, steps); the caller certifies the result."""
     from infl_cli.numerics.linalg import conjugate_gradient
+    from infl_cli.numerics.newton import LineSearch, newton
 
     sample_weight = removal_weights(problem, int(changes.removed[j]))
     y = problem.y
     if changes.relabel_index.size:
         y = torch.as_tensor(changes.labels(problem.y_np, j), device=problem.device)
 
-    def evaluate(w):
-        loss, grad = model.objective_and_grad(w, problem.design, y, problem.wd, sample_weight)
-        return float(loss), grad, float(grad.norm())
+    def evaluate(wk, rows):
+        loss, grad = model.objective_and_grad(wk[0], problem.design, y, problem.wd,
+                                              sample_weight)
+        gn = torch.tensor([float(grad.norm())], dtype=torch.float64, device=grad.device)
+        return loss.reshape(1), grad[None], gn, None
+
+    def direction(wk, grad, gn, rows, state):
+        probs = model.probabilities(wk[0], problem.design)
+        solved, _, _ = conjugate_gradient(
+            lambda v: weighted_hvp(problem, probs, sample_weight, v), grad,
+            rtol=max(min(0.1, math.sqrt(float(gn[0]))), 1e-8), max_iter=500)
+        return -solved
 
     w = problem.weight + start
-    loss, grad, gn = evaluate(w)
-    loss0, grad0, gn0 = evaluate(problem.weight)
-    if not (math.isfinite(gn) and gn <= gn0):
-        w, loss, grad, gn = problem.weight.clone(), loss0, grad0, gn0
-    steps = 0
-    for steps in range(max_steps + 1):
-        if gn <= 0.1 * tol or steps == max_steps:
-            break
-        probs = model.probabilities(w, problem.design)
-        direction, _, _ = conjugate_gradient(
-            lambda v: weighted_hvp(problem, probs, sample_weight, v), grad[None],
-            rtol=max(min(0.1, math.sqrt(gn)), 1e-8), max_iter=500)
-        step = -direction[0]
-        slope = float((grad * step).sum())
-        for _ in range(40):
-            new_loss, new_grad, new_gn = evaluate(w + step)
-            if math.isfinite(new_gn) and (new_loss <= loss + 1e-4 * slope or new_gn < gn):
-                break
-            step = step / 2
-        else:
-            break  # no step helps: the certificate says how far it got
-        w, loss, grad, gn = w + step, new_loss, new_grad, new_gn
-    return w - problem.weight, steps
+    _, _, gn, _ = evaluate(w[None], None)
+    _, _, gn0, _ = evaluate(problem.weight[None], None)
+    if not (math.isfinite(float(gn[0])) and float(gn[0]) <= float(gn0[0])):
+        w = problem.weight.clone()
+    w, steps, _, _ = newton(evaluate, direction, w[None],
+                            lambda gn, previous, rows: gn > 0.1 * tol, max_steps,
+                            LineSearch(gradient_decrease=True))
+    return w[0] - problem.weight, int(steps[0])
 
 
 def lbfgs_retrain(problem, index: int, tol: float, max_iter: int = 2000):

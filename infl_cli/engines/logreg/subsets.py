@@ -17,7 +17,8 @@ one float64 pass gives every subset's objective and gradient (masked sums over t
 the direction solves H_S(W) d = −∇R_S(W) by conjugate gradients, batched over the subsets, on
 float32 Hessian-vector products at the iterate (two products with the design per iteration),
 preconditioned by the float32 inverse of H(Ŵ) (a random half keeps its share of the curvature,
-so H_S(Ŵ) ≈ H(Ŵ)); a backtracking line search on R_S keeps every step a descent step. CG is
+so H_S(Ŵ) ≈ H(Ŵ)); a backtracking line search on R_S keeps every step a descent step (the
+shared Newton core, :mod:`~infl_cli.numerics.newton`). CG is
 run to a relative residual min(0.1, √‖∇R_S‖) (inexact Newton: superlinear), and a subset stops
 when its float64 gradient is ≤ 1e-3·tol, or is within tol and stops halving (its float64
 floor), or no step along its direction lowers R_S.
@@ -31,13 +32,14 @@ that bound is ≤ tol.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from infl_cli.numerics import bounds
 from infl_cli.numerics.linalg import batched_dot, batched_norm
+from infl_cli.numerics.newton import LineSearch
+from infl_cli.numerics.newton import newton as newton_core
 
 FLOOR_TARGET = 1e-3  # Newton stops at float64 ‖∇R_S‖ ≤ this × tol (or at its floor)
 MAX_NEWTON = 30
@@ -152,55 +154,29 @@ def _directions(problem, batch, probs32, rows, grad, stats):
 
 
 def newton(problem, keep: np.ndarray, tol: float, on_step=None):
-    """Minimise R_S for each subset of ``keep`` [k, n] from Ŵ (module doc). Returns
-    (Δ = W_S − Ŵ [k, C, d_a], Newton steps [k] as a NumPy array, stats)."""
+    """Minimise R_S for each subset of ``keep`` [k, n] from Ŵ (module doc), by the shared
+    Newton core (:func:`~infl_cli.numerics.newton.newton`). Returns (Δ = W_S − Ŵ [k, C, d_a],
+    Newton steps [k] as a NumPy array, stats)."""
     batch = _Batch(problem, keep)
-    k = batch.k
-    device = problem.device
-    weights = problem.weight[None].repeat(k, 1, 1)
-    stats = {"newton_steps": 0, "float64_passes": 0, "hessian_products": 0,
-             "cg_iterations": 0, "line_search_halvings": 0}
-    steps = np.zeros(k, dtype=np.int64)
-    everyone = torch.arange(k, device=device)
-    loss, grad, probs32 = objective_and_gradient(problem, batch, weights, everyone)
-    stats["float64_passes"] += 1
-    gn = batched_norm(grad)
-    previous = torch.full((k,), math.inf, dtype=torch.float64, device=device)
-    todo = everyone
-    for _ in range(MAX_NEWTON):
+    stats = {"hessian_products": 0, "cg_iterations": 0}
+
+    def evaluate(weights, rows):
+        loss, grad, probs32 = objective_and_gradient(problem, batch, weights, rows)
+        return loss, grad, batched_norm(grad), probs32
+
+    def direction(weights, grad, gn, rows, probs32):
+        return _directions(problem, batch, probs32, rows, grad, stats)
+
+    def is_open(gn, previous, rows):
         # open: above the target, and (where already within tol) still halving per step
-        todo = todo[(gn[todo] > FLOOR_TARGET * tol)
-                    & ((gn[todo] > tol) | (gn[todo] < 0.5 * previous[todo]))]
-        if not len(todo):
-            break
-        previous[todo] = gn[todo]
-        direction = _directions(problem, batch, probs32[:, todo], todo, grad[todo], stats)
-        slope = batched_dot(grad[todo], direction)
-        t = torch.ones(len(todo), dtype=torch.float64, device=device)
-        pending = torch.arange(len(todo), device=device)
-        for _halving in range(40):
-            rows = todo[pending]
-            trial = weights[rows] + t[pending][:, None, None] * direction[pending]
-            trial_loss, trial_grad, trial_probs = objective_and_gradient(problem, batch, trial,
-                                                                         rows)
-            stats["float64_passes"] += 1
-            noise = 8 * bounds.UNIT_ROUNDOFF * loss[rows].abs()
-            ok = (trial_loss <= loss[rows] + ARMIJO * t[pending] * slope[pending] + noise) \
-                & torch.isfinite(trial_loss)
-            moved = rows[ok]
-            weights[moved], loss[moved], grad[moved] = trial[ok], trial_loss[ok], trial_grad[ok]
-            probs32[:, moved] = trial_probs[:, ok]
-            gn[moved] = batched_norm(trial_grad[ok])
-            steps[moved.cpu().numpy()] += 1
-            pending = pending[~ok]
-            if not len(pending):
-                break
-            stats["line_search_halvings"] += 1
-            t[pending] /= 2
-        previous[todo[pending]] = 0.0  # no step lowers R_S: at its floor
-        stats["newton_steps"] += 1
-        if on_step is not None:
-            on_step(float(gn.max()))
+        return (gn > FLOOR_TARGET * tol) & ((gn > tol) | (gn < 0.5 * previous))
+
+    start = problem.weight[None].repeat(batch.k, 1, 1)
+    weights, steps, _, core = newton_core(
+        evaluate, direction, start, is_open, MAX_NEWTON,
+        LineSearch(armijo=ARMIJO, noise=8 * bounds.UNIT_ROUNDOFF), state_dim=1,
+        on_step=None if on_step is None else lambda gn: on_step(float(gn.max())))
+    stats.update(core)
     return weights - problem.weight[None], steps, stats
 
 

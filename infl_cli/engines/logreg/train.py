@@ -22,6 +22,7 @@ from infl_cli.data.datasets import Dataset
 from infl_cli.errors import InflError
 from infl_cli.engines.logreg.hessian import SubspacePreconditioner
 from infl_cli.numerics.linalg import conjugate_gradient
+from infl_cli.numerics.newton import LineSearch, newton
 from infl_cli.runtime.progress import progress_bar
 
 NEWTON_SWITCH = 0.03  # hand over to Newton once ‖∇R‖ ≤ this × ‖∇R(0)‖
@@ -99,41 +100,37 @@ def fit(data: Dataset, wd: float, tol: float, max_iter: int = 5000):
 
 
 def _newton(w, x, y, wd, tol, show):
-    """Newton steps from ``w`` until ‖∇R‖ ≤ tol. Each direction solves H d = −∇R by CG
+    """Newton steps from ``w`` until ‖∇R‖ ≤ tol, by the shared Newton core
+    (:func:`~infl_cli.numerics.newton.newton`). Each direction solves H d = −∇R by CG
     (relative residual min(0.1, √‖∇R‖), tighter as the optimum nears: superlinear
     convergence), preconditioned once by the subspace preconditioner built at the start.
     A step is halved until it decreases R (Armijo) or, where R no longer resolves the change,
     the gradient norm. Returns (w, Newton iterations, CG iterations, preconditioner)."""
-    loss, grad = model.objective_and_grad(w, x, y, wd)
-    gn = float(grad.norm())
-    precondition = None
-    newton_iters = cg_iters = 0
-    while gn > tol:
-        if newton_iters == MAX_NEWTON:
-            break
-        probs = model.probabilities(w, x)
-        if precondition is None and memory.gram_fits(x.width):  # else plain CG
-            precondition = SubspacePreconditioner(w, x, wd, probs=probs)
-        rtol = max(min(0.1, math.sqrt(gn)), 1e-6)
-        step, iters, _ = conjugate_gradient(lambda v: model.hvp(w, x, wd, v, probs=probs),
-                                            -grad[None], rtol=rtol, max_iter=500,
-                                            precondition=precondition)
-        step = step[0]
-        cg_iters += iters
-        slope = float((grad * step).sum())
-        for _ in range(40):
-            new_loss, new_grad = model.objective_and_grad(w + step, x, y, wd)
-            new_gn = float(new_grad.norm())
-            if math.isfinite(new_gn) and (float(new_loss) <= float(loss) + 1e-4 * slope
-                                          or new_gn < gn):
-                break
-            step = step / 2
-        else:
-            raise InflError("training stalled: no Newton step decreased the objective")
-        w, loss, grad, gn = w + step, new_loss, new_grad, new_gn
-        newton_iters += 1
-        show(gn)
-    return w, newton_iters, cg_iters, precondition
+    made = {"precondition": None, "cg_iterations": 0}
+
+    def evaluate(wk, rows):
+        loss, grad = model.objective_and_grad(wk[0], x, y, wd)
+        gn = torch.tensor([float(grad.norm())], dtype=torch.float64, device=grad.device)
+        return loss.reshape(1), grad[None], gn, None
+
+    def direction(wk, grad, gn, rows, state):
+        w0 = wk[0]
+        probs = model.probabilities(w0, x)
+        if made["precondition"] is None and memory.gram_fits(x.width):  # else plain CG
+            made["precondition"] = SubspacePreconditioner(w0, x, wd, probs=probs)
+        rtol = max(min(0.1, math.sqrt(float(gn[0]))), 1e-6)
+        step, iters, _ = conjugate_gradient(lambda v: model.hvp(w0, x, wd, v, probs=probs),
+                                            -grad, rtol=rtol, max_iter=500,
+                                            precondition=made["precondition"])
+        made["cg_iterations"] += iters
+        return step
+
+    w, steps, stalled, _ = newton(evaluate, direction, w[None], lambda gn, prev, rows: gn > tol,
+                                  MAX_NEWTON, LineSearch(gradient_decrease=True),
+                                  on_step=lambda gn: show(float(gn[0])))
+    if stalled[0]:
+        raise InflError("training stalled: no Newton step decreased the objective")
+    return w[0], int(steps[0]), made["cg_iterations"], made["precondition"]
 
 
 def _polish(w, design, y, wd, precondition=None, max_steps: int = 4):
