@@ -63,7 +63,8 @@ def dattri_mnist(data_dir=None) -> dict:
     (0.3081,))`` give them: (x/255 − 0.1307)/0.3081 in float32 (stored in float64, exactly
     those float32 values), flattened to 784 features. dattri's model is
     ``nn.Linear(784, 10)``: train it with ``--bias``."""
-    from infl_cli.data.datasets import default_data_dir, load_mnist_uint8
+    from infl_cli.data.datasets import default_data_dir
+    from infl_cli.data.mnist import load_mnist_uint8
 
     x_tr, y_tr, x_te, y_te, _ = load_mnist_uint8(data_dir or default_data_dir())
 

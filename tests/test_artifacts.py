@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import InflError
+from infl_cli.runtime import artifacts as art
 
 
 def test_round_trip_and_plain_safetensors(tmp_path):

@@ -8,9 +8,8 @@ import stat
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import assert_clean_failure, copy_work, infl, infl_process, listing
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,17 @@ import sys
 
 import pytest
 import torch
+from conftest import (
+    REPO,
+    assert_clean_failure,
+    copy_work,
+    infl,
+    infl_process,
+    listing,
+    start_infl,
+    wait_for,
+)
 from safetensors.torch import load_file
-
-from conftest import (REPO, assert_clean_failure, copy_work, infl, infl_process, listing,
-                      start_infl, wait_for)
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")

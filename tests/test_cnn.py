@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_failure, copy_work, infl, listing
 from safetensors.torch import load_file
 
-from conftest import assert_clean_failure, copy_work, infl, listing
-from infl_cli.engines.cnn import autodiff, net as cnn, engine as cnn_engine
-from infl_cli.data.datasets import subset
+from infl_cli.data.dataset import subset
+from infl_cli.engines.cnn import autodiff
+from infl_cli.engines.cnn import engine as cnn_engine
+from infl_cli.engines.cnn import net as cnn
 from infl_cli.engines.cnn.optim import Gauge
 from infl_cli.engines.spec import CnnSpec
 

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_failure, copy_work, infl, listing
 from safetensors.torch import load_file
 
-from conftest import assert_clean_failure, copy_work, infl, listing
-from infl_cli.data import design as design_mod
-from infl_cli.runtime import device as device_mod
-from infl_cli.engines.logreg import loo
 from infl_cli import stages
+from infl_cli.data import design as design_mod
+from infl_cli.engines.logreg import loo
 from infl_cli.errors import BadInput
+from infl_cli.runtime import device as device_mod
 
 HAVE_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not HAVE_CUDA, reason="torch sees no CUDA device")

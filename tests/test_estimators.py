@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_refused_untouched, copy_work, infl
+
+from infl_cli.data.arrays import load_npz
+from infl_cli.data.dataset import with_bias
 from infl_cli.engines.logreg import estimators as est
-from infl_cli.data.datasets import load_npz, with_bias
 
 WD = 0.01
 N, D = 60, 6

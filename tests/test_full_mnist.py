@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import REPO, infl
 from safetensors.torch import load_file
 
-from conftest import REPO, infl
 from infl_cli.runtime.artifacts import read_record
 
 DATA = Path(os.environ.get("INFL_DATA_DIR") or REPO.parent / "shared" / "mnist")

@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, assert_clean_failure, assert_refused_untouched, copy_work, infl, listing
 from safetensors.numpy import load_file, save_file
 from scipy.stats import spearmanr
 
-from conftest import (REPO, assert_clean_failure, assert_refused_untouched, copy_work, infl,
-                      listing)
 from infl_cli.numerics import datamodels
 
 WD = 0.01
@@ -75,7 +74,8 @@ def _outputs(weight, x_test, y_test):
 
 @pytest.mark.parametrize("measure", ["loss", "margin"])
 def test_subset_models_match_from_scratch_training(small_work, tmp_path, measure):
-    from infl_cli.data.datasets import load_npz, with_bias
+    from infl_cli.data.arrays import load_npz
+    from infl_cli.data.dataset import with_bias
 
     work = copy_work(small_work, tmp_path)
     proc = infl("lds", "-w", work, "--subsets", 5, "--measure", measure, "--chunk-size", 2)
@@ -236,8 +236,8 @@ def test_bad_import_is_one_line_exit_2_nothing_written(small_work, tmp_path, cas
 
 
 def test_interrupted_lds_resumes_to_identical_truth(small_work, tmp_path, monkeypatch):
-    from infl_cli.runtime import chunks
     from infl_cli.errors import Interrupted
+    from infl_cli.runtime import chunks
     from infl_cli.settings import LdsSettings
     from infl_cli.stages import lds
 
@@ -298,7 +298,7 @@ def test_lds_bad_input_is_one_line_exit_2_nothing_written(small_work, tmp_path, 
 
 def test_dattri_export_is_their_split_and_normalisation(tmp_path):
     from infl_cli import examples
-    from infl_cli.data.datasets import read_idx
+    from infl_cli.data.mnist import read_idx
 
     raw = REPO.parent / "shared" / "mnist" / "MNIST" / "raw"
     if not (raw / "train-images-idx3-ubyte").is_file():

@@ -5,15 +5,16 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import copy_work
-from infl_cli.numerics import bounds
-from infl_cli.engines.logreg import loo, model, score, train
-from infl_cli.stages import selection
+
 from infl_cli import stages
-from infl_cli.data.datasets import subset
-from infl_cli.errors import Interrupted
+from infl_cli.data.dataset import subset
+from infl_cli.engines.logreg import changes as changes_mod
+from infl_cli.engines.logreg import loo, model, retraining, score, train
 from infl_cli.engines.logreg.hessian import HessianFactor
+from infl_cli.errors import Interrupted
+from infl_cli.numerics import bounds
+from infl_cli.stages import selection
 
 WD = 0.01
 TESTS = [8, 3, 60]
@@ -110,7 +111,7 @@ def test_correction_pass_is_accurate_and_only_saves_passes(tiny, fitted):
     runs with and without it agree within their certified bounds."""
     w, problem, influence, _ = fitted
     removed = score.top_k_by_magnitude(influence[0], 6).numpy()
-    chunk = problem.chunk(loo.Changes.removals(removed))
+    chunk = problem.chunk(changes_mod.Changes.removals(removed))
     rows = torch.arange(6)
     base, base_error = problem.base_gradient(chunk)
     deltas = -problem.factor.solve(base) * (tiny.n_train - 1) / tiny.n_train  # ≈ a Newton step
@@ -132,7 +133,7 @@ def _relabel_changes(tiny):
     rng = np.random.default_rng(4)
     some = rng.choice(tiny.n_train, 40, replace=False)
     new = (tiny.train_y[some] + rng.integers(1, 10, 40)) % 10
-    changes = loo.Changes.relabelings([([], []), (some, new), (some[:7], new[:7])])
+    changes = changes_mod.Changes.relabelings([([], []), (some, new), (some[:7], new[:7])])
     changes.removed[:] = [5, -1, 77]
     return changes
 
@@ -143,7 +144,7 @@ def test_delta_pass_equals_direct_gradient(tiny, fitted, kind):
     (weights 0 for the removed point, the new labels) at Ŵ + Δ, and its certified rounding
     bound covers the difference."""
     w, problem, influence, _ = fitted
-    changes = loo.Changes.removals([5, 77]) if kind == "removals" else _relabel_changes(tiny)
+    changes = changes_mod.Changes.removals([5, 77]) if kind == "removals" else _relabel_changes(tiny)
     chunk = problem.chunk(changes)
     k = len(changes)
     base, base_error = problem.base_gradient(chunk)
@@ -164,12 +165,12 @@ def test_delta_pass_equals_direct_gradient(tiny, fitted, kind):
 def test_relabelled_retraining_equals_independent_training(tiny, fitted):
     """Label fixes through the same certified core: each retrained model is within its
     certificate of a from-scratch fit on the relabelled data."""
-    from infl_cli.data.datasets import with_labels
+    from infl_cli.data.dataset import with_labels
 
     w, problem, _, _ = fitted
     changes = _relabel_changes(tiny)
     changes.removed[:] = -1
-    out, _ = loo.solve_changes(problem, changes, np.ones((len(TESTS), 3), dtype=bool),
+    out, _ = retraining.solve_changes(problem, changes, np.ones((len(TESTS), 3), dtype=bool),
                                loo.LooSettings(rel_error=0.0, tol=1e-9, max_steps=30),
                                keep_deltas=True)
     assert (out["grad_norm"] + out["grad_rounding"] <= 1e-9).all()
@@ -195,19 +196,19 @@ def test_secant_direction_satisfies_the_secant_equation():
 
     rows = torch.arange(k)
     g = torch.randn(k, *shape, dtype=torch.float64)
-    assert torch.allclose(loo._secant_direction(g, rows, [], apply_p), apply_p(g))
+    assert torch.allclose(retraining._secant_direction(g, rows, [], apply_p), apply_p(g))
     history = []
     for _ in range(3):
         s = torch.randn(k, *shape, dtype=torch.float64)
         y = 2 * s + 0.3 * torch.randn(k, *shape, dtype=torch.float64)  # sᵀy > 0
         history.append((s, y))
     s_last, y_last = history[-1]
-    assert torch.allclose(loo._secant_direction(y_last, rows, history, apply_p), s_last,
+    assert torch.allclose(retraining._secant_direction(y_last, rows, history, apply_p), s_last,
                           rtol=1e-10, atol=1e-12)
     # a pair with sᵀy ≤ 0 is skipped, not allowed to break positive definiteness
     bad = history + [(s_last, -y_last)]
-    assert torch.allclose(loo._secant_direction(g, rows, bad, apply_p),
-                          loo._secant_direction(g, rows, history, apply_p))
+    assert torch.allclose(retraining._secant_direction(g, rows, bad, apply_p),
+                          retraining._secant_direction(g, rows, history, apply_p))
 
 
 def test_selections(fitted):

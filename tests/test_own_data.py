@@ -7,14 +7,15 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_failure, infl
 from safetensors.torch import load_file
 
-from conftest import assert_clean_failure, infl
+from infl_cli.data.arrays import load_npz
+from infl_cli.data.datasets import load_dataset
+from infl_cli.data.design import DesignMatrix
+from infl_cli.engines.logreg import model, train
 from infl_cli.numerics import bounds
 from infl_cli.runtime import memory
-from infl_cli.engines.logreg import model, train
-from infl_cli.data.datasets import load_dataset, load_npz
-from infl_cli.data.design import DesignMatrix
 
 WD = 0.01
 
@@ -98,7 +99,7 @@ def _run_stages(work, path, *extra):
 
 def _retrained_change(data, w_hat, z, tests, tol=1e-13):
     """f_t(Ŵ₋z) − f_t(Ŵ) from a from-scratch fit without z, with that fit's own bound."""
-    from infl_cli.data.datasets import subset
+    from infl_cli.data.dataset import subset
 
     keep = np.ones(data.n_train, dtype=bool)
     keep[z] = False

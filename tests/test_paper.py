@@ -7,11 +7,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_failure, infl
-from infl_cli.runtime import artifacts as art
-from infl_cli.engines.hinge import svm
+
 from infl_cli.data.datasets import load_dataset
+from infl_cli.engines.hinge import svm
+from infl_cli.runtime import artifacts as art
 
 
 @pytest.fixture(scope="module")

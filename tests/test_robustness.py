@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, assert_clean_failure, copy_work, infl, listing, start_infl, wait_for
 
 LONG_LISSA = ["ihvp", "--depth", "200000", "--stop-tol", "0", "--batch-size", "1000"]

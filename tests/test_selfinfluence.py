@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_failure, assert_refused_untouched, copy_work, infl
+
+from infl_cli.data.arrays import load_npz
 from infl_cli.engines.logreg import selfinf
-from infl_cli.data.datasets import load_npz
 from infl_cli.engines.logreg.hessian import HessianFactor
 
 WD = 0.01
@@ -26,8 +26,8 @@ def _npz(path, k, n=150, d=16, seed=0):
 
 
 def _fitted(tmp_path, k, bias):
+    from infl_cli.data.dataset import with_bias
     from infl_cli.engines.logreg import train
-    from infl_cli.data.datasets import with_bias
 
     data = load_npz(_npz(tmp_path / f"k{k}.npz", k))
     data = with_bias(data) if bias else data

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, copy_work, infl
 
 HEAVY = ("torch", "matplotlib", "distributed", "dask", "torchvision")
@@ -117,7 +116,8 @@ def _entry(path):
 
 
 def test_the_cache_is_written_once_and_memory_mapped(tmp_path, cache_env):
-    from infl_cli.data.datasets import load_dataset, load_npz
+    from infl_cli.data.arrays import load_npz
+    from infl_cli.data.datasets import load_dataset
 
     path = _npz(tmp_path / "d.npz")
     first = load_dataset(str(path))
@@ -201,7 +201,8 @@ def test_a_read_only_data_folder_caches_elsewhere_with_one_notice(tmp_path, cach
 
 
 def test_nowhere_to_write_the_cache_still_loads_with_one_notice(tmp_path, monkeypatch):
-    from infl_cli.data.datasets import load_dataset, load_npz
+    from infl_cli.data.arrays import load_npz
+    from infl_cli.data.datasets import load_dataset
 
     folder, cache = tmp_path / "ro", tmp_path / "ro-cache"
     folder.mkdir()

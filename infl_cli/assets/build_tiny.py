@@ -12,7 +12,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from infl_cli.data.datasets import MNIST_VALIDATION, TINY_PATH, load_mnist_uint8
+from infl_cli.data.dataset import MNIST_VALIDATION
+from infl_cli.data.datasets import TINY_PATH
+from infl_cli.data.mnist import load_mnist_uint8
 
 N_TINY_TRAIN = 1_000
 N_TINY_TEST = 200

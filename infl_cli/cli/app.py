@@ -16,8 +16,11 @@ import typer
 from rich.markup import escape
 
 from infl_cli import __version__
-from infl_cli.cli import (benchmarks as cli_benchmarks, pipeline as cli_commands,
-    paper as cli_paper, run as cli_run, studies as cli_studies)
+from infl_cli.cli import benchmarks as cli_benchmarks
+from infl_cli.cli import paper as cli_paper
+from infl_cli.cli import pipeline as cli_commands
+from infl_cli.cli import run as cli_run
+from infl_cli.cli import studies as cli_studies
 from infl_cli.errors import InflError, Interrupted
 from infl_cli.runtime.progress import console
 

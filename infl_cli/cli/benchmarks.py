@@ -8,8 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from infl_cli.cli import common
-from infl_cli.cli import report
+from infl_cli.cli import common, report
 from infl_cli.cli.options import CLUSTER, CLUSTER_TIMEOUT, DEVICE, TEST_SAMPLE, TESTS, WORKDIR
 
 SUBSETS = typer.Option(100, "--subsets", help="Subsets retrained on (M).")

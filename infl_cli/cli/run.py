@@ -7,14 +7,56 @@ from typing import List, Optional
 
 import typer
 
-from infl_cli.cli import common
-from infl_cli.cli import report
 from infl_cli import settings as settings_mod
-from infl_cli.cli.options import (WORKDIR, DATASET, BIAS, CLASSES, TEMPERATURE, DATA_DIR, WD, MODEL,
-    WIDTH, PROTOCOL, ADAM_STEPS, ADAM_LR, TRAIN_BATCH, TRAIN_SIZE, DECAY_EPOCHS, TRAIN_TOL,
-    MAX_ITER, DOWNLOAD, SOLVER, TESTS, TEST_SAMPLE, SEED, PRESET, SCALE, DAMPING, DEPTH, BATCH,
-    REPEATS, TAIL, STOP_TOL, CHECK_EVERY, CG_RTOL, CG_MAX, CG_RANK, SELECT, NUM, METHOD,
-    RETRAIN_STEPS, LOO_TOL, REL_ERROR, CHUNK, DEVICE, MAX_STEPS, CLUSTER, CLUSTER_TIMEOUT, OUT)
+from infl_cli.cli import common, report
+from infl_cli.cli.options import (
+    ADAM_LR,
+    ADAM_STEPS,
+    BATCH,
+    BIAS,
+    CG_MAX,
+    CG_RANK,
+    CG_RTOL,
+    CHECK_EVERY,
+    CHUNK,
+    CLASSES,
+    CLUSTER,
+    CLUSTER_TIMEOUT,
+    DAMPING,
+    DATA_DIR,
+    DATASET,
+    DECAY_EPOCHS,
+    DEPTH,
+    DEVICE,
+    DOWNLOAD,
+    LOO_TOL,
+    MAX_ITER,
+    MAX_STEPS,
+    METHOD,
+    MODEL,
+    NUM,
+    OUT,
+    PRESET,
+    PROTOCOL,
+    REL_ERROR,
+    REPEATS,
+    RETRAIN_STEPS,
+    SCALE,
+    SEED,
+    SELECT,
+    SOLVER,
+    STOP_TOL,
+    TAIL,
+    TEMPERATURE,
+    TEST_SAMPLE,
+    TESTS,
+    TRAIN_BATCH,
+    TRAIN_SIZE,
+    TRAIN_TOL,
+    WD,
+    WIDTH,
+    WORKDIR,
+)
 from infl_cli.engines import policy_for
 from infl_cli.errors import BadInput
 

@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from infl_cli.cli import common
-from infl_cli.cli import report
+from infl_cli.cli import common, report
 from infl_cli.cli.options import DEVICE, REL_ERROR, SEED, WORKDIR
 
 SAMPLE = typer.Option(60, "--sample",
@@ -50,7 +49,7 @@ def self_influence_cmd(workdir: Path = WORKDIR, sample: int = SAMPLE, check: int
     """Self-influence of every training point (I_up,loss(z, z), the logistic model): the
     labels to check first, as a table and images; with --check K, the truth of the K largest
     by certified leave-one-out."""
-    from infl_cli.settings import validate_loo, LooSettings
+    from infl_cli.settings import LooSettings, validate_loo
     from infl_cli.stages import selfinfluence
 
     selfinfluence.validate(sample, check, num, order)

@@ -28,15 +28,14 @@ summation order (Higham, ch. 3), about m·1.1e-16 of the terms' size.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from infl_cli.data.parts import RIM_DENSITY  # a column this sparse goes to the rim
 from infl_cli.numerics.bounds import SAFETY, UNIT_ROUNDOFF, gamma
+from infl_cli.numerics.exact import combine_pieces, integer_pieces, piece_bits
 
-from infl_cli.data.parts import RIM_DENSITY  # noqa: E402 (a column this sparse goes to the rim)
 BLOCK_ROWS = 4096   # rows per block in blocked passes (bounded temporaries, short sums)
 DEVICE_PASS_MEMORY = 0.25  # a device pass takes at most this fraction of the free memory
 
@@ -135,9 +134,9 @@ class _Common:
             g = gamma(self.width + 1)
             return self.matmul(v), SAFETY * g * (1 + 2 * g) * self._abs_matmul(v.abs())
         row_sums = self._integer_sums[0]
-        pieces, weights, tail = _integer_pieces(v, _piece_bits(float(row_sums.max())))
+        pieces, weights, tail = integer_pieces(v, piece_bits(float(row_sums.max())))
         parts = [self._integer_matmul(q) * w for q, w in zip(pieces, weights)]
-        return _combine(parts, self.scale, self._tensor(row_sums)[:, None] * tail)
+        return combine_pieces(parts, self.scale, self._tensor(row_sums)[:, None] * tail)
 
     def certified_rmatmul(self, r: torch.Tensor):
         """rᵀ·X for float64 r [n, m]: (value [m, width], bound on |value − rᵀX|), as
@@ -146,9 +145,9 @@ class _Common:
             g = gamma(self.n + 1)
             return self.rmatmul(r), SAFETY * g * (1 + 2 * g) * self._abs_rmatmul(r.abs())
         col_sums = self._integer_sums[1]
-        pieces, weights, tail = _integer_pieces(r, _piece_bits(float(col_sums.max())))
+        pieces, weights, tail = integer_pieces(r, piece_bits(float(col_sums.max())))
         parts = [self._integer_rmatmul(q) * w for q, w in zip(pieces, weights)]
-        return _combine(parts, self.scale, self._tensor(col_sums)[None, :] * tail)
+        return combine_pieces(parts, self.scale, self._tensor(col_sums)[None, :] * tail)
 
 
 class DesignMatrix(_Common):
@@ -475,38 +474,3 @@ class DenseDesign(_Common):
 
 def _numpy_dtype(dtype):
     return np.float32 if dtype in (torch.float32, np.float32) else np.float64
-
-
-def _piece_bits(max_abs_sum: float) -> int:
-    """Bits per integer piece such that max_abs_sum · 2^bits < 2^53."""
-    return 52 - math.ceil(math.log2(max(max_abs_sum, 1.0)))
-
-
-def _integer_pieces(a: torch.Tensor, bits: int, n_pieces: int = 3):
-    """a = Σ_k q_k·w_k + tail with integer-valued q_k (|q_k| ≤ 2^bits), w_k powers of two and
-    |tail| ≤ ``tail`` (returned). Every step is exact: scaling by powers of two, rounding to an
-    integer (half to even), and subtracting it (the remainder is representable)."""
-    top = float(a.abs().max()) if a.numel() else 0.0
-    exponent = math.frexp(top)[1] if top > 0 else 0  # |a| < 2^exponent
-    rest = a * 2.0 ** -exponent  # |rest| < 1
-    pieces, weights = [], []
-    for k in range(n_pieces):
-        rest = rest * 2.0 ** bits
-        q = torch.round(rest)
-        rest = rest - q
-        pieces.append(q)
-        weights.append(2.0 ** (exponent - (k + 1) * bits))
-    return pieces, weights, 0.5 * weights[-1]
-
-
-def _combine(parts, scale: float, tail_bound):
-    """Σ parts / scale with its error bound: γ_{len(parts)} of Σ|parts| for the sum and the
-    division, plus the bounded tail (exact-product contributions of the unsplit rest)."""
-    total = parts[0].clone()
-    size = parts[0].abs()
-    for part in parts[1:]:
-        total += part
-        size += part.abs()
-    value = total / scale
-    bound = SAFETY * (gamma(len(parts)) * size / scale + tail_bound / scale)
-    return value, bound

@@ -127,7 +127,7 @@ class CnnPolicy(Policy):
     def training_data(self, data, spec):
         """The authors' "small MNIST" (5,500 of the 55,000 training images) for the
         MNIST-format sets; every training image of mnist-tiny or an NPZ of 28 × 28 images."""
-        from infl_cli.data.datasets import IMAGE_SHAPE, TORCHVISION_SETS, small_mnist_indices, subset
+        from infl_cli.data.dataset import IMAGE_SHAPE, TORCHVISION_SETS, small_mnist_indices, subset
 
         if data.image_shape != IMAGE_SHAPE or data.bias:
             raise BadInput(f"--model cnn needs 28 × 28 images without --bias (mnist, "
@@ -212,7 +212,7 @@ def first_points(data, size: int | None):
         return data
     import numpy as np
 
-    from infl_cli.data.datasets import subset
+    from infl_cli.data.dataset import subset
 
     if size > data.n_train:
         raise BadInput(f"--train-size {size:,} exceeds the {data.n_train:,} training points "

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def rank(predicted: np.ndarray, count: int):
     """(helpful, harmful): indices of the ``count`` largest and most negative predicted
     changes, in that order."""

@@ -15,8 +15,8 @@ def draw_lds(section: dict, png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from infl_cli.runtime.artifacts import atomic_write
     from infl_cli.figures.fig2 import _save
+    from infl_cli.runtime.artifacts import atomic_write
 
     names = [n for n, e in section["methods"].items() if e.get("lds") is not None]
     loo = [n for n in names if (section["methods"][n].get("loo") or {}).get("test_points")]

@@ -153,7 +153,7 @@ def delta_pass_rounding(*, n: int, block_rows: int, width: int, classes: int,
     * the final sum of four terms and the division by n − 1: γ_5 of their norms.
 
     ``denominator`` [k]: the objective's S_j in place of n − 1 (a change that removes no point
-    has S = n: :class:`~infl_cli.engines.logreg.loo.Changes`).
+    has S = n: :class:`~infl_cli.engines.logreg.changes_mod.Changes`).
     """
     kappa = 2 * gamma(width + 1) + 2 * gamma(classes + 5 + FUNCTION_ROUNDING) * max_exponent.exp()
     forward = kappa * delta_row_max * (x_sq_sum + own_sq_norm)

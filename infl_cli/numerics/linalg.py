@@ -9,7 +9,6 @@ from typing import Callable
 import torch
 
 
-
 def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """⟨a_i, b_i⟩ for [k, ...] tensors: [k]."""
     return (a * b).flatten(1).sum(1)

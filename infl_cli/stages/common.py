@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from infl_cli.runtime import artifacts as art
-from infl_cli.stages import selection
 from infl_cli.engines import engine_for, policy_for, spec_of
 from infl_cli.errors import InflError
+from infl_cli.runtime import artifacts as art
 from infl_cli.settings import SOLVER_PRIORITY
+from infl_cli.stages import selection
 
 is_current = art.is_current
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.engines import spec_of
 from infl_cli.errors import BadInput
+from infl_cli.runtime import artifacts as art
 from infl_cli.stages.common import load_model, model_policy, model_record, study_figure
 
 ARTIFACT = "components.safetensors"

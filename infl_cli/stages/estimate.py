@@ -53,8 +53,8 @@ def run_estimate(workdir: Path, settings: EstimatorSettings, tests: TestChoice |
                  device=None) -> dict:
     import torch
 
-    from infl_cli.runtime import device as device_mod
     from infl_cli.engines.logreg import estimators, model
+    from infl_cli.runtime import device as device_mod
 
     tensors, mrec, data = load_model(workdir, device=device)
     engine = model_engine(mrec)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput
+from infl_cli.runtime import artifacts as art
 
 ARTIFACT = "hinge.safetensors"
 PARTIAL = "hinge.partial.safetensors"
@@ -130,11 +130,11 @@ def hinge_data(data, settings: HingeSettings) -> HingeData:
     y = 1.0 - 2.0 * data.train_y[:n].astype(np.float64)
     if np.unique(y).size < 2:
         raise BadInput(f"the first {n:,} training points of {data.name} hold one class only")
-    from infl_cli.data import datasets as data_mod
+    from infl_cli.data.dataset import fingerprint_of
 
     return HingeData(k_train=k, k_test=kt, y=y, y_test=1.0 - 2.0 * data.test_y[:m]
                      .astype(np.float64), x=k / scale, x_test=kt / scale, scale=scale,
-                     fingerprint=data_mod._fingerprint(np.array([n, m]),
+                     fingerprint=fingerprint_of(np.array([n, m]),
                                                        extra=data.fingerprint),
                      name=data.name, image_shape=data.image_shape)
 
@@ -209,8 +209,8 @@ def run_hinge(workdir: Path, data, settings: HingeSettings, classes) -> dict:
     Returns the record (with the figure's metrics under ``metrics``)."""
     import torch
 
-    from infl_cli.runtime import chunks
     from infl_cli.engines.hinge import svm
+    from infl_cli.runtime import chunks
     from infl_cli.runtime.progress import progress_bar
     from infl_cli.settings import LooSettings
     from infl_cli.stages.loo import Built, LooJob, solve_store

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput
+from infl_cli.runtime import artifacts as art
 from infl_cli.settings import IMPORT_MEANINGS, SOLVERS
 from infl_cli.stages.common import TestChoice, model_record
 

@@ -24,11 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput, InflError
+from infl_cli.runtime import artifacts as art
 from infl_cli.settings import LdsSettings, LooSettings
-from infl_cli.stages.common import (TestChoice, available_scores, load_model, model_policy,
-                                   model_record)
+from infl_cli.stages.common import (
+    TestChoice,
+    available_scores,
+    load_model,
+    model_policy,
+    model_record,
+)
 
 TRUTH = "subsets.safetensors"
 TRUTH_JSON = "subsets.json"

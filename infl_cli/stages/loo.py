@@ -19,8 +19,14 @@ from infl_cli.runtime.cluster import validate_cluster
 from infl_cli.runtime.progress import progress_bar
 from infl_cli.settings import LooSettings, validate_loo
 from infl_cli.stages import selection
-from infl_cli.stages.common import (TestChoice, load_model, load_scores, model_engine,
-                                    most_accurate_scores, score_rows)
+from infl_cli.stages.common import (
+    TestChoice,
+    load_model,
+    load_scores,
+    model_engine,
+    most_accurate_scores,
+    score_rows,
+)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 every retrained model certified and every test prediction proven.
 
 For each seed: a fraction ``flip`` of the training labels is set to a uniformly drawn *other*
-class; the flipped model is trained (the certified core, :func:`~infl_cli.engines.logreg.loo.solve_changes`,
+class; the flipped model is trained (the certified core, :func:`~infl_cli.engines.logreg.retraining.solve_changes`,
 from the clean model: the flips are a relabelling of its objective) and the training points
 are ranked by each ordering, computed once at the flipped model:
 
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput, Interrupted
+from infl_cli.runtime import artifacts as art
 from infl_cli.runtime.progress import progress_bar
 from infl_cli.stages.common import closed_form_model
 
@@ -144,11 +144,12 @@ def _solve(problem, changes, tol: float, stats: dict):
     import torch
 
     from infl_cli.engines.logreg import loo as loo_mod
+    from infl_cli.engines.logreg import retraining
 
     k = len(changes)
     everyone = np.ones((len(problem.y_test), k), dtype=bool)
     settings = loo_mod.LooSettings(rel_error=0.0, tol=tol, max_steps=40)
-    results, s = loo_mod.solve_changes(problem, changes, everyone, settings, keep_deltas=True)
+    results, s = retraining.solve_changes(problem, changes, everyone, settings, keep_deltas=True)
     _count(stats, s)
     deltas = results.pop("deltas")
     upper = results["grad_norm"] + results["grad_rounding"]
@@ -156,7 +157,7 @@ def _solve(problem, changes, tol: float, stats: dict):
     again = np.flatnonzero(ev["unproven"] > 0)
     if again.size:  # to the floor: a tiny relative target, stopped by the floor tests
         more = loo_mod.LooSettings(rel_error=1e-12, tol=tol, max_steps=12)
-        sub, s = loo_mod.solve_changes(problem, changes.select(again), everyone[:, again], more,
+        sub, s = retraining.solve_changes(problem, changes.select(again), everyone[:, again], more,
                                        keep_deltas=True, start=deltas[torch.as_tensor(again)])
         _count(stats, s)
         deltas[torch.as_tensor(again)] = sub.pop("deltas")
@@ -177,8 +178,9 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
     """One seed of the experiment (module doc): (tensors, record) of its artifact."""
     import torch
 
+    from infl_cli.engines.logreg import changes as changes_mod
     from infl_cli.engines.logreg import loo as loo_mod
-    from infl_cli.engines.logreg import model
+    from infl_cli.engines.logreg import model, retraining
     from infl_cli.engines.logreg.hessian import HessianFactor
     from infl_cli.stages import selfinfluence
 
@@ -191,7 +193,7 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
     stats, times = {}, {}
     # the flipped model: a relabelling of the clean problem, certified like every other model
     t0 = time.perf_counter()
-    out, s = loo_mod.solve_changes(clean_problem, loo_mod.Changes.relabelings([(flipped, new)]),
+    out, s = retraining.solve_changes(clean_problem, changes_mod.Changes.relabelings([(flipped, new)]),
                                    np.ones((len(clean_problem.y_test), 1), dtype=bool),
                                    loo_mod.LooSettings(rel_error=0.0, tol=tol,
                                                        max_steps=40), keep_deltas=True)
@@ -211,7 +213,7 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
     with progress_bar(f"seed {seed}: Hessian at the flipped model", total=classes * (classes - 1)
                       // 2) as update:
         factor = HessianFactor(w_flip, data.design, wd, on_block=update)
-    from infl_cli.data.datasets import with_labels
+    from infl_cli.data.dataset import with_labels
 
     flipped_data = with_labels(data, y_flip, f"{flip:g} flipped, seed {seed}")
     si, si_report = selfinfluence.compute(w_full, mrec, flipped_data, cert, factor, sample,
@@ -242,7 +244,7 @@ def run_seed(tensors, mrec, data, clean_problem, seed: int, flip: float, checks:
     base_eval = _evaluate(problem, zero, np.array([flip_bound]),
                           {"actual_loss_diff": np.zeros((len(problem.y_test), 1)),
                            "actual_error_bound": np.zeros((len(problem.y_test), 1))})
-    results, deltas, upper, ev = _solve(problem, loo_mod.Changes.relabelings(sets), tol, stats)
+    results, deltas, upper, ev = _solve(problem, changes_mod.Changes.relabelings(sets), tol, stats)
     times["fixes"] = time.perf_counter() - t0
     shape = (len(orderings), len(levels))
     grid = {key: np.zeros(shape) for key in ("test_accuracy", "test_accuracy_upper",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.engines import spec_of
 from infl_cli.errors import BadInput, InflError
+from infl_cli.runtime import artifacts as art
 from infl_cli.stages.common import available_scores, load_scores, model_policy, score_rows
 
 

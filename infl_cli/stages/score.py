@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.engines import policy_for, spec_of
 from infl_cli.errors import InflError
-from infl_cli.runtime.progress import progress_bar
 from infl_cli.numerics.solvers import make_solver
+from infl_cli.runtime import artifacts as art
+from infl_cli.runtime.progress import progress_bar
 from infl_cli.stages.common import TestChoice, load_model, model_engine
 
 

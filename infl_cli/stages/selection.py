@@ -21,6 +21,7 @@ import numpy as np
 
 from infl_cli.errors import BadInput, InflError
 from infl_cli.settings import DEFAULT_K, SELECTIONS
+
 _TEST_STREAM, _TRAIN_STREAM = 1, 2
 
 

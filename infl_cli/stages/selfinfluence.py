@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput, InflError, Interrupted
+from infl_cli.runtime import artifacts as art
 from infl_cli.runtime.progress import progress_bar
 from infl_cli.stages.common import closed_form_model
 

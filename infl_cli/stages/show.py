@@ -9,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from infl_cli.runtime import artifacts as art
 from infl_cli.errors import BadInput
-from infl_cli.stages.common import (load_scores, model_dataset, model_engine, most_accurate_scores,
-    score_rows)
+from infl_cli.runtime import artifacts as art
+from infl_cli.stages.common import (
+    load_scores,
+    model_dataset,
+    model_engine,
+    most_accurate_scores,
+    score_rows,
+)
 
 
 def show_settings(workdir: Path, test_index: int | None, count: int, solver: str | None,

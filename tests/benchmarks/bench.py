@@ -70,19 +70,21 @@ import time
 from pathlib import Path
 
 import infl_cli  # noqa: F401  (sets the thread-wait defaults before NumPy and torch load)
+
+# isort: split
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from infl_cli.runtime import artifacts as art
+from infl_cli import stages
 from infl_cli.engines.logreg import loo, model, score
 from infl_cli.engines.logreg.solvers import LogisticOperator
+from infl_cli.figures import fig2 as plot
 from infl_cli.numerics.solvers import CgSolver, ExactSolver, LissaSolver
+from infl_cli.runtime import artifacts as art
 from infl_cli.runtime.chunks import chunk_bounds
 from infl_cli.settings import CgSettings, LissaSettings, LooSettings
-from infl_cli.figures import fig2 as plot
-from infl_cli import stages
 
 console = Console(width=160)
 SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds",

@@ -36,8 +36,15 @@ from infl_cli.engines.base import Engine
 from infl_cli.engines.cnn import autodiff
 from infl_cli.engines.cnn import net as cnn
 from infl_cli.engines.cnn.loo import CnnLooProblem
-from infl_cli.engines.cnn.optim import (MAX_NEWTON, Gauge, adam_settings, adam_train,
-                                        exact_hessian, learning_rate, lm_newton)
+from infl_cli.engines.cnn.optim import (
+    MAX_NEWTON,
+    Gauge,
+    adam_settings,
+    adam_train,
+    exact_hessian,
+    learning_rate,
+    lm_newton,
+)
 from infl_cli.engines.policy import CnnPolicy
 from infl_cli.errors import InflError
 from infl_cli.numerics.bounds import fnorm

@@ -12,8 +12,7 @@ from torch.func import grad, vmap
 
 from infl_cli.engines.cnn import autodiff
 from infl_cli.engines.cnn import net as cnn
-from infl_cli.engines.cnn.optim import (MAX_NEWTON, PAPER_ADAM, Adam, Gauge, epoch_batches,
-                                        lm_newton)
+from infl_cli.engines.cnn.optim import MAX_NEWTON, PAPER_ADAM, Adam, Gauge, epoch_batches, lm_newton
 from infl_cli.numerics.bounds import fnorm
 
 

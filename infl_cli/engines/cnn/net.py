@@ -33,10 +33,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from infl_cli.data.dataset import SMALL_MNIST, small_mnist_indices  # noqa: F401 (the CNN's training set)
 from infl_cli.engines.cnn import autodiff
 from infl_cli.errors import InflError
-
-from infl_cli.data.datasets import SMALL_MNIST, small_mnist_indices  # noqa: F401 (the CNN's training set)
 
 CLASSES = 10
 DEFAULT_TEST = 6558  # the paper's test point for this panel

@@ -10,8 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from infl_cli.engines.hinge.svm import (UNIT, Smooth, certificate, fit_smooth, smooth_hessian,
-    smooth_hinge, solve_dual)
+from infl_cli.engines.hinge.svm import (
+    UNIT,
+    Smooth,
+    certificate,
+    fit_smooth,
+    smooth_hessian,
+    smooth_hinge,
+    solve_dual,
+)
 
 
 def smooth_change(x, y: float, t: float, full: Smooth, loo: Smooth, x_norm: float) -> tuple:

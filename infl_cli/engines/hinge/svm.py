@@ -45,8 +45,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from infl_cli.errors import InflError
 from infl_cli.engines.hinge.exact_sums import exact_matvec, exact_rmatvec
+from infl_cli.errors import InflError
 
 ALPHA_BITS = 52  # α is certified on a 2⁻⁵² grid, refined on a 2⁻¹⁰⁴ one
 UNIT = 2.0 ** -53

@@ -7,12 +7,12 @@ f_t(Ŵ₋z) − f_t(Ŵ), f_t = CE(z_t, ·). Everything here works over the featu
 training data (elsewhere Ŵ and every Ŵ₋z are exactly 0).
 
 **Method** (``newton``, the default). Removals are solved in chunks; a chunk is a pure
-function of the problem, its removal indices and the settings (:func:`solve_chunk`), so
+function of the problem, its removal indices and the settings (:func:`~infl_cli.engines.logreg.retraining.solve_chunk`), so
 chunks can run in any order, in any process, and resume. Per chunk, warm-started at Ŵ:
 
 1. Δ₁ = −P_z⁻¹∇R₋z(Ŵ): P_z is the exact Hessian of R₋z at Ŵ (the float32 inverse of H,
    corrected per removal for the removed point's own curvature by Woodbury,
-   :class:`RemovalPreconditioner`); ∇R₋z(Ŵ) is closed form, so this first step costs no pass
+   :class:`~infl_cli.engines.logreg.retraining.RemovalPreconditioner`); ∇R₋z(Ŵ) is closed form, so this first step costs no pass
    over the data and is the influence prediction itself.
 2. One float32 pass gives ∇R₋z(Ŵ + Δ₁) in *delta form* (below) for the second step.
 3. Float64 delta-form passes certify: each gives every open removal's gradient and a proven
@@ -20,7 +20,7 @@ chunks can run in any order, in any process, and resume. Per chunk, warm-started
    ``rel_error`` × |actual change| on every test point that selected it (or it is at the
    float64 floor, below), and its gradient norm is ≤ ``tol``. Open removals take further
    steps with P_z updated by the secant pairs of their earlier steps (L-BFGS two-loop
-   recursion, :func:`_secant_direction`). A removal not within ``tol`` after ``max_steps`` is
+   recursion, :mod:`~infl_cli.engines.logreg.retraining`). A removal not within ``tol`` after ``max_steps`` is
    finished by Newton steps on its exact Hessian (conjugate gradients), then certified.
 
 **Delta form.** With p_j = softmax(x_j Ŵᵀ) and u_j = x_j Δᵀ,
@@ -47,79 +47,22 @@ lower its bound further and stops there (reported when that is above the target)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from infl_cli.numerics import bounds
-from infl_cli.engines.logreg import model
 from infl_cli import settings
+from infl_cli.engines.logreg import model
+from infl_cli.engines.logreg.changes import Changes, Chunk
 from infl_cli.engines.logreg.hessian import HessianFactor
-from infl_cli.numerics.linalg import batched_dot, batched_norm
-from infl_cli.engines.logreg.retrain import lbfgs_retrain, newton_cg_retrain
+from infl_cli.engines.logreg.retraining import solve_chunk
+from infl_cli.numerics import bounds
 
 METHODS = settings.LOGREG_METHODS
-FLOOR_FACTOR = 4.0  # a gradient within this factor of its rounding bound is at the floor
-DIVERGENCE = 8.0  # a change whose gradient grew this much over its best is left to the fallback
 CPU_CHUNK = settings.CPU_CHUNK  # removals per chunk on the CPU (--chunk-size auto)
 DEVICE_CHUNK = 1000  # at most this many on a GPU, where one pass is a few large products
 CHUNK_MEMORY = 0.25  # a GPU chunk's tensors take at most this fraction of the free memory
 LooSettings = settings.LooSettings
-
-
-@dataclass
-class Changes:
-    """A batch of k changes of the training objective, each certified alike (the shared
-    retraining core: leave-one-out, label fixes, and both at once). Change j removes at most
-    one point, ``removed[j]`` (−1: none), and gives the points ``relabel_index`` of entries with
-    ``relabel_change == j`` the labels ``relabel_label``; its objective is
-
-        R_j(W) = (1/S_j)·Σ_{i ≠ removed[j]} CE(x_i, y'_i; W) + (wd/2)·‖W‖²,  S_j = n − [removed],
-
-    wd-strongly convex whatever the change, so every certificate holds for it."""
-
-    removed: np.ndarray
-    relabel_change: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    relabel_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    relabel_label: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def __len__(self) -> int:
-        return int(len(self.removed))
-
-    @classmethod
-    def removals(cls, removed) -> "Changes":
-        """Leave-one-out: change j removes point ``removed[j]``."""
-        return cls(np.asarray(removed, dtype=np.int64))
-
-    @classmethod
-    def relabelings(cls, sets) -> "Changes":
-        """Change j gives the points ``sets[j][0]`` the labels ``sets[j][1]``."""
-        sets = list(sets)
-        owner = [np.full(len(i), j, dtype=np.int64) for j, (i, _) in enumerate(sets)]
-        return cls(np.full(len(sets), -1, dtype=np.int64),
-                   np.concatenate(owner) if owner else np.zeros(0, np.int64),
-                   np.concatenate([np.asarray(i, np.int64) for i, _ in sets]) if sets
-                   else np.zeros(0, np.int64),
-                   np.concatenate([np.asarray(y, np.int64) for _, y in sets]) if sets
-                   else np.zeros(0, np.int64))
-
-    def select(self, rows) -> "Changes":
-        """The changes ``rows`` (in that order), renumbered 0..len(rows)−1."""
-        rows = np.asarray(rows, dtype=np.int64)
-        where = {int(j): i for i, j in enumerate(rows)}
-        keep = np.isin(self.relabel_change, rows)
-        return Changes(self.removed[rows],
-                       np.array([where[int(j)] for j in self.relabel_change[keep]],
-                                dtype=np.int64),
-                       self.relabel_index[keep], self.relabel_label[keep])
-
-    def labels(self, y: np.ndarray, j: int) -> np.ndarray:
-        """The training labels of change ``j`` (``y`` with its relabellings)."""
-        out = np.array(y, dtype=np.int64, copy=True)
-        mine = self.relabel_change == j
-        out[self.relabel_index[mine]] = self.relabel_label[mine]
-        return out
 
 
 def auto_chunk_size(device: torch.device, classes: int, features: int, max_steps: int) -> int:
@@ -245,10 +188,10 @@ class LooProblem:
         return torch.as_tensor(np.asarray(removed, dtype=np.int64)).to(self.device)
 
     # ------------------------------------------------------------------------ gradients
-    def chunk(self, changes: "Changes") -> "_Chunk":
-        return _Chunk(self, changes)
+    def chunk(self, changes: "Changes") -> "Chunk":
+        return Chunk(self, changes)
 
-    def base_gradient(self, chunk: "_Chunk"):
+    def base_gradient(self, chunk: "Chunk"):
         """∇R_j(Ŵ) = (n·∇R(Ŵ) − ∇L(z_j, Ŵ) + Σ_relabelled (e_y − e_y') ⊗ x_i)/S_j for each
         change [k, C, d_a] (for a removal alone: (n·∇R(Ŵ) − ∇L(z, Ŵ))/(n−1)), and a bound on
         its rounding beyond that of ∇R(Ŵ) [k]. The relabelling sums are of ±x_ij only: each is
@@ -272,7 +215,7 @@ class LooProblem:
                  + chunk.correction_error + combine) / chunk.denominator
         return base, error
 
-    def gradient(self, chunk: "_Chunk", rows, deltas: torch.Tensor, base: torch.Tensor,
+    def gradient(self, chunk: "Chunk", rows, deltas: torch.Tensor, base: torch.Tensor,
                  base_error: torch.Tensor, certify: bool):
         """∇R_j(Ŵ + Δ) [k, C, d_a] for the changes ``rows`` of ``chunk`` in delta form; with
         ``certify`` a float64 pass and a bound on each gradient's rounding error [k] (else a
@@ -496,283 +439,3 @@ def _squares_by_removal(m: torch.Tensor) -> torch.Tensor:
         a = m.numpy()
         return torch.from_numpy(np.einsum("bkc,bkc->k", a, a))
     return m.square().sum(dim=(0, 2))
-
-
-class _Chunk:
-    """The tensors of a batch of :class:`Changes` on the problem's device: the removed
-    points (index 0 and a zero input where a change removes none, so that one vectorised
-    formula serves both), the denominators S_j, and each change's relabelling correction
-    Σ (e_y − e_y') ⊗ x_i [k, C, d_a] with its norm and rounding bound."""
-
-    def __init__(self, problem: "LooProblem", changes: Changes):
-        self.changes = changes
-        self.k = k = len(changes)
-        device = problem.device
-        removed = np.asarray(changes.removed, dtype=np.int64)
-        has = removed >= 0
-        index = np.where(has, removed, 0)
-        self.removed = problem.index(index)
-        self.removed_np = removed
-        self.has_removal = torch.as_tensor(has.astype(np.float64), device=device)
-        xz = problem.design.rows(index).to(device)
-        if not has.all():
-            xz = xz * self.has_removal[:, None]
-        self.xz = xz
-        self.denominator = problem.n - self.has_removal
-        self.relabels = bool(len(changes.relabel_index))
-        self.correction = torch.zeros(k if self.relabels else 1, problem.classes,
-                                      problem.design.width, dtype=torch.float64, device=device)
-        self.correction_norm = torch.zeros(k, dtype=torch.float64, device=device)
-        self.correction_error = torch.zeros(k, dtype=torch.float64, device=device)
-        if not self.relabels:
-            return
-        y_old = problem.y_np[changes.relabel_index]
-        same = y_old == changes.relabel_label
-        for j in range(k):
-            mine = (changes.relabel_change == j) & ~same
-            if not mine.any():
-                continue
-            index_j = changes.relabel_index[mine]
-            d = np.zeros((index_j.size, problem.classes))
-            d[np.arange(index_j.size), y_old[mine]] += 1.0
-            d[np.arange(index_j.size), changes.relabel_label[mine]] -= 1.0
-            rows = problem.design.rows(index_j).to(device)
-            self.correction[j] = torch.as_tensor(d, device=device).T @ rows
-            self.correction_error[j] = (bounds.SAFETY * bounds.gamma(index_j.size + 1)
-                                        * math.sqrt(2.0)
-                                        * bounds.fsum(problem.row_norms[index_j]))
-        self.correction_norm = self.correction.reshape(k, -1).norm(dim=1)
-
-
-class RemovalPreconditioner:
-    """Exact inverse of the LOO Hessian at Ŵ for a chunk of removals, by Woodbury.
-
-    H₋z(Ŵ) = (n·H − ∇²L(z))/(n−1) with ∇²CE(z) = U Uᵀ, U = F ⊗ x_z and F Fᵀ = diag(p) − p pᵀ
-    (rank ≤ C). Dropping the wd·I/(n−1) part of ∇²L(z) (relative size ≤ 1/n),
-    P_z⁻¹ g = (n−1)·[H⁻¹g/n + (H⁻¹U/n)(I − Uᵀ H⁻¹ U/n)⁻¹(Uᵀ H⁻¹ g/n)],
-    which costs C extra solves per removal once, and makes each Newton step account for
-    the removed point's own curvature (essential when n is small). Vectors are [k, C, d]
-    over the factor's active features (or all features, as the factor accepts).
-    """
-
-    def __init__(self, factor: HessianFactor, weight, x_removed, n: int,
-                 denominator: torch.Tensor | None = None):
-        """``x_removed`` [K, d]: a zero row where a change removes nothing (then U = 0 and
-        P⁻¹ = (S/n)·H⁻¹); ``denominator`` [K]: S_j (default n − 1)."""
-        k, d = x_removed.shape
-        c = weight.shape[0]
-        p = model.probabilities(weight, x_removed)  # [K, C]
-        curv = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-        evals, evecs = torch.linalg.eigh(curv)
-        f = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # [K, C, m]: F Fᵀ = curvature
-        f = f.transpose(1, 2).contiguous()  # [K, m, C]: column m of U is f_m ⊗ x_z
-        u = f[:, :, :, None] * x_removed[:, None, None, :]  # [K, m, C, d]
-        self.n = n
-        self.denominator = (torch.full((k,), float(n - 1), dtype=torch.float64,
-                                       device=x_removed.device)
-                            if denominator is None else denominator.to(torch.float64))
-        self.y = factor.solve_kron(f, x_removed)  # H⁻¹U [K, m, C, d]
-        s = torch.einsum("kmcd,kqcd->kmq", u, self.y) / n
-        self.inner = torch.linalg.inv(torch.eye(c, dtype=s.dtype, device=s.device) - s)
-        self.factor = factor
-
-    def solve(self, g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """P_z⁻¹ g for the removals ``rows`` of the chunk; g [len(rows), C, d]."""
-        n = self.n
-        y = self.y[rows]
-        coef = torch.einsum("kmq,kqcd,kcd->km", self.inner[rows], y, g) / n
-        return self.denominator[rows][:, None, None] * (
-            self.factor.solve(g) / n + torch.einsum("kmcd,km->kcd", y, coef) / n)
-
-
-def _secant_direction(grad, rows, history, apply_p):
-    """H_k⁻¹·grad by the L-BFGS two-loop recursion with the initial inverse P_z⁻¹
-    (``apply_p``) and the secant pairs (s, y) gathered so far (``history``: full-chunk
-    tensors, read at ``rows``). The pairs add the curvature change along the path from Ŵ
-    that the fixed P_z misses; a pair with sᵀy ≤ 0 (impossible for a strongly convex R₋z
-    but for rounding) is skipped."""
-    q = grad.clone()
-    kept = []
-    for s_full, y_full in reversed(history):
-        s, yv = s_full[rows], y_full[rows]
-        sy = batched_dot(s, yv)
-        ok = sy > 1e-12 * batched_norm(s) * batched_norm(yv)
-        rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)),
-                          torch.zeros_like(sy))
-        alpha = rho * batched_dot(s, q)
-        q -= alpha[:, None, None] * yv
-        kept.append((s, yv, rho, alpha))
-    r = apply_p(q)
-    for s, yv, rho, alpha in reversed(kept):
-        beta = rho * batched_dot(yv, r)
-        r += (alpha - beta)[:, None, None] * s
-    return r
-
-
-class _Certificate:
-    """The certified figures of one chunk, filled in as removals settle (on the device)."""
-
-    def __init__(self, t: int, k: int, device):
-        def nan(*shape):
-            return torch.full(shape, math.nan, dtype=torch.float64, device=device)
-
-        self.actual, self.bound, self.own = nan(t, k), nan(t, k), nan(t, k)
-        self.grad_norm, self.rounding = nan(k), nan(k)
-
-    def record(self, problem: LooProblem, rows, deltas, grad, rounding):
-        """Certify ``rows`` at offsets ``deltas``: their gradient norms, the rounding bound
-        (of the gradient and of its norm), changes and bounds. Returns ‖∇R₋z‖ upper bounds."""
-        gn = grad.reshape(len(rows), -1).norm(dim=1)
-        rounding = rounding + bounds.gamma(grad[0].numel() + 1) * gn  # the norm's own rounding
-        upper = gn + rounding
-        actual, bound, own = problem.test_changes(deltas, upper)
-        self.actual[:, rows], self.bound[:, rows], self.own[:, rows] = actual, bound, own
-        self.grad_norm[rows], self.rounding[rows] = gn, rounding
-        return upper
-
-    def settled(self, problem: LooProblem, rows, selected, settings: LooSettings, upper,
-                previous_norm):
-        """Which of ``rows`` need no further step: certified within ``tol`` and either within
-        the relative target on every test point that selected them, or at the float64 floor."""
-        within_tol = upper <= settings.tol
-        if settings.rel_error <= 0:
-            return within_tol
-        sel = selected[:, rows]
-        meets = torch.where(sel, self.bound[:, rows] <= settings.rel_error
-                            * self.actual[:, rows].abs(), True).all(dim=0)
-        gn, rounding = self.grad_norm[rows], self.rounding[rows]
-        floor = (gn <= FLOOR_FACTOR * rounding) \
-            | torch.where(sel, self.own[:, rows] <= problem.baseline_error[:, None],
-                          True).all(dim=0) \
-            | (gn >= 0.5 * previous_norm)  # the last step did not halve it: noise level
-        return within_tol & (meets | floor)
-
-
-def solve_chunk(problem: LooProblem, removed: np.ndarray, selected: np.ndarray,
-                settings: LooSettings):
-    """Retrain without each index in ``removed`` [k]; ``selected`` [T, k] marks the test
-    points that chose each removal (their changes are driven to the relative target).
-
-    Returns (results, stats): results holds, as NumPy arrays, float64 ``actual_loss_diff``
-    and ``actual_error_bound`` [T, k], ``grad_norm`` (‖∇R₋z‖ computed in float64) and
-    ``grad_rounding`` (a proven bound on that value's error, so the true norm is at most
-    grad_norm + grad_rounding) [k], int64 ``steps`` and bool ``fallback`` [k]; stats counts
-    float64 and float32 passes over the data.
-    """
-    return solve_changes(problem, Changes.removals(removed), selected, settings)
-
-
-def solve_changes(problem: LooProblem, changes: Changes, selected: np.ndarray,
-                  settings: LooSettings, keep_deltas: bool = False, start=None):
-    """Retrain each of a batch of :class:`Changes` from Ŵ (the retraining core that
-    leave-one-out, label fixes and their studies share), certified: see :func:`solve_chunk`
-    for ``selected`` and the results. With ``keep_deltas`` the results also hold ``deltas``
-    [k, C, d_a] (a torch tensor: W_j − Ŵ over the active features); ``start`` [k, C, d_a]
-    continues from those offsets (a model certified before, driven further)."""
-    device = problem.device
-    selected = torch.as_tensor(np.asarray(selected, dtype=bool)).to(device)
-    chunk = problem.chunk(changes)
-    base, base_error = problem.base_gradient(chunk)
-    k = chunk.k
-    cert = _Certificate(len(problem.y_test), k, device)
-    stats = {"float64_passes": 0, "float32_passes": 0}
-    fallback = np.zeros(k, dtype=bool)
-    everyone = torch.arange(k, device=device)
-    if settings.method == "lbfgs":
-        if chunk.relabels or not (chunk.removed_np >= 0).all():
-            raise ValueError("--method lbfgs retrains removals only")
-        runs = [lbfgs_retrain(problem, int(z), settings.tol) for z in chunk.removed_np]
-        deltas = torch.stack([delta for delta, _ in runs])
-        steps = np.array([iterations for _, iterations in runs], dtype=np.int64)
-        grad, rounding = problem.gradient(chunk, everyone, deltas, base, base_error, True)
-        stats["float64_passes"] += 1
-        cert.record(problem, everyone, deltas, grad, rounding)
-    else:
-        deltas, steps = _newton(problem, chunk, base, base_error, selected, settings, cert,
-                                stats, start)
-        upper = (cert.grad_norm + cert.rounding).cpu().numpy()
-        for i in np.flatnonzero(~(upper <= settings.tol)):  # not certified: exact Hessian
-            delta, iters = newton_cg_retrain(problem, changes, i, deltas[i], settings.tol)
-            one = torch.tensor([i], device=device)
-            grad, rounding = problem.gradient(chunk, one, delta[None], base[one],
-                                              base_error[one], True)
-            stats["float64_passes"] += 1
-            cert.record(problem, one, delta[None], grad, rounding)
-            deltas[i] = delta
-            steps[i] += iters
-            fallback[i] = True
-    results = {"actual_loss_diff": cert.actual, "actual_error_bound": cert.bound,
-               "grad_norm": cert.grad_norm, "grad_rounding": cert.rounding}
-    results = {key: value.cpu().numpy() for key, value in results.items()}
-    results.update(steps=steps.astype(np.int64), fallback=fallback)
-    if keep_deltas:
-        results["deltas"] = deltas
-    return results, stats
-
-
-def _newton(problem: LooProblem, chunk: _Chunk, base, base_error, selected, settings, cert,
-            stats, start=None):
-    """The certified Newton iteration of one chunk (module doc). Returns (Δ [k, C, d_a],
-    steps [k] as a NumPy array); fills ``cert``. ``start``: offsets to continue from (no
-    first step and no float32 correction: straight to the certifying passes)."""
-    k = chunk.k
-    device = problem.device
-    precond = RemovalPreconditioner(problem.factor, problem.weight, chunk.xz, problem.n,
-                                    chunk.denominator)
-    everyone = torch.arange(k, device=device)
-    if start is None:
-        last_step = -precond.solve(base, everyone)
-        deltas = last_step.clone()
-        steps = np.ones(k, dtype=np.int64)
-    else:
-        deltas = start.to(device, torch.float64).clone()
-        last_step = torch.zeros_like(deltas)
-        steps = np.zeros(k, dtype=np.int64)
-    last_grad = base.clone()
-    history = []
-    fresh = start is not None  # the first certified gradient starts the secant pairs
-
-    def step(rows, grad):
-        """Record the secant pair that ``grad`` completes for ``rows``, then step them."""
-        nonlocal fresh
-        if not fresh:
-            s_full, y_full = torch.zeros_like(deltas), torch.zeros_like(deltas)
-            s_full[rows], y_full[rows] = last_step[rows], grad - last_grad[rows]
-            history.append((s_full, y_full))
-        fresh = False
-        last_grad[rows] = grad
-        last_step[rows] = -_secant_direction(grad, rows, history,
-                                             lambda q: precond.solve(q, rows))
-        deltas[rows] += last_step[rows]
-        steps[rows.cpu().numpy()] += 1
-
-    if start is None and settings.fast_correction and settings.max_steps > 1:
-        grad, _ = problem.gradient(chunk, everyone, deltas, base, base_error, False)
-        stats["float32_passes"] += 1
-        step(everyone, grad)
-    todo = everyone
-    previous = torch.full((k,), math.inf, dtype=torch.float64, device=device)
-    best = torch.full((k,), math.inf, dtype=torch.float64, device=device)
-    best_deltas = deltas.clone()
-    while len(todo):
-        d = deltas[todo]
-        grad, rounding = problem.gradient(chunk, todo, d, base[todo], base_error[todo], True)
-        stats["float64_passes"] += 1
-        upper = cert.record(problem, todo, d, grad, rounding)
-        finite = torch.isfinite(upper)
-        better = finite & (upper < best[todo])
-        best[todo[better]] = upper[better]
-        best_deltas[todo[better]] = d[better]
-        # a large change can take the fixed-curvature steps away from its optimum: such a
-        # change stops here and is finished by the safeguarded fallback from its best iterate
-        diverging = upper > DIVERGENCE * best[todo]
-        done = cert.settled(problem, todo, selected, settings, upper, previous[todo]) \
-            | ~finite | diverging
-        previous[todo] = cert.grad_norm[todo]
-        if bool(done.all()) or int(steps[todo.cpu().numpy()].max()) >= settings.max_steps:
-            break
-        todo, grad = todo[~done], grad[~done]
-        step(todo, grad)
-    short = ~(cert.grad_norm + cert.rounding <= settings.tol)
-    deltas[short] = best_deltas[short]  # the fallback starts from the best one
-    return deltas, steps

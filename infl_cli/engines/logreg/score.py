@@ -12,7 +12,6 @@ import torch
 
 from infl_cli.engines.logreg import model
 
-
 TESTS_PER_PASS = 50  # test points per product with the training inputs
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from infl_cli.numerics import bounds
 from infl_cli.engines.logreg import model
+from infl_cli.numerics import bounds
 
 ROW_BLOCK = 8192
 SAMPLE_BLOCK = 20  # points per certified residual (memory: ~n·20·C floats per piece)

@@ -32,7 +32,6 @@ that bound is ≤ tol.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

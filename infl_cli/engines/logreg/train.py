@@ -15,14 +15,14 @@ import time
 
 import torch
 
-from infl_cli.runtime import memory
+from infl_cli.data.dataset import Dataset
 from infl_cli.engines.logreg import model
-from infl_cli.numerics.bounds import fnorm
-from infl_cli.data.datasets import Dataset
-from infl_cli.errors import InflError
 from infl_cli.engines.logreg.hessian import SubspacePreconditioner
+from infl_cli.errors import InflError
+from infl_cli.numerics.bounds import fnorm
 from infl_cli.numerics.linalg import conjugate_gradient
 from infl_cli.numerics.newton import LineSearch, newton
+from infl_cli.runtime import memory
 from infl_cli.runtime.progress import progress_bar
 
 NEWTON_SWITCH = 0.03  # hand over to Newton once ‖∇R‖ ≤ this × ‖∇R(0)‖

@@ -3,7 +3,7 @@ the batched Newton method (Newton steps on the exact Hessian by conjugate gradie
 ``lbfgs`` method (warm-started full-batch L-BFGS). Each returns a change Δ of the weights that
 the caller certifies by its float64 pass; neither claims anything itself. ``problem`` is the
 caller's :class:`~infl_cli.engines.logreg.loo.LooProblem`, ``changes`` its
-:class:`~infl_cli.engines.logreg.loo.Changes`."""
+:class:`~infl_cli.engines.logreg.changes_mod.Changes`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,151 @@
+"""A user's own data: feature matrices in an NPZ file (``X_train``, ``y_train``, ``X_test``,
+``y_test``, optional ``class_names``), checked in one line for each thing wrong, and decoded
+into the decoded-data cache; features that are integers over a common scale are stored as
+those integers (exact products certify them)."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from infl_cli.data import cache as datacache
+from infl_cli.data.dataset import (
+    EXACT_MAX_INTEGER,
+    EXACT_SCALES,
+    NPZ_ARRAYS,
+    Dataset,
+    fingerprint_of,
+    with_parts,
+)
+from infl_cli.errors import BadInput
+
+
+def check_npz_file(path: Path) -> None:
+    if not path.is_file():
+        raise BadInput(f"{path} not found")
+    if not zipfile.is_zipfile(path):
+        raise BadInput(f"{path} is not an NPZ file (not a zip archive of .npy arrays, as "
+                       "numpy.savez writes)")
+
+
+def decode_npz(path: Path, bias: bool) -> datacache.Decoded:
+    data = load_npz(path)
+    scale = data.pixel_scale
+    x_tr, x_te = data.train_x, data.test_x
+    if scale is not None:  # keep the integers: the features are exactly integers / scale
+        x_tr = np.rint(x_tr * scale).astype(np.int32)
+        if _exact_at(x_te, scale):  # else the test features stay float64, as given
+            x_te = np.rint(x_te * scale).astype(np.int32)
+    meta = {"name": data.name, "fingerprint": data.fingerprint, "scale": scale,
+            "n_classes": data.n_classes,
+            "class_names": list(data.class_names) if data.class_names else None,
+            "image_shape": list(data.image_shape) if data.image_shape else None}
+    return with_parts({"train_x": x_tr, "train_y": data.train_y, "test_x": x_te,
+                        "test_y": data.test_y}, meta, bias)
+
+
+def load_npz(path: Path) -> Dataset:
+    """A user's feature matrices (module doc); every problem with the file is one
+    :class:`InflError` naming it."""
+    path = Path(path).expanduser()
+    check_npz_file(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            missing = [a for a in NPZ_ARRAYS if a not in names]
+            if missing:
+                raise BadInput(f"{path} lacks the array{'s' if len(missing) > 1 else ''} "
+                                f"{', '.join(missing)} (it has: {', '.join(sorted(names)) or 'none'}"
+                                f"); an infl NPZ holds {', '.join(NPZ_ARRAYS)} and optionally "
+                                "class_names")
+            arrays = {a: npz[a] for a in NPZ_ARRAYS}
+            class_names = npz["class_names"] if "class_names" in names else None
+    except BadInput:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise BadInput(f"{path} holds an array of Python objects; features and labels "
+                            "must be numeric arrays") from None
+        raise BadInput(f"{path} is not an NPZ file of arrays ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise BadInput(f"{path} is not an NPZ file ({type(exc).__name__}: {exc})") from None
+    x_train = _features(arrays["X_train"], "X_train", path)
+    x_test = _features(arrays["X_test"], "X_test", path)
+    if x_train.shape[1] != x_test.shape[1]:
+        raise BadInput(f"{path}: X_train has {x_train.shape[1]} features and X_test "
+                        f"{x_test.shape[1]}; they must match")
+    y_train = _labels(arrays["y_train"], "y_train", x_train.shape[0], "X_train", path)
+    y_test = _labels(arrays["y_test"], "y_test", x_test.shape[0], "X_test", path)
+    if class_names is not None:
+        if class_names.ndim != 1 or class_names.dtype.kind not in "USiu":
+            raise BadInput(f"{path}: class_names must be a 1-D array of strings")
+        class_names = tuple(str(c) for c in class_names.tolist())
+        k = len(class_names)
+    else:
+        k = int(max(y_train.max(), y_test.max())) + 1
+    for name, y in (("y_train", y_train), ("y_test", y_test)):
+        bad = (y < 0) | (y >= k)
+        if bad.any():
+            raise BadInput(f"{path}: {name} holds label {int(y[bad][0])}, outside 0..{k - 1}"
+                            + (f" ({k} class_names)" if class_names else ""))
+    if k < 2 or np.unique(y_train).size < 2:
+        raise BadInput(f"{path}: the training labels hold a single class "
+                        f"({int(y_train[0])}); a classifier needs at least two")
+    if x_train.shape[0] < 2:
+        raise BadInput(f"{path}: X_train has {x_train.shape[0]} example; leave-one-out "
+                        "needs at least two")
+    side = math.isqrt(x_train.shape[1])
+    fp = fingerprint_of(x_train, y_train, x_test, y_test,
+                      extra="|".join(class_names) if class_names else "")
+    return Dataset(
+        name=str(path), train_x=x_train, train_y=y_train, test_x=x_test, test_y=y_test,
+        fingerprint=fp, pixel_scale=_integer_scale(x_train), n_classes=k,
+        class_names=class_names,
+        image_shape=(side, side) if side * side == x_train.shape[1] and side > 1 else None)
+
+
+def _features(a: np.ndarray, name: str, path: Path) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise BadInput(f"{path}: {name} has dtype {a.dtype}; features must be real numbers "
+                        "(integer or floating point)")
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise BadInput(f"{path}: {name} must be a 2-D array [examples, features] with at "
+                        f"least one of each, got shape {a.shape}")
+    x = np.ascontiguousarray(a, dtype=np.float64)
+    if not np.isfinite(x).all():
+        i, j = np.argwhere(~np.isfinite(x))[0]
+        raise BadInput(f"{path}: {name} holds {x[i, j]} at [{i}, {j}]; features must be "
+                        "finite (no NaN or inf)")
+    return x
+
+
+def _labels(a: np.ndarray, name: str, n: int, x_name: str, path: Path) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise BadInput(f"{path}: {name} has dtype {a.dtype}; labels must be integers "
+                        "0..K−1")
+    if a.ndim != 1 or a.shape[0] != n:
+        raise BadInput(f"{path}: {name} has shape {a.shape}; it must be 1-D with one label "
+                        f"per row of {x_name} ({n})")
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.rint(a)).all()):
+        raise BadInput(f"{path}: {name} holds non-integer labels; labels must be integers "
+                        "0..K−1")
+    return a.astype(np.int64)
+
+
+def _integer_scale(x: np.ndarray) -> float | None:
+    """The smallest common scale s in :data:`EXACT_SCALES` for which every feature is exactly
+    the float64 nearest to an integer/s, |integer| ≤ 2²⁴ (then the data are those rationals up
+    to one rounding each, and exact products apply), else None."""
+    for scale in sorted(EXACT_SCALES):
+        if _exact_at(x, scale):
+            return scale
+    return None
+
+
+def _exact_at(x: np.ndarray, scale: float) -> bool:
+    ints = np.rint(x * scale)
+    return bool(np.abs(ints).max(initial=0) <= EXACT_MAX_INTEGER
+                and np.array_equal(ints / scale, x))
