@@ -1,4 +1,10 @@
-"""infl: influence functions for multinomial logistic regression, checked by retraining."""
+"""infl: explain a model's predictions through its training data with influence functions
+(Koh & Liang 2017), and prove each explanation right by certified retraining.
+
+The command line is :mod:`infl_cli.cli`; the layers below it: :mod:`.stages` (one module per
+command), :mod:`.figures`, :mod:`.engines` (one per model kind), :mod:`.data`, :mod:`.numerics`,
+:mod:`.runtime`, then :mod:`.settings` and :mod:`.errors`. Importing this package loads no torch.
+"""
 
 import os as _os
 

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two test processes share the two cores: one thread each, set before torch loads
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
 
 from infl_cli.data.datasets import load_dataset
 
@@ -60,14 +65,14 @@ def infl(*args, env_extra=None) -> Outcome:
         os.environ.update(env)
         sys.argv = ["infl", *map(str, args)]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            progress.console = cli.console = progress._make_console()
+            progress.console = progress._make_console()
             try:
                 cli.main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = saved_argv
-        progress.console = cli.console = saved_console
+        progress.console = saved_console
         for s, handler in saved_handlers.items():
             signal.signal(s, handler)
         for key, value in saved_env.items():
@@ -78,23 +83,29 @@ def infl(*args, env_extra=None) -> Outcome:
     return Outcome(code, out.getvalue(), err.getvalue())
 
 
-def infl_process(*args, env_extra=None) -> Outcome:
-    """Run ``python -m infl_cli ARGS`` as a real process (text, captured)."""
+def infl_process(*args, env_extra=None, threads=None) -> Outcome:
+    """Run ``python -m infl_cli ARGS`` as a real process (text, captured); ``threads``: its
+    OMP_NUM_THREADS (default: this process's environment)."""
     env = dict(os.environ, COLUMNS="200")
     env.update(env_extra or {})
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=600)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
-def start_infl(*args):
+def start_infl(*args, threads=None):
     """``python -m infl_cli ARGS`` in its own process group with the default SIGINT handler
-    (a background child of a non-interactive shell would otherwise ignore SIGINT)."""
+    (a background child of a non-interactive shell would otherwise ignore SIGINT);
+    ``threads``: its OMP_NUM_THREADS (default: this process's environment)."""
+    env = dict(os.environ, COLUMNS="200")
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen(
         [sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        env=dict(os.environ, COLUMNS="200"))
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), env=env)
 
 
 def wait_for(path, proc, timeout=180):
@@ -104,6 +115,18 @@ def wait_for(path, proc, timeout=180):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch threads (the tests' processes run one thread each under
+    pytest-xdist; a check of thread independence needs more)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def copy_work(src, tmp_path, name="work"):

@@ -26,9 +26,11 @@ LOO = ["-t", 8, "-k", 60, "--chunk-size", 3]
 
 @pytest.fixture(scope="module")
 def in_process(tiny_work, tmp_path_factory):
-    """The reference: the same LOO solved in this machine's own process."""
+    """The reference: the same LOO solved in the driver's own process, two threads as on this
+    machine by default (the workers run one each: the chunks' results do not depend on it;
+    the Hessian factor the driver forms is shipped to them)."""
     w = copy_work(tiny_work, tmp_path_factory.mktemp("in_process"))
-    proc = infl("loo", "-w", w, *LOO)
+    proc = infl_process("loo", "-w", w, *LOO, threads=2)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return load_file(str(w / "loo.safetensors"))
 
@@ -42,7 +44,7 @@ def _same(work, reference):
 
 def test_local_cluster_gives_the_in_process_tensors(tiny_work, in_process, tmp_path):
     work = copy_work(tiny_work, tmp_path)
-    proc = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2")
+    proc = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2", threads=2)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 (local:2" in proc.stderr  # the table names the workers
     _same(work, in_process)
@@ -51,7 +53,7 @@ def test_local_cluster_gives_the_in_process_tensors(tiny_work, in_process, tmp_p
 @pytest.mark.slow
 def test_a_killed_worker_changes_nothing(tiny_work, in_process, tmp_path):
     work = copy_work(tiny_work, tmp_path)
-    proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2")
+    proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2", threads=2)
     wait_for(work / "loo.partial.safetensors", proc)
     driver = psutil.Process(proc.pid)
     # the nannies run inside the driver; the workers are its spawned child processes
@@ -68,13 +70,13 @@ def test_a_killed_worker_changes_nothing(tiny_work, in_process, tmp_path):
 @pytest.mark.slow
 def test_interrupted_driver_resumes(tiny_work, in_process, tmp_path):
     work = copy_work(tiny_work, tmp_path)
-    proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2")
+    proc = start_infl("loo", "-w", work, *LOO, "--cluster", "local:2", threads=2)
     wait_for(work / "loo.partial.safetensors", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "removals are saved in" in err.strip().splitlines()[-1]
-    again = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2")
+    again = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2", threads=2)
     assert again.returncode == 0, again.stderr[-2000:]
     _same(work, in_process)
 

@@ -96,16 +96,24 @@ def test_per_example_gradients_equal_autograd_one_by_one(arch, small):
 
 
 @pytest.fixture(scope="module")
-def trained(arch, small):
-    """The exact protocol on the 120 images: Adam warm-up, then Newton to 1e-10 (~1.5 min)."""
-    spec = CnnSpec(width=2, adam_steps=3000, adam_lr=1e-2)
-    tensors, info = cnn_engine.ENGINE.fit(small, WD, 1e-10, 50, spec)
-    return tensors, info, spec
+def trained(arch, tmp_path_factory):
+    """The exact protocol on the first 120 images of mnist-tiny, width 2, through the CLI:
+    Adam warm-up, then Newton to 1e-10 (~1.5 min). (tensors, record, spec, work folder)."""
+    from infl_cli.runtime import artifacts as art
+
+    work = tmp_path_factory.mktemp("cnn") / "cnn"
+    proc = infl("train", "--model", "cnn", "--width", 2, "--dataset", "mnist-tiny",
+                "--train-size", 120, "--wd", WD, "--adam-steps", 3000, "--adam-lr", 0.01,
+                "-w", work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tensors, record = art.load_artifact(work / art.MODEL, "train")
+    return tensors, record, CnnSpec(width=2, adam_steps=3000, adam_lr=1e-2, train_size=120), \
+        work
 
 
 @pytest.mark.slow
 def test_exact_training_reaches_a_certified_local_minimum(trained, arch, small):
-    tensors, info, _ = trained
+    tensors, info, _, _ = trained
     assert info["grad_norm"] <= 1e-10 and info["converged"]
     assert info["local_minimum"] and info["lambda_min"] > 0 and info["negative_eigenvalues"] == 0
     # the spectrum is the Hessian's without its null direction (one eigenvalue ≈ 0)
@@ -122,7 +130,7 @@ def test_newton_loo_equals_long_lbfgs_from_the_trained_model(trained, small, arc
     that L-BFGS's own gradient norm leaves."""
     from scipy.optimize import minimize
 
-    tensors, info, spec = trained
+    tensors, info, spec, _ = trained
     assert info["local_minimum"]
     mrec = {"settings": {"wd": WD, "model": spec.record()}, "adam_final_lr": 1e-3}
     problem = cnn_engine.ENGINE.loo_problem(tensors, mrec, small, small.x_test[[8, 3]],
@@ -172,16 +180,13 @@ def replace_settings(method, **kw):
 
 
 @pytest.mark.slow
-def test_cnn_exact_train_ihvp_score_through_the_cli(tmp_path):
+def test_cnn_exact_train_ihvp_score_through_the_cli(trained, tmp_path):
     """The exact protocol's stages through the CLI on 120 images of mnist-tiny, width 2."""
-    work = tmp_path / "cnn"
-    for args in (["train", "--model", "cnn", "--width", 2, "--dataset", "mnist-tiny",
-                  "--train-size", 120, "--wd", WD, "--adam-steps", 3000, "--adam-lr", 0.01],
-                 ["ihvp", "-t", 8], ["score"]):
+    _, mrec, _, trained_work = trained
+    work = copy_work(trained_work, tmp_path)
+    for args in (["ihvp", "-t", 8], ["score"]):
         proc = infl(*args, "-w", work)
         assert proc.returncode == 0, (args, proc.stderr[-3000:])
-    mrec = json.loads(__import__("safetensors").safe_open(
-        str(work / "model.safetensors"), "pt").metadata()["infl"])
     assert mrec["grad_norm"] <= 1e-10 and mrec["local_minimum"] and mrec["n_train"] == 120
     assert mrec["settings"]["model"]["kind"] == "cnn"
     assert mrec["settings"]["model"]["train_size"] == 120

@@ -22,7 +22,7 @@ from infl_cli.cli import pipeline as cli_commands
 from infl_cli.cli import run as cli_run
 from infl_cli.cli import studies as cli_studies
 from infl_cli.errors import InflError, Interrupted
-from infl_cli.runtime.progress import console
+from infl_cli.runtime import progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Explain a prediction through its training data with influence functions "
@@ -111,7 +111,7 @@ def main() -> None:
 
 
 def _fail(message: str, code: int, prefix: str = "error") -> None:
-    console.print(f"[red]{prefix}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    progress.console.print(f"[red]{prefix}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from infl_cli.engines import ModelSpec, make_spec
 from infl_cli.errors import BadInput
+from infl_cli.runtime import progress
 from infl_cli.runtime.lock import workdir_lock
-from infl_cli.runtime.progress import console
 from infl_cli.settings import LooSettings, check_device_name
 
 
@@ -53,12 +53,12 @@ def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+    progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
                   soft_wrap=True)
 
 
 def say(message: str) -> None:
-    console.print(f"[dim]{escape(message)}[/dim]")
+    progress.console.print(f"[dim]{escape(message)}[/dim]")
 
 
 @contextmanager

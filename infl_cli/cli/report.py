@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from infl_cli.runtime.progress import console
+from infl_cli.runtime import progress
 
 
 def fmt(value) -> str:
@@ -15,18 +15,20 @@ def fmt(value) -> str:
 
 def table(title: str, rows: dict) -> None:
     table = Table(title=title, show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")  # a long path wraps, never cut to "…"
     for key, value in rows.items():
         table.add_row(key, fmt(value))
-    console.print(table)
+    progress.console.print(table)
 
 
 def columns(title: str, header: list, rows: list) -> None:
     table = Table(title=title)
     for name in header:
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
-    console.print(table)
+    progress.console.print(table)
 
 
 def listing(values, fmt: str = "{:.2e}") -> str:
@@ -268,4 +270,4 @@ def report_lds(section: dict) -> None:
             ["scores", "tests", "LDS", "LDS range", "ranks", "LOO ρ", "LOO ρ range", "LOO R",
              "pooled R"],
             rows)
-    console.print(f"figure: {section['figure']}", highlight=False)
+    progress.console.print(f"figure: {section['figure']}", highlight=False)

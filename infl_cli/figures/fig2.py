@@ -1,4 +1,4 @@
-"""Stage 5: Figure 2 of Koh & Liang, predicted against actual change in test loss, and metrics.
+"""Figure 2 of Koh & Liang: predicted against actual change in test loss, and its metrics.
 
 x: actual change f(Ŵ₋z) − f(Ŵ) from certified retraining (its certified error bound as a
 horizontal error bar, where it is wide enough to see); y: predicted change −I_up,loss/n;

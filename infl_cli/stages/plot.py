@@ -36,7 +36,7 @@ def _records(workdir: Path, solvers: list[str] | None, loo_method: str | None):
 
 
 def _plot_inputs(workdir: Path, solvers: list[str] | None, loo_method: str | None):
-    """(LOO view, panels, LOO record, model record) of one work folder (see :mod:`plot`)."""
+    """(LOO view, panels, LOO record, model record) of one work folder (see :mod:`~infl_cli.figures.fig2`)."""
     from infl_cli.figures import fig2 as plot
 
     path, lrec, mrec, solvers = _records(workdir, solvers, loo_method)
@@ -105,7 +105,7 @@ def is_drawn(workdir: Path, settings: dict, inputs: dict, figures: list[Path]) -
 
 def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
              beside: list[Path] = (), loo_method: str | None = None) -> dict:
-    """Figures of predicted against actual change and ``metrics.json`` (see :mod:`plot`).
+    """Figures of predicted against actual change and ``metrics.json`` (see :mod:`~infl_cli.figures.fig2`).
     ``beside``: other work folders whose panels are drawn to the right (one test point each:
     the paper's three panels from the logistic folder and the CNN's). For a CNN folder the
     metrics also hold the ablation: R and ρ of every scores artifact against every LOO

@@ -64,7 +64,7 @@ def drawn(settings: dict, inputs: dict, png: Path, sidecar: Path) -> dict | None
 
 def run_show(workdir: Path, test_index: int | None, count: int, solver: str | None,
              out: Path | None) -> dict:
-    """The explanation of one test prediction as images (see :mod:`explain`); by default of
+    """The explanation of one test prediction as images (see :mod:`~infl_cli.figures.explain`); by default of
     the first test point scored. Writes only the image and its sidecar: it takes no lock."""
     from infl_cli.figures import explain
 

@@ -1,5 +1,5 @@
-"""The engine of Koh & Liang's CNN (Figure 2, right): All-CNN-C (:mod:`cnn`) on "small MNIST",
-every derivative by automatic differentiation (:mod:`autodiff`), two protocols.
+"""The engine of Koh & Liang's CNN (Figure 2, right): All-CNN-C (:mod:`.net`) on "small MNIST",
+every derivative by automatic differentiation (:mod:`.autodiff`), two protocols.
 
 **exact** (the default). Training: Adam (float32) warm-up, then Newton steps on the exact
 Hessian (float64) with a Levenberg–Marquardt shift, until ‖∇R‖ ≤ ``tol`` (1e-10)
@@ -51,7 +51,7 @@ from infl_cli.numerics.bounds import fnorm
 from infl_cli.numerics.ihvp import cg_with_progress
 from infl_cli.numerics.linalg import batched_norm
 from infl_cli.numerics.solvers import Operator
-from infl_cli.runtime.progress import console
+from infl_cli.runtime import progress
 
 CPU_CHUNK, DEVICE_CHUNK = 10, 100
 
@@ -87,7 +87,7 @@ class CnnEngine(CnnPolicy, Engine):
 
             def show(gn):  # one line per accepted step (each Hessian has its own bar)
                 steps.append(gn)
-                console.print(f"train: Newton step {len(steps)}: ‖∇R‖ = {gn:.2e} "
+                progress.console.print(f"train: Newton step {len(steps)}: ‖∇R‖ = {gn:.2e} "
                               f"(goal {tol:.0e})", highlight=False)
 
             theta, newton, hessian = lm_newton(obj, gauge, theta, tol,

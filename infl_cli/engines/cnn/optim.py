@@ -14,7 +14,8 @@ from torch.func import grad
 from infl_cli.engines.cnn import autodiff
 from infl_cli.engines.cnn import net as cnn
 from infl_cli.numerics.bounds import fnorm
-from infl_cli.runtime.progress import console, progress_bar
+from infl_cli.runtime import progress
+from infl_cli.runtime.progress import progress_bar
 
 EXACT_ADAM = (10_000, 1e-3)   # warm-up steps, learning rate
 PAPER_ADAM = (500_000, 1e-4)  # all of training, the authors' schedule
@@ -55,7 +56,7 @@ def exact_hessian(obj, theta, what: str = "the exact Hessian") -> torch.Tensor:
     p = theta.shape[0]
     estimate, first_rows = _estimate_hessian_time(obj, theta)
     if estimate > 120:
-        console.print(f"forming {what} ({p:,} × {p:,}, {p:,} Hessian-vector products) takes "
+        progress.console.print(f"forming {what} ({p:,} × {p:,}, {p:,} Hessian-vector products) takes "
                       f"about {estimate / 3600:.1f} h on {theta.device}; going on",
                       highlight=False, soft_wrap=True)
     with progress_bar(f"hessian ({p} HVPs)", total=p) as update:

@@ -1,4 +1,5 @@
-"""Stage 4: leave-one-out retraining, certified, for many removals and many test points.
+"""The logistic model's leave-one-out problem: retraining certified for many removals and many
+test points (:class:`LooProblem`, whose chunks the retraining core solves).
 
 For a removed point z the retrained parameters Ŵ₋z minimise
 R₋z(W) = (1/(n−1))·Σ_{j≠z} L(z_j, W) = (n·R(W) − L(z, W))/(n−1), the ε = −1/n problem whose

@@ -1,4 +1,4 @@
-"""Stage 3: influence of every training point on each test loss.
+"""The logistic model's influence of every training point on each test loss, in closed form.
 
 I_up,loss(z_i, z_test) = −∇CE(z_test, Ŵ)ᵀ H⁻¹ ∇L(z_i, Ŵ) = −⟨s_test, ∇L(z_i, Ŵ)⟩, with
 s_test = H⁻¹∇CE(z_test) from the ihvp stage and ∇L(z_i) including the wd·Ŵ term.

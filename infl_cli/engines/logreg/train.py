@@ -1,4 +1,4 @@
-"""Stage 1: fit multinomial logistic regression (no bias) to high precision.
+"""Training the logistic model: multinomial logistic regression (no bias) to a certified optimum.
 
 Minimises R(W) = mean CE + (wd/2)·‖W‖² over the training set in float64: full-batch L-BFGS
 (scipy's L-BFGS-B, unbounded) from W = 0 until ‖∇R‖ has dropped by ``NEWTON_SWITCH``, then
