@@ -16,4 +16,10 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+# How many threads torch and the BLAS may use: the cores other processes leave free (both
+# read it when they load, so it is set here; :mod:`infl_cli.runtime.threads`).
+from infl_cli.runtime import threads as _threads  # noqa: E402
+
+THREADS = _threads.apply()
+
 __version__ = "0.1.0"

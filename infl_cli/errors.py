@@ -29,7 +29,8 @@ class Interrupted(BaseException):
     """
 
     EXIT_CODE = 130
-    DEFAULT = "interrupted; rerun the same command to continue"
+    DEFAULT = ("interrupted; what was under way was not written (what finished before is kept, "
+               "and a rerun of the same command reuses it)")
 
     def __init__(self, message: str = DEFAULT):
         super().__init__(message)

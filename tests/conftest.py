@@ -25,9 +25,13 @@ from pathlib import Path
 
 import pytest
 
+THREAD_ENVS = ("INFL_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # two test processes share the two cores: one thread each, set before torch loads
-    os.environ["OMP_NUM_THREADS"] = "1"
+    # two test processes share the two cores: one thread each, set before torch and NumPy
+    # load (the controller's import of infl_cli chose for the machine, and its workers inherit
+    # that: infl_cli.runtime.threads)
+    for _name in THREAD_ENVS:
+        os.environ[_name] = "1"
 
 import torch  # noqa: E402
 
@@ -89,7 +93,7 @@ def infl_process(*args, env_extra=None, threads=None) -> Outcome:
     env = dict(os.environ, COLUMNS="200")
     env.update(env_extra or {})
     if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+        env.update({name: str(threads) for name in THREAD_ENVS})
     proc = subprocess.run([sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, env=env, timeout=600)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
@@ -101,7 +105,7 @@ def start_infl(*args, threads=None):
     ``threads``: its OMP_NUM_THREADS (default: this process's environment)."""
     env = dict(os.environ, COLUMNS="200")
     if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+        env.update({name: str(threads) for name in THREAD_ENVS})
     return subprocess.Popen(
         [sys.executable, "-m", "infl_cli", *map(str, args)], cwd=REPO, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,

@@ -46,7 +46,7 @@ def test_local_cluster_gives_the_in_process_tensors(tiny_work, in_process, tmp_p
     work = copy_work(tiny_work, tmp_path)
     proc = infl_process("loo", "-w", work, *LOO, "--cluster", "local:2", threads=2)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "2 (local:2" in proc.stderr  # the table names the workers
+    assert "2 (local:2" in proc.stdout  # the table names the workers
     _same(work, in_process)
 
 

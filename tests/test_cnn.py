@@ -3,6 +3,7 @@ differences and plain autograd, Newton LOO against a long L-BFGS retraining, bot
 through the CLI, the architecture itself, and the CNN's bad inputs."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -239,12 +240,20 @@ def test_bad_cnn_input_is_one_line_exit_2_nothing_written(tmp_path, args, messag
 
 
 def test_mixed_model_kinds_are_refused(tiny_work, tmp_path):
-    """Artifacts of the logistic model next to a CNN model: a stage refuses them in one line;
-    a logistic-only LOO method is refused for the CNN."""
+    """Training another model kind over a study is refused unless --replace; artifacts of
+    the logistic model next to a CNN model (its model file copied in): a stage refuses them
+    in one line; a logistic-only LOO method is refused for the CNN."""
     work = copy_work(tiny_work, tmp_path)
-    proc = infl("train", "--model", "cnn", "--width", 1, "--dataset", "mnist-tiny",
-                "--protocol", "paper", "--adam-steps", 5, "-w", work)
+    cnn_args = ("train", "--model", "cnn", "--width", 1, "--dataset", "mnist-tiny",
+                "--protocol", "paper", "--adam-steps", 5)
+    before = listing(work)
+    proc = infl(*cnn_args, "-w", work)
+    assert_clean_failure(proc, "holds another study (a logreg model of mnist-tiny)")
+    assert "--replace" in proc.stderr and listing(work) == before
+    cnn = tmp_path / "cnn"
+    proc = infl(*cnn_args, "-w", cnn)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.copy(cnn / "model.safetensors", work / "model.safetensors")
     before = listing(work)
     for args, message in ((["score", "--solver", "cg"], "computed for another model"),
                           (["loo", "--solver", "cg", "-k", 3], "computed for another model"),

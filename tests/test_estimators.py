@@ -240,7 +240,7 @@ def test_every_method_writes_a_scores_artifact_judged_like_ours(est_work, tmp_pa
         assert rec["settings"]["solver"] == label and rec["seconds"] >= 0
     proc = infl("lds", "-w", work, "--subsets", 8)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "trak-m3" in proc.stderr and "ekfac" in proc.stderr, proc.stderr
+    assert "trak-m3" in proc.stdout and "ekfac" in proc.stdout, proc.stdout
     import json
 
     methods = json.loads((work / "metrics.json").read_text())["lds"]["methods"]

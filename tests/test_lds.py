@@ -113,7 +113,7 @@ def judged(small_work, tmp_path_factory):
     work = copy_work(small_work, tmp_path_factory.mktemp("judged"))
     proc = infl("lds", "-w", work, "--subsets", 12)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "LDS" in proc.stderr and "exact" in proc.stderr
+    assert "LDS" in proc.stdout and "exact" in proc.stdout
     return work
 
 

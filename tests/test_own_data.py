@@ -168,7 +168,7 @@ def test_default_k_is_every_point_of_a_small_set_and_show_prints_a_table(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_file(str(work / "loo.safetensors"))["train_indices"].shape == (60,)
     # the default test point of a 5-point test set is 0; d = 5 is no image: a table alone
-    assert "test 0: label" in proc.stderr and "helpful" in proc.stderr
+    assert "test 0: label" in proc.stdout and "helpful" in proc.stdout
     assert not list(work.glob("explain-*.png"))
     before = sorted(p.name for p in work.iterdir())
     refused = infl("show", "-w", work, "--out", tmp_path / "x.png")
@@ -190,7 +190,7 @@ def test_square_features_are_drawn_as_images(tmp_path):
     proc = infl("show", "-w", work, "-n", 3)
     assert proc.returncode == 0, proc.stderr
     assert (work / "explain-3.png").stat().st_size > 5_000
-    assert "label left" in proc.stderr or "label right" in proc.stderr
+    assert "label left" in proc.stdout or "label right" in proc.stdout
 
 
 def _text_file(path):

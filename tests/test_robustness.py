@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import REPO, assert_clean_failure, copy_work, infl, listing, start_infl, wait_for
 
+from infl_cli.errors import Interrupted
+
 LONG_LISSA = ["ihvp", "--depth", "200000", "--stop-tol", "0", "--batch-size", "1000"]
 
 
@@ -47,8 +49,7 @@ def test_sigterm_is_an_interrupt_too(tiny_work, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == \
-        "error: interrupted; rerun the same command to continue"
+    assert err.strip().splitlines()[-1] == "error: " + Interrupted.DEFAULT
     assert "Traceback" not in err and not (work / "ihvp-lissa.safetensors").exists()
     _no_leftovers(work)
 

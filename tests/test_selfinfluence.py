@@ -115,7 +115,7 @@ def test_self_influence_stage_table_and_truth_check(tiny_work, tmp_path):
     work = copy_work(tiny_work, tmp_path)
     proc = infl("self-influence", "-w", work, "--check", 30, "-n", 5, "--sample", 40)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "training labels to check first" in proc.stderr
+    assert "training labels to check first" in proc.stdout
     for name in ("self-influence.safetensors", "self-loo.safetensors",
                  "fig_self_influence.png", "fig_self_influence.pdf", "self-influence.png"):
         assert (work / name).is_file(), name

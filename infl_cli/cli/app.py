@@ -7,6 +7,8 @@ computes (:mod:`~infl_cli.cli.pipeline`, :mod:`~infl_cli.cli.run`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import signal
 import sys
@@ -17,6 +19,7 @@ from rich.markup import escape
 
 from infl_cli import __version__
 from infl_cli.cli import benchmarks as cli_benchmarks
+from infl_cli.cli import output
 from infl_cli.cli import paper as cli_paper
 from infl_cli.cli import pipeline as cli_commands
 from infl_cli.cli import run as cli_run
@@ -28,6 +31,43 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Explain a prediction through its training data with influence functions "
                        "(Koh & Liang 2017) and check it by leave-one-out retraining.")
 
+def _no_flag_placeholder():
+    """A flag takes no value: Typer's help shows none for it (it would print ``<bool>``)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_flag_placeholder()
+
+JSON = typer.Option(False, "--json",
+                    help="Print the results as one strict JSON object on stdout instead of "
+                         "tables (progress and notices stay on stderr).")
+
+
+def _results(command):
+    """``command`` with ``--json``: its results go to stdout as tables, or as one JSON object
+    (:mod:`~infl_cli.cli.output`)."""
+    signature = inspect.signature(command)
+    flag = inspect.Parameter("as_json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=JSON,
+                             annotation=bool)
+
+    @functools.wraps(command)
+    def wrapper(*args, as_json: bool = False, **kwargs):
+        output.start(as_json)
+        command(*args, **kwargs)
+        output.finish()
+
+    wrapper.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), flag])
+    return wrapper
+
+
 for _name, _command in (("train", cli_commands.train_cmd), ("ihvp", cli_commands.ihvp_cmd),
                         ("score", cli_commands.score_cmd), ("loo", cli_commands.loo_cmd),
                         ("plot", cli_commands.plot_cmd), ("show", cli_commands.show_cmd),
@@ -37,24 +77,14 @@ for _name, _command in (("train", cli_commands.train_cmd), ("ihvp", cli_commands
                         ("lds", cli_benchmarks.lds_cmd),
                         ("components", cli_paper.components_cmd),
                         ("hinge", cli_paper.hinge_cmd)):
-    app.command(_name)(_command)
+    app.command(_name)(_results(_command))
 
 
 def version_text() -> str:
     """``infl <version>``, with the commit when the package runs from a git checkout."""
-    import subprocess
-    from pathlib import Path
+    from infl_cli.runtime.provenance import commit
 
-    here = Path(__file__).resolve().parent.parent.parent
-    commit = None
-    if (here / ".git").exists():
-        try:
-            done = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty",
-                                   "--abbrev=12"], capture_output=True, text=True, timeout=5)
-            commit = done.stdout.strip() or None if done.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            commit = None
-    return f"infl {__version__}" + (f" (commit {commit})" if commit else "")
+    return f"infl {__version__}" + (f" (commit {commit()})" if commit() else "")
 
 
 def _version(value: bool) -> None:
@@ -101,7 +131,9 @@ def main() -> None:
         if exc.format_message():  # empty for the help shown when no command is given
             _fail(exc.format_message(), exc.exit_code)
         sys.exit(exc.exit_code)
-    except OSError as exc:  # unwritable folder, full disk, unreadable file
+    except PermissionError as exc:  # a file the command must write or read
+        _fail(f"permission denied: {exc.filename or exc}", 1)
+    except OSError as exc:  # full disk, unreadable file
         _fail(str(exc), 1)
     except MemoryError:
         _fail("out of memory; use a smaller --chunk-size", 1)
@@ -111,6 +143,7 @@ def main() -> None:
 
 
 def _fail(message: str, code: int, prefix: str = "error") -> None:
+    progress.drop()  # what a refused command would have said it read: not said
     progress.console.print(f"[red]{prefix}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 

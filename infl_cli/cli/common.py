@@ -6,8 +6,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.markup import escape
-
 from infl_cli.engines import ModelSpec, make_spec
 from infl_cli.errors import BadInput
 from infl_cli.runtime import progress
@@ -52,13 +50,18 @@ def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                      train_size=train_size, temperature=temperature)
 
 
-def warn(message: str) -> None:
-    progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
-                  soft_wrap=True)
+def data(workdir: Path, dataset, data_dir, bias, classes):
+    """The data of ``train`` and ``run``: as given, the rest from the work folder's model
+    (:func:`~infl_cli.stages.train.data_choice`); ``--classes`` checked against it."""
+    from infl_cli.settings import parse_classes
+    from infl_cli.stages.train import data_choice
+
+    chosen = data_choice(workdir, dataset, data_dir, bias)
+    given = parse_classes(classes, chosen.dataset)
+    return data_choice(workdir, dataset, data_dir, bias, given) if given else chosen
 
 
-def say(message: str) -> None:
-    progress.console.print(f"[dim]{escape(message)}[/dim]")
+warn, say = progress.warn, progress.say
 
 
 @contextmanager

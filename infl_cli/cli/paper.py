@@ -8,13 +8,20 @@ from typing import Optional
 
 import typer
 
-from infl_cli.cli import common
-from infl_cli.cli.options import DATA_DIR, DATASET, DEVICE, DOWNLOAD, WORKDIR
+from infl_cli.cli import common, output
+from infl_cli.cli.options import DATA_DIR, DEVICE, DOWNLOAD, WORKDIR
 from infl_cli.cli.report import columns, table
+from infl_cli.settings import DATASETS
 
-TEST = typer.Option(None, "--test-index", "-t",
-                    help="Test point \\[default: the paper's: 30 for components, 1597 for "
-                         "hinge; a smaller test set: 0, or the SVM's worst margin].")
+COMPONENTS_TEST = typer.Option(None, "--test-index", "-t",
+                               help="Test point \\[default: the paper's 30; a test set of 30 "
+                                    "points or fewer: 0].")
+HINGE_TEST = typer.Option(None, "--test-index", "-t",
+                          help="Test point \\[default: the paper's 1597; a smaller test set: "
+                               "the one the SVM gets most wrong (its smallest margin)].")
+HINGE_DATASET = typer.Option("mnist", "--dataset",
+                             help=f"Dataset: {' | '.join(DATASETS)} | PATH.npz of integer "
+                                  "features (the SVM's certificate is exact arithmetic).")
 HINGE_CLASSES = typer.Option("1,7", "--classes",
                              help="The two classes the SVM tells apart (the first is y = +1).")
 HINGE_WD = typer.Option(0.01, "--wd", help="Weight decay: (1/N)Σ hinge + (wd/2)‖w‖².")
@@ -35,7 +42,7 @@ TEST_SIZE = typer.Option(None, "--test-size",
                          help="The first M test points \\[default: a multiple of 100: 2,100].")
 
 
-def components_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = TEST,
+def components_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = COMPONENTS_TEST,
                    device: str = DEVICE):
     """The paper's Figure 1 on the binary logistic model in WORKDIR (`infl train --classes 1,7
     --wd 0.02` first: binary wd 0.01): −I_up,loss of every training point against the
@@ -51,11 +58,11 @@ def components_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = TEST,
         report_components(run_components(workdir, test_index, where))
 
 
-def hinge_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
+def hinge_cmd(workdir: Path = WORKDIR, dataset: str = HINGE_DATASET,
               data_dir: Optional[Path] = DATA_DIR, download: bool = DOWNLOAD,
               classes: str = HINGE_CLASSES, wd: float = HINGE_WD,
               temperatures: str = TEMPERATURES, smooth: str = SMOOTH, num: int = HINGE_NUM,
-              test_index: Optional[int] = TEST, train_size: Optional[int] = TRAIN_SIZE,
+              test_index: Optional[int] = HINGE_TEST, train_size: Optional[int] = TRAIN_SIZE,
               test_size: Optional[int] = TEST_SIZE):
     """The paper's Figure 3: a linear SVM trained to a certified optimum (exact duality gap),
     influence at its weights through the smooth hinge at each temperature, checked by
@@ -79,6 +86,14 @@ def hinge_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
 
 
 def report_components(record: dict) -> None:
+    output.emit("components", record, _components)
+
+
+def report_hinge(record: dict) -> None:
+    output.emit("hinge", record, _hinge)
+
+
+def _components(record: dict) -> None:
     m = record["metrics"]
     table(f"Figure 1: the parts of influence (test {record['test_index']}, label "
           f"{record['test_label']}; binary wd {record['wd_binary']:g})", {
@@ -93,7 +108,7 @@ def report_components(record: dict) -> None:
               "figure": m["figure"], "seconds": record["seconds"]})
 
 
-def report_hinge(record: dict) -> None:
+def _hinge(record: dict) -> None:
     m, s = record["metrics"], record["svm"]
     table(f"Figure 3: the SVM ({record['data']}, N = {record['n_train']:,}, test "
           f"{record['test_index']}, margin {s['test_margin']:.4f})", {

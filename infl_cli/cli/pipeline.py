@@ -32,6 +32,8 @@ from infl_cli.cli.options import (
     DEPTH,
     DEVICE,
     DOWNLOAD,
+    IHVP_SEED,
+    LOO_SEED,
     LOO_SOLVER,
     LOO_TOL,
     MAX_ITER,
@@ -46,9 +48,9 @@ from infl_cli.cli.options import (
     PROTOCOL,
     REL_ERROR,
     REPEATS,
+    REPLACE,
     RETRAIN_STEPS,
     SCALE,
-    SEED,
     SELECT,
     SHOW_COUNT,
     SHOW_OUT,
@@ -59,8 +61,10 @@ from infl_cli.cli.options import (
     TAIL,
     TEMPERATURE,
     TEST_SAMPLE,
+    TEST_SEED,
     TESTS,
     TRAIN_BATCH,
+    TRAIN_SEED,
     TRAIN_SIZE,
     TRAIN_TOL,
     WD,
@@ -69,35 +73,36 @@ from infl_cli.cli.options import (
 )
 
 
-def train_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
+def train_cmd(workdir: Path = WORKDIR, dataset: Optional[str] = DATASET,
               data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
               train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER,
-              download: bool = DOWNLOAD, bias: bool = BIAS,
+              download: bool = DOWNLOAD, bias: Optional[bool] = BIAS,
               classes: Optional[str] = CLASSES, model: str = MODEL,
               width: Optional[int] = WIDTH, protocol: Optional[str] = PROTOCOL,
               adam_steps: Optional[int] = ADAM_STEPS, adam_lr: Optional[float] = ADAM_LR,
               train_batch: int = TRAIN_BATCH, decay_epochs: str = DECAY_EPOCHS,
               train_size: Optional[int] = TRAIN_SIZE,
-              temperature: Optional[float] = TEMPERATURE, seed: Optional[int] = SEED,
-              device: str = DEVICE):
+              temperature: Optional[float] = TEMPERATURE, seed: Optional[int] = TRAIN_SEED,
+              device: str = DEVICE, replace: bool = REPLACE):
     """Fit the model and write model.safetensors: the logistic model by L-BFGS then Newton; the
-    CNN by its protocol."""
+    CNN by its protocol. A folder holds one study: training on other data, or another model
+    kind, is refused unless --replace."""
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                        seed, train_size, temperature)
     settings_mod.validate_train(wd, train_tol)
-    chosen = settings_mod.parse_classes(classes, dataset)
+    chosen = common.data(workdir, dataset, data_dir, bias, classes)
     where = common.device(device)
     from infl_cli.stages.train import run_train
 
     with common.writing(workdir):
-        report.report_train(run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
-                                      download, bias=bias, device=where, spec=spec,
-                                      classes=chosen))
+        report.report_train(run_train(workdir, chosen.dataset, chosen.data_dir, wd, train_tol,
+                                      max_iter, download, bias=chosen.bias, device=where,
+                                      spec=spec, classes=chosen.classes, replace=replace))
 
 
 def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
              test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
-             seed: Optional[int] = SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
+             seed: Optional[int] = IHVP_SEED, preset: str = PRESET, scale: Optional[str] = SCALE,
              damping: Optional[float] = DAMPING, depth: Optional[int] = DEPTH,
              batch_size: Optional[int] = BATCH, repeats: Optional[int] = REPEATS,
              average_tail: Optional[float] = TAIL, stop_tol: Optional[float] = STOP_TOL,
@@ -119,7 +124,7 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
 
 
 IMPORT = typer.Option(None, "--import",
-                      help="Instead: read another tool's scores, a [T, n] or [n, T] array "
+                      help="Instead: read another tool's scores, a \\[T, n] or \\[n, T] array "
                            "(.npy, .npz, .pt, .safetensors), as scores-NAME.safetensors.")
 IMPORT_NAME = typer.Option(None, "--name", help="With --import: the method's name.")
 ESTIMATOR = typer.Option(None, "--method",
@@ -142,15 +147,15 @@ MEANING = typer.Option("removal", "--meaning",
 
 def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
               test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
-              seed: Optional[int] = SEED, device: str = DEVICE,
+              seed: Optional[int] = TEST_SEED, device: str = DEVICE,
               import_file: Optional[Path] = IMPORT, name: Optional[str] = IMPORT_NAME,
               meaning: str = MEANING, method: Optional[str] = ESTIMATOR,
               rank: Optional[int] = RANK, proj_dim: Optional[int] = PROJ_DIM,
               models: Optional[int] = MODELS, damping: Optional[float] = EST_DAMPING):
     """Influence of every training point on each test loss: writes scores-<solver>.safetensors
-    (``--solver`` names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01); with
-    --import, another tool's scores as scores-NAME.safetensors; with --method, another
-    estimator's as scores-<method>.safetensors."""
+    (--solver names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01); with --import,
+    another tool's scores as scores-NAME.safetensors; with --method, another estimator's as
+    scores-<method>.safetensors."""
     if method is not None or any(v is not None for v in (rank, proj_dim, models, damping)):
         from infl_cli.settings import EstimatorSettings, validate_estimator
 
@@ -188,7 +193,7 @@ def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
 
 def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             test_index: Optional[List[int]] = TESTS, test_sample: Optional[int] = TEST_SAMPLE,
-            seed: Optional[int] = SEED, select: str = SELECT, num: Optional[int] = NUM,
+            seed: Optional[int] = LOO_SEED, select: str = SELECT, num: Optional[int] = NUM,
             method: Optional[str] = METHOD, tol: Optional[float] = LOO_TOL,
             rel_error: float = REL_ERROR,
             chunk_size: Optional[int] = CHUNK, max_steps: int = MAX_STEPS,
@@ -220,10 +225,25 @@ def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS
         report.report_plot(run_plot(workdir, solver, out, beside or [], loo_method))
 
 
+CSV = typer.Option(None, "--csv",
+                   help="Also write every training point's scores for the test point as CSV "
+                        "(train index, label, influence, predicted change, actual change and "
+                        "its bound where retrained), for a spreadsheet; '-': stdout.",
+                   rich_help_panel="Figures")
+
+
 def show_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = SHOW_TEST,
              num: int = SHOW_COUNT, solver: Optional[str] = SHOW_SOLVER,
-             out: Optional[Path] = SHOW_OUT):
-    """The explanation: a test image beside its most helpful and most harmful training images."""
+             out: Optional[Path] = SHOW_OUT, csv: Optional[str] = CSV):
+    """The explanation: a test image beside its most helpful and most harmful training images
+    (helpful: removing one raises the test loss; harmful: lowers it)."""
+    from infl_cli.cli import output
+    from infl_cli.errors import BadInput
     from infl_cli.stages.show import run_show
 
-    report.report_show(run_show(workdir, test_index, num, solver, out))
+    if csv == "-" and output.is_json():
+        raise BadInput("--csv - and --json both write to stdout; give --csv a file")
+    result = run_show(workdir, test_index, num, solver, out,
+                      None if csv is None else (csv if csv == "-" else Path(csv)))
+    if csv != "-":
+        report.report_show(result)

@@ -1,16 +1,32 @@
-"""The tables each command prints (rich only: no torch)."""
+"""The tables each command prints on stdout, or the records it prints as JSON with ``--json``
+(:mod:`~infl_cli.cli.output`; rich only: no torch)."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
-from infl_cli.runtime import progress
+from infl_cli.cli import output
 
 
 def fmt(value) -> str:
+    """A value as a table shows it; a figure that is not a number says so in words."""
     if isinstance(value, float):
+        if value != value:
+            return "undefined"
+        if value in (float("inf"), float("-inf")):
+            return "infinite"
         return f"{value:.6g}"
+    if value is None:
+        return "–"
     return str(value)
+
+
+def figure(m: dict, key: str) -> str:
+    """A figure of an agreement (R, ρ, slope): its value, or why it is undefined."""
+    value = m.get(key)
+    if isinstance(value, float) and value == value:
+        return f"{value:.6g}"
+    return f"undefined ({m.get('undefined', 'no value')})"
 
 
 def table(title: str, rows: dict) -> None:
@@ -19,7 +35,7 @@ def table(title: str, rows: dict) -> None:
     table.add_column(overflow="fold")  # a long path wraps, never cut to "…"
     for key, value in rows.items():
         table.add_row(key, fmt(value))
-    progress.console.print(table)
+    output.console().print(table)
 
 
 def columns(title: str, header: list, rows: list) -> None:
@@ -28,7 +44,7 @@ def columns(title: str, header: list, rows: list) -> None:
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
-    progress.console.print(table)
+    output.console().print(table)
 
 
 def listing(values, fmt: str = "{:.2e}") -> str:
@@ -40,7 +56,7 @@ def listing(values, fmt: str = "{:.2e}") -> str:
     return f"median {fmt.format(ordered[len(ordered) // 2])}, max {fmt.format(ordered[-1])}"
 
 
-def report_train(rec):
+def _train(rec):
     spec = rec["settings"].get("model", {"kind": "logreg"})
     rows = {"dataset": rec["settings"]["dataset"]
             + (" (+ bias feature)" if rec["settings"].get("bias") else ""),
@@ -84,7 +100,7 @@ def report_train(rec):
     table("train", rows)
 
 
-def report_ihvp(rec):
+def _ihvp(rec):
     r = rec["report"]
     tests = rec["settings"]["test_indices"]
     table(f"ihvp ({rec['settings']['solver']})", {
@@ -103,7 +119,7 @@ def report_ihvp(rec):
            if "preconditioner_seconds" in r else {})})
 
 
-def report_score(rec):
+def _score(rec):
     tests = rec["settings"]["test_indices"]
     table(f"score ({rec['settings']['solver']})", {
         **({"test index" if len(tests) == 1 else "test indices": ", ".join(map(str, tests))}
@@ -111,7 +127,7 @@ def report_score(rec):
         "n_train": rec["n_train"], "seconds": rec["seconds"], "device": rec.get("device", "cpu")})
 
 
-def report_loo(rec):
+def _loo(rec):
     s = rec["settings"]
     tests = rec["test_indices"]
     kind = rec.get("error_kind", "certified")
@@ -128,7 +144,9 @@ def report_loo(rec):
             rows[f"error bound ≤ {s['rel_error']:g}·|change|"] = \
                 f"{rec['pairs_within_target']} of {rec['pairs_selected']} pairs"
         rows.update({
-            "worst error bound / |change|": rec["worst_bound_ratio"],
+            "worst error bound / |change|": rec["worst_bound_ratio"]
+            if rec["worst_bound_ratio"] not in (None, float("inf")) else
+            "infinite: an actual change is exactly 0 (its bound is not)",
             "largest error bound (certified)": rec["max_error_bound"],
             "baseline error, from Ŵ": listing(rec["baseline_error"] or []),
             "Newton-CG fallbacks": rec["fallbacks"],
@@ -164,10 +182,11 @@ def report_loo(rec):
                   for b in rec["below_target"]])
 
 
-def report_plot(metrics):
+def _plot(metrics):
     for solver, m in metrics["panels"].items():
-        rows = {"Pearson R": m["pearson_r"], "Spearman ρ": m["spearman_rho"],
-                "slope": m["slope"], "intercept": m["intercept"], "pairs": m["k"]}
+        rows = {"Pearson R": figure(m, "pearson_r"), "Spearman ρ": figure(m, "spearman_rho"),
+                "slope (predicted ≈ slope × actual)": figure(m, "slope"),
+                "intercept": figure(m, "intercept"), "pairs": m["k"]}
         if len(m["per_test"]) > 1:
             rows.update({"median R over test points": m["median_pearson_r"],
                          "worst R": f"{m['worst_pearson_r']:.6g} (test {m['worst_test_index']})",
@@ -181,7 +200,7 @@ def report_plot(metrics):
                      [(b["band"], b["k"], b["pearson_r"], b["spearman_rho"]) for b in m["bands"]])
 
 
-def report_show(result):
+def _show(result):
     t = result["test"]
     rows = [(r["kind"], r["rank"], r["train_index"], r["label_name"], r["predicted_change"],
              "–" if r["actual_change"] is None else
@@ -192,7 +211,7 @@ def report_show(result):
              ["", "rank", "train index", "label", "predicted change", "actual change"], rows)
 
 
-def report_self_influence(record: dict, rows: list, order: str, figure) -> None:
+def _self_influence(record: dict, rows: list, order: str, figure) -> None:
     table("self-influence", {
         "training points": record["n_train"],
         "sample certified independently": record["sample"],
@@ -219,7 +238,7 @@ def report_self_influence(record: dict, rows: list, order: str, figure) -> None:
               r["train_loss"]) for r in rows])
 
 
-def report_mislabel(m: dict) -> None:
+def _mislabel(m: dict) -> None:
     checks = m["checks"]
     header = ["ordering", "AUC"] + [f"{c:g}" for c in checks]
     for key, title in (("test_accuracy", "test accuracy (proven), mean over seeds"),
@@ -241,7 +260,7 @@ def report_mislabel(m: dict) -> None:
         "figure": m["figure"], "seconds": m["seconds"]})
 
 
-def report_lds(section: dict) -> None:
+def _lds(section: dict) -> None:
     rec = section.get("truth_record") or {}
     if rec.get("stage") == "subsets":
         table("lds: subset truth", {
@@ -270,4 +289,43 @@ def report_lds(section: dict) -> None:
             ["scores", "tests", "LDS", "LDS range", "ranks", "LOO ρ", "LOO ρ range", "LOO R",
              "pooled R"],
             rows)
-    progress.console.print(f"figure: {section['figure']}", highlight=False)
+    output.console().print(f"figure: {section['figure']}", highlight=False)
+
+
+# ------------------------------------------------------------- what the commands call
+def report_train(rec):
+    output.emit("train", rec, _train)
+
+
+def report_ihvp(rec):
+    output.emit("ihvp", rec, _ihvp)
+
+
+def report_score(rec):
+    output.emit("score", rec, _score)
+
+
+def report_loo(rec):
+    output.emit("loo", rec, _loo)
+
+
+def report_plot(metrics):
+    output.emit("plot", metrics, _plot)
+
+
+def report_show(result):
+    output.emit("show", result, _show)
+
+
+def report_self_influence(record: dict, rows: list, order: str, figure):
+    output.emit("self_influence", {**record, "order": order, "check_first": rows,
+                                   "image": figure},
+                lambda _: _self_influence(record, rows, order, figure))
+
+
+def report_mislabel(m: dict):
+    output.emit("mislabel", m, _mislabel)
+
+
+def report_lds(section: dict):
+    output.emit("lds", section, _lds)

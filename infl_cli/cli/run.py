@@ -40,6 +40,7 @@ from infl_cli.cli.options import (
     PROTOCOL,
     REL_ERROR,
     REPEATS,
+    REPLACE,
     RETRAIN_STEPS,
     SCALE,
     SEED,
@@ -82,10 +83,10 @@ def run_figure(workdir: Path, figure: int, dataset: str, data_dir, download: boo
             cli_paper.report_hinge(paper.run_figure3(workdir, dataset, data_dir, download))
 
 
-def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
+def run_cmd(workdir: Path = WORKDIR, dataset: Optional[str] = DATASET,
             data_dir: Optional[Path] = DATA_DIR, wd: Optional[float] = WD,
             train_tol: float = TRAIN_TOL, max_iter: int = MAX_ITER, download: bool = DOWNLOAD,
-            bias: bool = BIAS, classes: Optional[str] = CLASSES, model: str = MODEL,
+            bias: Optional[bool] = BIAS, classes: Optional[str] = CLASSES, model: str = MODEL,
             width: Optional[int] = WIDTH,
             protocol: Optional[str] = PROTOCOL, adam_steps: Optional[int] = ADAM_STEPS,
             adam_lr: Optional[float] = ADAM_LR, train_batch: int = TRAIN_BATCH,
@@ -104,11 +105,13 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             rel_error: float = REL_ERROR, chunk_size: Optional[int] = CHUNK,
             max_steps: int = MAX_STEPS, retrain_steps: int = RETRAIN_STEPS,
             cluster: Optional[str] = CLUSTER, cluster_timeout: float = CLUSTER_TIMEOUT,
-            out: Optional[Path] = OUT, device: str = DEVICE,
+            out: Optional[Path] = OUT, device: str = DEVICE, replace: bool = REPLACE,
             figure: Optional[int] = FIGURE):
     """All stages in order, skipping those whose artifact is up to date, then `show` for the
-    first test point (figures and images whose inputs did not change are not redrawn). With
-    --figure 1 or 3: that figure of the paper with the authors' settings instead."""
+    first test point (figures and images whose inputs did not change are not redrawn). A
+    folder holds one study: its data are used unless others are given, and a run on other
+    data or another model kind is refused unless --replace. With --figure 1 or 3: that figure
+    of the paper with the authors' settings instead."""
     if figure is not None and figure != 2:
         given = [name for name, value in (
             ("--classes", classes), ("--wd", wd), ("--test-index", test_index),
@@ -123,7 +126,8 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
             other = ("train --classes A,B` then `infl components" if figure == 1 else "hinge")
             raise BadInput(f"--figure {figure} runs the authors' settings; {given[0]} does not "
                            f"apply (for other settings: `infl {other}`)")
-        run_figure(workdir, figure, dataset, data_dir, download, train_tol, max_iter, device)
+        run_figure(workdir, figure, dataset or "mnist", data_dir, download, train_tol, max_iter,
+                   device)
         return
     spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
                        seed, train_size, temperature)
@@ -133,7 +137,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
     cg = settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank)
     # every setting is checked before any stage runs: a typo must not cost a training run
     settings_mod.validate_train(wd, train_tol)
-    chosen = settings_mod.parse_classes(classes, dataset)
+    chosen = common.data(workdir, dataset, data_dir, bias, classes)
     from infl_cli.numerics.solvers import make_solver
     from infl_cli.runtime.cluster import validate_cluster
 
@@ -153,7 +157,7 @@ def run_cmd(workdir: Path = WORKDIR, dataset: str = DATASET,
                  "plot": report.report_plot, "show": report.report_show,
                  "times": report.table, "say": common.say}
     with common.writing(workdir):
-        run_all(workdir, dataset, data_dir, wd, train_tol, max_iter, download, bias, parsed,
-                common.tests(test_index, test_sample, seed), seed or 0, select, num,
-                settings, out, cluster, cluster_timeout, where, spec, reporters,
-                classes=chosen)
+        run_all(workdir, chosen.dataset, chosen.data_dir, wd, train_tol, max_iter, download,
+                chosen.bias, parsed, common.tests(test_index, test_sample, seed), seed or 0,
+                select, num, settings, out, cluster, cluster_timeout, where, spec, reporters,
+                classes=chosen.classes, replace_study=replace)

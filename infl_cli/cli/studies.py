@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from infl_cli.cli import common, report
-from infl_cli.cli.options import DEVICE, REL_ERROR, SEED, WORKDIR
+from infl_cli.cli.options import DEVICE, WORKDIR
 
 SAMPLE = typer.Option(60, "--sample",
                       help="Points whose self-influence is certified independently (the "
@@ -27,6 +27,12 @@ ORDER = typer.Option("self-influence", "--order",
 IMAGE_OUT = typer.Option(None, "--out", "-o",
                          help="Image of the points to check first \\[default: "
                               "WORKDIR/self-influence.png; square image features only].")
+SAMPLE_SEED = typer.Option(None, "--seed",
+                           help="Seed of the certified sample's random half \\[default: 0].")
+CHECK_REL_ERROR = typer.Option(0.01, "--rel-error",
+                               help="--check: drive each retraining until the certified error "
+                                    "bound of its actual change is ≤ this × |change| (or the "
+                                    "float64 floor); 0: stop once ‖∇R₋z‖ ≤ 1e-8 is certified.")
 FLIP = typer.Option(0.1, "--flip", help="Fraction of training labels flipped to a uniformly "
                                         "drawn other class.")
 SEEDS = typer.Option(5, "--seeds", help="Seeds (flips, random ordering); means and standard "
@@ -43,8 +49,8 @@ FIX_SAMPLE = typer.Option(60, "--sample",
 
 
 def self_influence_cmd(workdir: Path = WORKDIR, sample: int = SAMPLE, check: int = CHECK,
-                       num: int = COUNT, order: str = ORDER, seed: Optional[int] = SEED,
-                       rel_error: float = REL_ERROR, out: Optional[Path] = IMAGE_OUT,
+                       num: int = COUNT, order: str = ORDER, seed: Optional[int] = SAMPLE_SEED,
+                       rel_error: float = CHECK_REL_ERROR, out: Optional[Path] = IMAGE_OUT,
                        device: str = DEVICE):
     """Self-influence of every training point (I_up,loss(z, z), the logistic model): the
     labels to check first, as a table and images; with --check K, the truth of the K largest

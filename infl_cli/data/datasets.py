@@ -52,6 +52,7 @@ from infl_cli.data.dataset import (
 )
 from infl_cli.data.mnist import decode_mnist, mnist_files
 from infl_cli.errors import BadInput, InflError
+from infl_cli.runtime import progress
 from infl_cli.settings import DATASETS
 
 TINY_PATH = Path(__file__).resolve().parent.parent / "assets" / "mnist_tiny.safetensors"
@@ -71,14 +72,6 @@ def is_npz(name: str) -> bool:
     return name.lower().endswith(".npz")
 
 
-def _notice(line: str) -> None:
-    from rich.markup import escape
-
-    from infl_cli.runtime.progress import console
-
-    console.print(f"[yellow]notice:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
-
-
 def load_dataset(name: str, data_dir: Path | None = None, download: bool = True,
                  bias: bool = False, classes=None) -> Dataset:
     """Load a built-in dataset (``mnist``, ``fashion-mnist``, ``kmnist`` from ``data_dir``,
@@ -96,12 +89,13 @@ def _load_dataset(name: str, data_dir: Path | None, download: bool, bias: bool) 
         path = Path(name).expanduser()
         check_npz_file(path)
         source = datacache.Source([path], f"{path.name}{suffix}", path.parent)
-        return from_decoded(datacache.load(source, lambda: decode_npz(path, bias), _notice))
+        return from_decoded(datacache.load(source, lambda: decode_npz(path, bias),
+                                           progress.notice))
     if name in TORCHVISION_SETS:
         files = mnist_files(Path(data_dir) if data_dir else default_data_dir(), download, name)
         source = datacache.Source(files, f"{name}{suffix}", files[0].parent.parent)
         return from_decoded(datacache.load(source, lambda: decode_mnist(files, name, bias),
-                                       _notice))
+                                       progress.notice))
     if name == "mnist-tiny":
         from safetensors.numpy import load_file
 

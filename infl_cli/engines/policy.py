@@ -17,7 +17,7 @@ from infl_cli.errors import BadInput
 from infl_cli.settings import LOGREG_METHODS, SOLVERS
 
 LOO = "loo.safetensors"
-TITLES = {"lissa": "Linear (approx)", "cg": "Linear (exact)", "exact": "Linear (exact)"}
+SOLVER_TITLES = {"lissa": "LiSSA (stochastic) H⁻¹", "cg": "CG H⁻¹", "exact": "exact H⁻¹"}
 
 
 class Policy:
@@ -38,7 +38,9 @@ class Policy:
     def training_data(self, data, spec):
         return data
 
-    def default_test(self, data) -> int:
+    def default_test(self, data, mrec: dict | None = None) -> int:
+        """The test point the stages use when none is given: the paper's, where the test set
+        has it (``mrec``: the trained model's record, for kinds whose default depends on it)."""
         return self.paper_test if data.n_test > self.paper_test else 0
 
     def default_solver(self, spec) -> str:
@@ -84,8 +86,14 @@ class Policy:
             return self.single_figure if n_tests == 1 else "fig2_tests.png"
         return f"fig2_{select}.png"
 
+    model_title = "Logistic regression"
+
     def panel_title(self, spec, solver: str, loo_method: str) -> str:
-        return f"{TITLES.get(solver.split('-')[0], solver)} [{solver}]"
+        """Figure 2's panel title: the model and the scores drawn (the paper's "Linear
+        (exact)" is CG's or the exact solve's, "Linear (approx)" LiSSA's)."""
+        name = SOLVER_TITLES.get(solver.split("-")[0], solver)
+        damping = solver.split("-damping")[1] if "-damping" in solver else None
+        return f"{self.model_title}, {name}" + (f" + {damping}·I" if damping else "")
 
 
 class LogregPolicy(Policy):
@@ -138,7 +146,7 @@ class CnnPolicy(Policy):
             data = subset(data, small_mnist_indices(), "small MNIST: 5,500")
         return first_points(data, spec.train_size)
 
-    def default_test(self, data) -> int:
+    def default_test(self, data, mrec: dict | None = None) -> int:
         for index in (self.paper_test, 8):
             if data.n_test > index:
                 return index
@@ -159,7 +167,7 @@ class CnnPolicy(Policy):
         return "loo-adam.safetensors" if method == "adam" else LOO
 
     def panel_title(self, spec, solver: str, loo_method: str) -> str:
-        return f"CNN, {spec.protocol} [{solver}; LOO {loo_method}]"
+        return f"CNN ({spec.protocol} protocol), {solver}; LOO by {loo_method}"
 
 
 class HingePolicy(Policy):
@@ -181,6 +189,14 @@ class HingePolicy(Policy):
     def default_solver(self, spec) -> str:
         return "exact"
 
+    def default_test(self, data, mrec: dict | None = None) -> int:
+        """The paper's test point where the test set has it; else the one the trained model
+        gets most wrong (its smallest margin, kept in its record: a point it fits with margin
+        ≥ 1 has hinge loss 0, and every change of it would be 0)."""
+        if data.n_test > self.paper_test:
+            return self.paper_test
+        return int((mrec or {}).get("worst_test", 0))
+
     def check_solver(self, solver: str, damping: float) -> None:
         if solver not in self.solvers:
             raise BadInput(f"--model {self.kind} solves H_t⁻¹g exactly (a d × d Cholesky); "
@@ -194,6 +210,7 @@ class SvmPolicy(HingePolicy):
     ``--temperature``; LOO by warm-started dual coordinate ascent."""
 
     kind = "svm"
+    model_title = "Linear SVM (smooth hinge)"
     spec_class = SvmSpec
     methods = ("dual",)
 
@@ -202,6 +219,7 @@ class SmoothHingePolicy(HingePolicy):
     """The smooth-hinge model trained at its own t; LOO by Newton."""
 
     kind = "smooth-hinge"
+    model_title = "Smooth-hinge model"
     spec_class = SmoothHingeSpec
     methods = ("newton",)
 

@@ -15,12 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+DRAWN = 12  # training images drawn per row (the table lists every one asked for)
+
 
 def rank(predicted: np.ndarray, count: int):
-    """(helpful, harmful): indices of the ``count`` largest and most negative predicted
-    changes, in that order."""
+    """(helpful, harmful): the indices of up to ``count`` points with a positive predicted
+    change, largest first, and of up to ``count`` with a negative one, most negative first (a
+    sign decides which list a point is in, never its rank)."""
     order = np.argsort(predicted, kind="stable")
-    return order[::-1][:count], order[:count]
+    helpful = order[::-1][predicted[order[::-1]] > 0][:count]
+    harmful = order[predicted[order] < 0][:count]
+    return helpful, harmful
 
 
 def explain(probs, data, test_index: int, predicted: np.ndarray, actual, count: int,
@@ -29,8 +34,7 @@ def explain(probs, data, test_index: int, predicted: np.ndarray, actual, count: 
     under the model): one row per training point shown, and, when the features are images
     and ``png`` is given, the figure drawn into it. ``actual`` is (train indices, actual
     changes, error bounds) from the LOO artifact, or None. Returns the figure's path (None
-    without one), the test point's facts and the rows."""
-    count = min(count, len(predicted) // 2)
+    without one), the test point's facts, the rows, and how many of each sign there are."""
     label = int(data.test_y[test_index])
     test = {"test_index": test_index, "label": label, "label_name": data.class_name(label),
             "predicted_class": int(probs.argmax()),
@@ -51,11 +55,12 @@ def explain(probs, data, test_index: int, predicted: np.ndarray, actual, count: 
                          "predicted_change": float(predicted[j]),
                          "actual_change": a, "error_bound": b})
     if png is not None and data.image_shape is not None:
-        _draw(data, test, rows, count, solver, png, write)
+        _draw(data, test, rows, min(count, DRAWN), solver, png, write)
     else:
         png = None
     return {"figure": None if png is None else str(png), "test": test, "rows": rows,
-            "solver": solver}
+            "solver": solver, "count": count, "drawn": min(count, DRAWN),
+            "positive": int((predicted > 0).sum()), "negative": int((predicted < 0).sum())}
 
 
 def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, write) -> None:
@@ -70,6 +75,7 @@ def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, writ
     scale = data.pixel_scale if stored.dtype.kind in "iu" else 1.0
     lo = min(0.0, float(stored.min()) / scale)
     hi = max(float(stored.max()) / scale, 1e-300)
+    count = max(count, 1)
     fig = plt.figure(figsize=(3.0 + 1.3 * count, 4.4))
     # columns: the test image, a narrow one for the row labels, then the training images
     grid = fig.add_gridspec(2, count + 2, width_ratios=[1.7, 0.45] + [1] * count, wspace=0.2,
@@ -87,7 +93,11 @@ def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, writ
         label_ax.text(0.5, 0.5, "helpful\n(removal raises\nthe test loss)" if kind == "helpful"
                       else "harmful\n(removal lowers\nthe test loss)", rotation=90,
                       ha="center", va="center", fontsize=7, transform=label_ax.transAxes)
-        chosen = [r for r in rows if r["kind"] == kind]
+        chosen = [r for r in rows if r["kind"] == kind][:count]
+        if not chosen:
+            label_ax.text(1.5, 0.5, f"no training point has a {'positive' if kind == 'helpful' else 'negative'}"
+                          " predicted change", fontsize=8, va="center",
+                          transform=label_ax.transAxes)
         for col, r in enumerate(chosen, start=2):
             sub = fig.add_subplot(grid[row_index, col])
             sub.imshow(data.image(data.features("train", [r["train_index"]])[0]),
@@ -99,7 +109,10 @@ def _draw(data, test: dict, rows: list, count: int, solver: str, png: Path, writ
             sub.set_title(caption, fontsize=6.5)
             sub.set_xticks([])
             sub.set_yticks([])
+    shown = {kind: len([r for r in rows if r["kind"] == kind]) for kind in ("helpful", "harmful")}
+    more = "" if max(shown.values()) <= count else \
+        f"; the first {count} of each drawn, all in the table"
     fig.suptitle(f"Training images that most affect test {test_index} (predicted change in test "
-                 f"loss on removal, {solver} scores)", fontsize=9)
+                 f"loss on removal, {solver} scores{more})", fontsize=9)
     write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     plt.close(fig)

@@ -44,14 +44,24 @@ class LooView:
 
 
 def agreement(actual: np.ndarray, predicted: np.ndarray) -> dict:
-    """Pearson R, Spearman ρ, slope and intercept of predicted ≈ slope·actual + intercept
-    (NaN where fewer than 3 points or no spread)."""
+    """Pearson R, Spearman ρ, slope and intercept of predicted ≈ slope·actual + intercept.
+    Where they are undefined (fewer than 3 pairs, or no spread) they are NaN (null in JSON)
+    and ``undefined`` says why in words."""
     from scipy import stats
 
     k = int(actual.shape[0])
-    if k < 3 or np.ptp(actual) == 0 or np.ptp(predicted) == 0:
+    reason = None
+    if k < 3:
+        reason = f"fewer than 3 pairs ({k})"
+    elif np.ptp(actual) == 0:
+        reason = ("every actual change is 0" if not np.any(actual) else
+                  "every actual change is the same")
+    elif np.ptp(predicted) == 0:
+        reason = ("every predicted change is 0" if not np.any(predicted) else
+                  "every predicted change is the same")
+    if reason is not None:
         return {"pearson_r": math.nan, "spearman_rho": math.nan, "slope": math.nan,
-                "intercept": math.nan, "k": k}
+                "intercept": math.nan, "k": k, "undefined": reason}
     fit = stats.linregress(actual, predicted)
     return {
         "pearson_r": float(stats.pearsonr(actual, predicted)[0]),
@@ -60,6 +70,14 @@ def agreement(actual: np.ndarray, predicted: np.ndarray) -> dict:
         "intercept": float(fit.intercept),
         "k": k,
     }
+
+
+def describe(m: dict, key: str, digits: int = 6) -> str:
+    """A figure of :func:`agreement` in words: its value, or why it is undefined."""
+    value = m[key]
+    if value is None or not math.isfinite(value):
+        return f"undefined ({m.get('undefined', 'no value')})"
+    return f"{value:.{digits}g}"
 
 
 def bands(actual: np.ndarray, predicted: np.ndarray) -> list[dict]:
@@ -76,9 +94,13 @@ def bands(actual: np.ndarray, predicted: np.ndarray) -> list[dict]:
 
 
 def _summary(per_test: list[dict]) -> dict:
-    r = np.array([m["pearson_r"] for m in per_test])
-    rho = np.array([m["spearman_rho"] for m in per_test])
-    worst = int(np.nanargmin(r)) if np.isfinite(r).any() else 0
+    r = np.array([m["pearson_r"] for m in per_test], dtype=float)
+    rho = np.array([m["spearman_rho"] for m in per_test], dtype=float)
+    if not np.isfinite(r).any():
+        return {"median_pearson_r": math.nan, "worst_pearson_r": math.nan,
+                "worst_test_index": int(per_test[0]["test_index"]),
+                "median_spearman_rho": math.nan, "worst_spearman_rho": math.nan}
+    worst = int(np.nanargmin(r))
     return {"median_pearson_r": float(np.nanmedian(r)), "worst_pearson_r": float(np.nanmin(r)),
             "worst_test_index": int(per_test[worst]["test_index"]),
             "median_spearman_rho": float(np.nanmedian(rho)),
@@ -186,11 +208,15 @@ def _density(ax, actual, predicted) -> None:
 
 
 def _note(m: dict, bound: np.ndarray, error_kind: str) -> str:
-    text = f"Pearson R = {m['pearson_r']:.6f}\nSpearman ρ = {m['spearman_rho']:.6f}\nk = {m['k']}"
+    if not math.isfinite(m["pearson_r"]):
+        text = f"R, ρ and slope undefined:\n{m.get('undefined', '')}\nk = {m['k']}"
+    else:
+        text = (f"Pearson R = {m['pearson_r']:.6f}\nSpearman ρ = {m['spearman_rho']:.6f}\n"
+                f"slope {m['slope']:.4f} (predicted ≈ slope × actual)\nk = {m['k']}")
     if error_kind == "none" or not np.isfinite(bound).any():
         return text + "; actual: no error bars"
     what = "certified" if error_kind == "certified" else "estimated (first order)"
-    return text + f"; error bars: {what},\nlargest {float(np.nanmax(bound)):.1e}"
+    return text + f"; x error bars: {what},\nlargest {float(np.nanmax(bound)):.1e}"
 
 
 def _draw_single(drawn: list, png: Path, write) -> None:
@@ -206,7 +232,9 @@ def _draw_single(drawn: list, png: Path, write) -> None:
         ax.set_xlabel("Actual diff in loss")
         ax.set_ylabel("Predicted diff in loss")
         what = {"top": "", "random": ", random points", "all": ", all points"}[view.select]
-        ax.set_title(f"{panel.get('title', '')}{what}, test {view.test_indices[0]}", fontsize=9)
+        where = f"{panel['dataset']}, " if panel.get("dataset") else ""
+        ax.set_title(f"{panel.get('title', '')}\n{where}test {view.test_indices[0]}{what}",
+                     fontsize=9)
         ax.text(0.04, 0.96, _note(m, bound, view.error_kind), transform=ax.transAxes,
                 va="top", fontsize=8)
     _save(fig, png, write)
@@ -228,13 +256,14 @@ def _draw_grid(view: LooView, predicted: np.ndarray, solver: str, png: Path, wri
         _scatter(ax, actual, pred, np.nan_to_num(view.pairs(i, view.bound), nan=0.0), log_axes,
                  small=True)
         m = agreement(actual, pred)
-        ax.set_title(f"test {view.test_indices[i]}: R = {m['pearson_r']:.5f}", fontsize=8)
-        ax.tick_params(labelsize=6)
+        ax.set_title(f"test {view.test_indices[i]}: R = {describe(m, 'pearson_r', 5)}",
+                     fontsize=9)
+        ax.tick_params(labelsize=8)
         if not log_axes:  # a symlog axis's locator takes no nbins
-            ax.locator_params(nbins=4)
+            ax.locator_params(nbins=3)
     more = "" if shown == len(view.test_indices) else \
         f" (first {shown} of {len(view.test_indices)} test points)"
-    fig.suptitle(f"Predicted (y) against actual (x) change in test loss, {solver}{more}",
+    fig.suptitle(f"Predicted (y) against actual (x) change in test loss, {solver} scores{more}",
                  fontsize=10)
     _save(fig, png, write)
 
@@ -247,17 +276,20 @@ def _draw_summary(metrics: dict, png: Path, write) -> None:
                           (axes[1], "spearman_rho", "Spearman ρ")):
         shown = []
         for solver, entry in metrics["panels"].items():
-            values = np.array([m[key] for m in entry["per_test"]])
+            values = np.array([m[key] for m in entry["per_test"]], dtype=float)
             tests = [m["test_index"] for m in entry["per_test"]]
             gap = np.clip(1 - values, 1e-12, None)
             shown.append(gap)
             ax.plot(range(len(tests)), gap, "o", ms=4, label=solver)
-            ax.axhline(float(np.nanmedian(gap)), lw=0.8, ls="--", color=ax.lines[-1].get_color())
+            if np.isfinite(gap).any():
+                ax.axhline(float(np.nanmedian(gap)), lw=0.8, ls="--",
+                           color=ax.lines[-1].get_color())
         every = np.concatenate(shown)
         if np.isfinite(every).any():  # some margin, also when every gap is equal (R or ρ = 1)
             ax.set_ylim(np.nanmin(every) / 3, np.nanmax(every) * 3)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(tests)), [str(t) for t in tests], rotation=90, fontsize=6)
+        ax.set_xticks(range(len(tests)), [str(t) for t in tests], rotation=90,
+                      fontsize=8 if len(tests) <= 40 else 6)
         ax.set_xlabel("test index")
         ax.set_ylabel(f"1 − {name} (log)")
         ax.legend(fontsize=7)
@@ -265,93 +297,7 @@ def _draw_summary(metrics: dict, png: Path, write) -> None:
     fig.suptitle(f"Agreement per test point: median R {first['median_pearson_r']:.6f}, worst "
                  f"{first['worst_pearson_r']:.6f} (test {first['worst_test_index']}); "
                  f"median ρ {first['median_spearman_rho']:.6f}", fontsize=9)
-    _save(fig, png, write)
-
-
-def draw_self_check(actual: np.ndarray, bound: np.ndarray, predicted: np.ndarray, png: Path,
-                    write) -> dict:
-    """The self-influence truth check as a Figure-2 panel: for each of the points of largest
-    self-influence, the actual change of its own loss when it is removed (certified LOO, its
-    error bar) against the predicted −I_up,loss(z, z)/n. Returns the agreement."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = agreement(actual, predicted)
-    fig, ax = plt.subplots(figsize=(4.8, 4.8))
-    _scatter(ax, actual, predicted, np.nan_to_num(bound, nan=0.0), log_axes=False)
-    ax.set_xlabel("Actual change of its own loss (removed)")
-    ax.set_ylabel("Predicted change, −I(z, z)/n")
-    ax.set_title(f"Self-influence, {len(actual)} largest", fontsize=9)
-    ax.text(0.04, 0.96, _note(m, bound, "certified"), transform=ax.transAxes, va="top",
-            fontsize=8)
-    _save(fig, png, write)
-    return {"figure": str(png), **m}
-
-
-def draw_check_first(data, rows: list, order: str, png: Path, write, columns: int = 8) -> None:
-    """The training images whose labels to check first, captioned with index, given label,
-    predicted class and its probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = len(rows)
-    cols = min(columns, count)
-    lines = math.ceil(count / cols)
-    fig, axes = plt.subplots(lines, cols, figsize=(1.45 * cols, 1.75 * lines), squeeze=False)
-    stored = data.train_x
-    scale = data.pixel_scale if stored.dtype.kind in "iu" else 1.0
-    lo, hi = min(0.0, float(stored.min()) / scale), max(float(stored.max()) / scale, 1e-300)
-    for ax, r in zip(axes.flat, rows):
-        ax.imshow(data.image(data.features("train", [r["train_index"]])[0]), cmap="gray_r",
-                  vmin=lo, vmax=hi)
-        ax.set_title(f"#{r['train_index']} label {r['label_name']}\npred "
-                     f"{r['predicted_name']} ({r['predicted_probability']:.2f})", fontsize=6.5)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if not ax.images:
-            ax.axis("off")
-    fig.suptitle(f"Training labels to check first (by {order})", fontsize=9)
-    fig.tight_layout()
-    write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
-    plt.close(fig)
-
-
-ORDER_STYLE = {"self-influence": ("tab:blue", "o"), "loss": ("tab:orange", "s"),
-               "random": ("0.45", "^"), "loo-loss": ("tab:green", "D"), "koh": ("tab:purple", "v")}
-
-
-def draw_mislabel(metrics: dict, png: Path, write) -> None:
-    """Figure 6 of Koh & Liang: test accuracy (left; the clean model's dashed) and the fraction
-    of flipped labels fixed (right) against the fraction of the training data checked, means
-    over seeds with standard-error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    checks = np.asarray(metrics["checks"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, entry in metrics["per_ordering"].items():
-        color, marker = ORDER_STYLE.get(name, ("k", "."))
-        label = f"{name} (AUC {entry['auc']:.3f})"
-        axes[0].errorbar(checks, entry["test_accuracy"], yerr=entry["test_accuracy_se"],
-                         color=color, marker=marker, ms=4, capsize=2, label=label)
-        axes[1].errorbar(checks, entry["fraction_fixed"], yerr=entry["fraction_fixed_se"],
-                         color=color, marker=marker, ms=4, capsize=2, label=label)
-    axes[0].axhline(metrics["clean"]["test_accuracy"], color="k", ls="--", lw=1,
-                    label="clean data")
-    axes[0].set_ylabel("Test accuracy (proven)")
-    axes[1].set_ylabel("Fraction of flips fixed")
-    for ax in axes:
-        ax.set_xlabel("Fraction of training data checked")
-        ax.legend(fontsize=7)
-    s = metrics["settings"]
-    fig.suptitle(f"Fixing mislabelled examples: {s['flip']:.0%} flipped, {metrics['seeds']} "
-                 f"seeds; every model certified (‖∇R‖ ≤ {metrics['max_grad_bound']:.1e})",
-                 fontsize=9)
+    if not np.isfinite(first["median_pearson_r"]):
+        fig.suptitle("Agreement per test point: R and ρ undefined (no spread in the changes)",
+                     fontsize=9)
     _save(fig, png, write)

@@ -58,6 +58,11 @@ def draw_components(arrays: dict, record: dict, metrics: dict, png: Path, write)
     _save(fig, png, write)
 
 
+def _r(entry: dict, digits: int = 3) -> str:
+    value = entry["pearson"]
+    return f"{value:.{digits}f}" if value == value else "undefined"
+
+
 def draw_hinge(arrays: dict, record: dict, metrics: dict, png: Path, write) -> None:
     """Figure 3: (a) the smooth hinge around s = 1; (b) the predicted change at the SVM's
     weights for each temperature against the SVM's certified actual change (error bars:
@@ -82,29 +87,30 @@ def draw_hinge(arrays: dict, record: dict, metrics: dict, png: Path, write) -> N
     actual = np.asarray(arrays["actual"])
     bound = np.asarray(arrays["actual_bound"])
     paper = metrics["paper_r"]
+    letters = iter("bcdefghijklmnop")
     for i, t in enumerate(temps):
         ax = axes[0, 1 + i]
         pred = np.asarray(arrays["predicted"][i])[chosen]
         _scatter(ax, actual, pred, bound, log_axes=False)
         key = f"{t:g}"
         theirs = f" (paper {paper[key]:.3f})" if key in paper else ""
-        ax.set_title(f"(b) SVM, influence at t = {key}\nR = {metrics['svm'][key]['pearson']:.3f}"
-                     f"{theirs}", fontsize=9)
+        ax.set_title(f"({next(letters)}) SVM, influence at t = {key}\n"
+                     f"R = {_r(metrics['svm'][key])}{theirs}", fontsize=9)
         ax.set_xlabel("actual change of the hinge test loss", fontsize=8)
         ax.set_ylabel("predicted change", fontsize=8)
         ax.tick_params(labelsize=7)
     if smooth:
         axes[1, 0].axis("off")
-        axes[1, 0].text(0.02, 0.5, "Below: the smooth-hinge model\ntrained at its own t, "
-                        "predicted\nand retrained (certified)\non the same points.",
-                        fontsize=9, va="center")
+        axes[1, 0].text(0.98, 0.5, "This row: the smooth-hinge\nmodel trained at its own t,\n"
+                        "predicted and retrained\n(certified) on the same\npoints  →",
+                        fontsize=9, va="center", ha="right", transform=axes[1, 0].transAxes)
         for i, t in enumerate(smooth):
             ax = axes[1, 1 + i]
             _scatter(ax, np.asarray(arrays["smooth_actual"][i]),
                      np.asarray(arrays["smooth_predicted"][i]),
                      np.asarray(arrays["smooth_bound"][i]), log_axes=False)
-            ax.set_title(f"smooth model trained at t = {t:g}\n"
-                         f"R = {metrics['smooth'][f'{t:g}']['pearson']:.4f}", fontsize=9)
+            ax.set_title(f"({next(letters)}) smooth model trained at t = {t:g}\n"
+                         f"R = {_r(metrics['smooth'][f'{t:g}'], 4)}", fontsize=9)
             ax.set_xlabel(f"actual change of ℓ_{t:g} test loss", fontsize=8)
             ax.set_ylabel("predicted change", fontsize=8)
             ax.tick_params(labelsize=7)

@@ -149,12 +149,15 @@ def lissa(curvature, rhs: torch.Tensor, settings: LissaSettings):
                                     / batched_norm(current).clamp_min(1e-300)).max())
                     quiet = quiet + 1 if change <= settings.stop_tol else 0
                 previous = current
-                update(completed=r * settings.depth + j,
+                update(completed=sum(steps_per_repeat) + j,
                        status=f"repeat {r + 1}, change {change:.1e}")
                 if quiet >= 2:
                     break
             steps_per_repeat.append(j)
-            update(completed=(r + 1) * settings.depth)
+            if j < settings.depth:  # stopped early: the bar's total loses the steps not taken
+                total -= settings.depth - j
+                update(completed=sum(steps_per_repeat), total=total,
+                       status=f"repeat {r + 1} settled at step {j:,}")
             estimates += tail.estimate(v) / scale
     estimates /= settings.repeats
     return estimates, {"scale_used": scale, "steps": sum(steps_per_repeat),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -134,7 +135,9 @@ def save_artifact(path: Path, tensors: dict, record: dict[str, Any]) -> dict:
     """Atomically write ``tensors`` (torch tensors from any device, or NumPy arrays: they are
     written from the CPU) with ``record`` (JSON-able) in the header; returns the record
     completed with ``format_version`` and ``fingerprint``."""
-    record = dict(record, format_version=FORMAT_VERSION)
+    from infl_cli.runtime.provenance import provenance
+
+    record = dict(record, format_version=FORMAT_VERSION, provenance=provenance())
     arrays = {k: _as_numpy(v) for k, v in tensors.items()}
     record["fingerprint"] = tensors_fingerprint(arrays, record)
     text = json.dumps(record, sort_keys=True, default=str)
@@ -142,11 +145,34 @@ def save_artifact(path: Path, tensors: dict, record: dict[str, Any]) -> dict:
     return record
 
 
+def strict_json(value):
+    """``value`` as strict JSON can hold it: every non-finite float ``None`` (an undefined
+    figure is null, its reason said beside it by whoever computed it), NumPy scalars and arrays
+    as Python values, anything else as its string."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return strict_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
+    """Atomically write ``obj`` as indented strict JSON (:func:`strict_json`); a work
+    folder's ``metrics.json`` gets the provenance of what wrote it."""
+    if Path(path).name == METRICS and isinstance(obj, dict):
+        from infl_cli.runtime.provenance import provenance
+
+        obj = {**obj, "provenance": provenance()}
+
     def write(tmp):
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            json.dump(strict_json(obj), fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
 
     atomic_write(path, write)
@@ -181,6 +207,37 @@ def keep_study_sections(path: Path, metrics: dict) -> dict:
             if key in old and key not in metrics:
                 metrics[key] = old[key]
     return metrics
+
+
+# what a study writes into its work folder besides its artifacts (the *.safetensors whose
+# header holds an infl record): figures, their sidecars and the studies' JSON
+STUDY_OUTPUTS = ("metrics.json", "timings.json", "subsets.json", "explain-*.png",
+                 "explain-*.pdf", "explain-*.json", "fig2_*.png", "fig2_*.pdf", "fig6_*.png",
+                 "fig6_*.pdf", "fig_*.png", "fig_*.pdf", "self-influence.png", "lds.png")
+
+
+def study_files(workdir: Path) -> list[Path]:
+    """The files of the study in ``workdir`` that infl wrote: its artifacts and outputs
+    (:data:`STUDY_OUTPUTS`); nothing else, and nothing in sub-folders."""
+    workdir = Path(workdir)
+    found = []
+    for path in sorted(workdir.glob("*.safetensors")):
+        try:
+            read_record(path)
+        except InflError:
+            continue  # not ours
+        found.append(path)
+    for pattern in STUDY_OUTPUTS:
+        found += sorted(p for p in workdir.glob(pattern) if p.is_file())
+    return sorted(set(found))
+
+
+def remove_study(workdir: Path) -> list[Path]:
+    """Remove the study's files (:func:`study_files`) from ``workdir``; returns them."""
+    removed = study_files(workdir)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def is_current(path: Path, settings: dict, inputs: dict) -> bool:

@@ -62,13 +62,24 @@ def workdir_lock(workdir: Path, command: str | None = None, warn=None):
     """
     workdir = Path(workdir)
     created = not workdir.exists()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise InflError(f"cannot create the work folder {workdir}: permission denied; choose "
+                        "another --workdir") from None
+    except FileExistsError:
+        raise InflError(f"{workdir} is a file, not a folder; choose another --workdir") from None
+    if not workdir.is_dir():
+        raise InflError(f"{workdir} is a file, not a folder; choose another --workdir")
     path = workdir / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": _start_ticks(os.getpid()),
           "command": command or " ".join(["infl", *sys.argv[1:]]), "started": time.time()}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except PermissionError:
+            raise InflError(f"{workdir} is not writable (permission denied): infl writes its "
+                            "artifacts there; choose another --workdir") from None
         except FileExistsError:
             owner = _read(path)
             if owner is None:  # being written this very moment, or garbage: look again

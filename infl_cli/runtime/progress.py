@@ -37,6 +37,48 @@ def _make_console() -> Console:
 console = _make_console()
 
 
+def notice(message: str) -> None:
+    """A notice on stderr: something the user should know, not a result."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]notice:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr: something that may be wrong, though the command goes on."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                  soft_wrap=True)
+
+
+def say(message: str) -> None:
+    """A line of what the command did (a stage skipped, an artifact read), dim, on stderr."""
+    from rich.markup import escape
+
+    console.print(f"[dim]{escape(message)}[/dim]", highlight=False, soft_wrap=True)
+
+
+_pending: list[str] = []
+
+
+def say_later(message: str) -> None:
+    """:func:`say`, once the command is past its checks: when its first progress bar starts
+    or it finishes (:func:`flush`). A command refused in one line prints that line only."""
+    _pending.append(message)
+
+
+def flush() -> None:
+    """Say what :func:`say_later` kept."""
+    while _pending:
+        say(_pending.pop(0))
+
+
+def drop() -> None:
+    """Forget what :func:`say_later` kept (the command failed)."""
+    _pending.clear()
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -59,7 +101,11 @@ class _LineProgress:
             self.interval = 10.0
 
     def update(self, advance: float = 1, status: str | None = None,
-               completed: float | None = None):
+               completed: float | None = None, total: float | None = None):
+        if advance or completed:
+            flush()
+        if total is not None:
+            self.total = total
         before = self.completed
         self.completed = completed if completed is not None else self.completed + advance
         if status is not None:
@@ -92,8 +138,10 @@ class _LineProgress:
 
 @contextmanager
 def progress_bar(description: str, total: float | None):
-    """Yield ``update(advance=1, status=None, completed=None)``; shows done/total, elapsed
-    time and ETA. ``completed`` sets the position instead of advancing it."""
+    """Yield ``update(advance=1, status=None, completed=None, total=None)``; shows done/total,
+    elapsed time and ETA. ``completed`` sets the position instead of advancing it; ``total``
+    changes the total (work that turned out not to be needed). What :func:`say_later` kept is
+    said once the bar first moves."""
     if not console.is_terminal:
         lines = _LineProgress(description, total)
         yield lines.update
@@ -106,8 +154,10 @@ def progress_bar(description: str, total: float | None):
         task = progress.add_task(description, total=total, status="")
 
         def update(advance: float = 1, status: str | None = None,
-                   completed: float | None = None):
-            kwargs = {}
+                   completed: float | None = None, total: float | None = None):
+            if advance or completed:
+                flush()
+            kwargs = {} if total is None else {"total": total}
             if status is not None:
                 kwargs["status"] = status
             if completed is not None:

@@ -21,7 +21,7 @@ _MODULES = ("common", "train", "ihvp", "score", "loo", "plot", "show", "run", "s
             "mislabel", "lds", "importscores")
 _WHERE = {
     "common": ("TestChoice", "is_current", "load_model", "model_engine", "model_policy",
-               "available_scores", "load_scores", "score_rows", "most_accurate_scores",
+               "available_scores", "load_scores", "score_rows", "choose_artifact",
                "model_tensors", "closed_form_model"),
     "train": ("train_settings", "validate_train", "run_train"),
     "ihvp": ("ihvp_solver", "ihvp_tests", "run_ihvp"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from infl_cli.engines import engine_for, policy_for, spec_of
 from infl_cli.errors import InflError
 from infl_cli.runtime import artifacts as art
+from infl_cli.runtime import progress
 from infl_cli.settings import SOLVER_PRIORITY
 from infl_cli.stages import selection
 
@@ -26,6 +27,12 @@ class TestChoice:
     indices: list | None = None
     sample: int | None = None
     seed: int = 0
+
+    def asked(self, n_test: int) -> list[int] | None:
+        """The test points asked for (``-t`` or the drawn sample), or None for the default."""
+        if not self.indices and self.sample is None:
+            return None
+        return self.resolve(n_test, [])
 
     def resolve(self, n_test: int, default: list[int], available: list[int] | None = None,
                 source: str = "") -> list[int]:
@@ -139,13 +146,51 @@ def score_rows(tensors, test_indices: list[int], name: str) -> list[int]:
     return [have.index(t) for t in test_indices]
 
 
-def most_accurate_scores(workdir: Path, solver: str | None) -> str:
-    if solver is not None:
-        return solver
-    have = available_scores(workdir)
-    if not have:
-        raise InflError(f"no scores in {workdir}; run `infl score` first")
-    return have[0]
+def choose_artifact(workdir: Path, kind: str, label: str | None, model_fp: str,
+                    tests: list[int] | None = None, stage: str = "") -> str:
+    """The label of the ``kind`` artifacts (``scores`` or ``ihvp``) a stage reads: ``label``
+    when given; else the newest one made for this model that holds every test point of
+    ``tests`` (any, when None). Says which on stderr; refuses in one line when none does."""
+    if label is not None:
+        return label
+    found = []
+    for path in Path(workdir).glob(f"{kind}-*.safetensors"):
+        try:
+            rec = art.read_record(path)
+        except InflError:
+            continue
+        if rec.get("inputs", {}).get("model") != model_fp:
+            continue
+        have = [int(t) for t in rec.get("settings", {}).get("test_indices", [])]
+        found.append((path.stat().st_mtime_ns, path.name[len(kind) + 1:-len(".safetensors")],
+                      have))
+    found.sort(reverse=True)
+    fitting = [f for f in found if tests is None or set(tests) <= set(f[2])]
+    if not fitting:
+        what = "scores" if kind == "scores" else "inverse-HVPs"
+        make = "`infl ihvp` and `infl score`" if kind == "scores" else "`infl ihvp`"
+        if not found:
+            others = sorted(p.name for p in Path(workdir).glob(f"{kind}-*.safetensors"))
+            if others:
+                raise InflError(f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} "
+                                f"computed for another model than {art.MODEL}; rerun {make}")
+            raise InflError(f"no {what} of this model in {workdir}; run {make} first")
+        missing = sorted(set(tests) - set().union(*(set(f[2]) for f in found)))
+        raise InflError(f"no {what} in {workdir} hold test point {missing[0] if missing else tests[0]} "
+                        f"({'; '.join(f'{kind}-{f[1]}: {_listing(f[2])}' for f in found[:4])}); "
+                        f"run {make} with -t {missing[0] if missing else tests[0]}, or name one "
+                        "with --solver")
+    chosen = fitting[0][1]
+    others = [f[1] for f in found if f[1] != chosen]
+    progress.say_later(f"{stage + ': ' if stage else ''}reads {kind}-{chosen}.safetensors (the newest"
+                 + (" holding the test points" if tests else "")
+                 + (f"; also present: {', '.join(others)}; choose with --solver)" if others
+                    else ")"))
+    return chosen
+
+
+def _listing(tests: list[int]) -> str:
+    return ", ".join(map(str, tests[:6])) + (", …" if len(tests) > 6 else "")
 
 
 def study_figure(workdir: Path, key: str, fingerprint: str, png: Path, draw) -> dict:

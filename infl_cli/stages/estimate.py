@@ -11,13 +11,19 @@ from pathlib import Path
 from infl_cli.runtime import artifacts as art
 from infl_cli.runtime.progress import progress_bar
 from infl_cli.settings import EstimatorSettings
-from infl_cli.stages.common import TestChoice, available_scores, load_model, model_engine
+from infl_cli.stages.common import (
+    TestChoice,
+    available_scores,
+    load_model,
+    model_engine,
+    model_record,
+)
 
 
 def _tests(workdir: Path, tests: TestChoice | None, data, engine) -> list[int]:
     """As asked, else those of the most accurate scores present, else the model's default."""
 
-    default = [engine.default_test(data)]
+    default = [engine.default_test(data, model_record(workdir))]
     for label in available_scores(workdir):
         default = art.read_record(workdir / art.scores_name(label))["settings"]["test_indices"]
         break
@@ -36,7 +42,8 @@ def _ensemble(workdir, tensors, mrec, data, chosen, settings: EstimatorSettings)
 
     keeper = Keeper(workdir, mrec)
     try:
-        problem = build_problem(tensors, mrec, data, chosen, LooSettings(), keeper)
+        problem = build_problem(tensors, mrec, data, chosen, LooSettings(), keeper,
+                                "score (trak): set-up")
     finally:
         keeper.close()
     keep = subsets.draw_subsets(data.n_train, settings.models, 0.5, settings.seed)

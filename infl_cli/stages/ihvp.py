@@ -19,9 +19,10 @@ def ihvp_solver(workdir: Path, choice: SolverChoice) -> Solver:
     return choice.for_model(policy_for(spec.kind), spec)
 
 
-def ihvp_tests(tests: TestChoice | None, data, policy) -> list[int]:
-    """The test points of an inverse-HVP: as asked, or the model kind's default."""
-    return (tests or TestChoice()).resolve(data.n_test, [policy.default_test(data)])
+def ihvp_tests(tests: TestChoice | None, data, policy, mrec: dict | None = None) -> list[int]:
+    """The test points of an inverse-HVP: as asked, or the model kind's default for the model
+    of record ``mrec``."""
+    return (tests or TestChoice()).resolve(data.n_test, [policy.default_test(data, mrec)])
 
 
 def run_ihvp(workdir: Path, solver: Solver, tests: TestChoice | None, loaded=None,
@@ -35,7 +36,7 @@ def run_ihvp(workdir: Path, solver: Solver, tests: TestChoice | None, loaded=Non
 
     tensors, mrec, data = loaded or load_model(workdir, device=device)
     engine = model_engine(mrec)
-    idx = ihvp_tests(tests, data, engine)
+    idx = ihvp_tests(tests, data, engine, mrec)
     sel = torch.tensor(idx, dtype=torch.int64, device=data.device)
     rhs = engine.test_gradients(tensors, data.x_test[sel], data.y_test[sel])
     keeper = Keeper(workdir, mrec)

@@ -122,7 +122,7 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
     run_facts = loo_stage.solve_store(
         "lds: subset retraining", "subsets", store, built,
         lambda: loo_stage.build_problem(tensors, mrec, data, chosen, LooSettings(),
-                                        built.keeper),
+                                        built.keeper, "lds: set-up"),
         SubsetJob(settings), runner,
         finish=lambda problem: _full_outputs(problem(), settings.measure))
     a = store.arrays

@@ -21,10 +21,10 @@ from infl_cli.settings import LooSettings, validate_loo
 from infl_cli.stages import selection
 from infl_cli.stages.common import (
     TestChoice,
+    choose_artifact,
     load_model,
     load_scores,
     model_engine,
-    most_accurate_scores,
     score_rows,
 )
 
@@ -69,7 +69,8 @@ def plan_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select
              seed: int, settings: LooSettings, mrec: dict, data):
     """Everything that decides a LOO run, before any retraining: (settings record, inputs,
     test indices, train indices [K], selected [T, K])."""
-    solver = most_accurate_scores(workdir, solver)
+    solver = choose_artifact(workdir, "scores", solver, mrec["fingerprint"],
+                             (tests or TestChoice()).asked(data.n_test), "loo")
     stensors, srec = load_scores(workdir, solver, mrec["fingerprint"])
     have = stensors["test_indices"].tolist()
     chosen = (tests or TestChoice()).resolve(data.n_test, have, have, art.scores_name(solver))
@@ -95,17 +96,21 @@ def resolve_chunk_size(settings: LooSettings, device, engine, spec: ModelSpec,
 
 
 def build_problem(tensors, mrec, data, test_indices: list[int], settings: LooSettings,
-                  keeper=None):
-    """The LOO problem of a model (its engine's, with a progress bar over its set-up: the
-    logistic model's factored Hessian, taken from ``keeper`` when it is kept there), on the
-    data's device."""
+                  keeper=None, label: str = "loo: set-up"):
+    """The LOO problem of a model (its engine's, with a progress bar ``label`` over its
+    set-up: the logistic model's factored Hessian, taken from ``keeper`` when it is kept
+    there), on the data's device."""
     import torch
 
     sel = torch.tensor(test_indices, dtype=torch.int64, device=data.device)
     engine = model_engine(mrec)
-    with progress_bar("loo: set-up", total=engine.hessian_blocks(tensors)) as update:
-        return engine.loo_problem(tensors, mrec, data, data.x_test[sel], data.y_test[sel],
-                                  settings, on_block=update, keeper=keeper)
+    total = engine.hessian_blocks(tensors)
+    with progress_bar(label, total=total) as update:
+        problem = engine.loo_problem(tensors, mrec, data, data.x_test[sel], data.y_test[sel],
+                                     settings, on_block=update, keeper=keeper)
+        source = None if keeper is None else keeper.used.get("torch.float32")
+        update(completed=total, status=f"Hessian {source}" if source else "")
+    return problem
 
 
 def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select: str, k: int,

@@ -368,7 +368,7 @@ def run_mislabel(workdir: Path, flip: float, seeds: int, checks: list[float],
     metrics["settings"] = settings
     metrics["model"] = {key: mrec.get(key) for key in ("settings", "grad_norm_certified",
                                                         "test_accuracy", "n_train")}
-    from infl_cli.figures import fig2 as plot
+    from infl_cli.figures import studies as plot
 
     metrics["figure"] = str(workdir / FIGURE)
     plot.draw_mislabel(metrics, workdir / FIGURE, art.atomic_write)

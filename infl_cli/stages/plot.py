@@ -24,6 +24,15 @@ def loo_artifact(workdir: Path, method: str | None = None) -> Path:
     return plain if plain.is_file() else next((p for p in others if p.is_file()), plain)
 
 
+def dataset_name(mrec: dict) -> str:
+    """The dataset a model was trained on, as a figure names it (an NPZ by its file name)."""
+    s = mrec["settings"]
+    name = Path(s["dataset"]).name
+    if s.get("classes"):
+        name += f" ({' vs '.join(map(str, s['classes']))})"
+    return name
+
+
 def _records(workdir: Path, solvers: list[str] | None, loo_method: str | None):
     """(LOO path, LOO record, model record, the solvers drawn) from the records alone."""
     path = loo_artifact(workdir, loo_method)
@@ -53,6 +62,7 @@ def _plot_inputs(workdir: Path, solvers: list[str] | None, loo_method: str | Non
                           "ihvp": irec.get("report", {}),
                           "title": model_policy(mrec).panel_title(
                               spec_of(mrec), solver, lrec["settings"]["method"]),
+                          "dataset": dataset_name(mrec),
                           "device": f"{irec.get('device', 'cpu')}, {srec.get('device', 'cpu')}"}
     view = plot.LooView(test_indices=test_indices, train_indices=train_idx,
                         actual=ltensors["actual_loss_diff"],

@@ -48,7 +48,8 @@ def _loo_current(path: Path, expected: dict, inputs: dict, auto_chunk: bool) -> 
 def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, download, bias,
             solver: Solver, tests: TestChoice, seed: int, select, num, settings, out,
             cluster=None, cluster_timeout=None, device_name: str = "auto",
-            spec: ModelSpec | None = None, report=None, classes: tuple | None = None) -> dict:
+            spec: ModelSpec | None = None, report=None, classes: tuple | None = None,
+            replace_study: bool = False) -> dict:
     """Run every stage in ``workdir`` (see the module doc). ``report[stage](record)`` prints
     each stage's table (the command line's). Returns the seconds per stage."""
     from infl_cli.stages import plot as plot_stage
@@ -66,7 +67,7 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     policy = policy_for(spec.kind)
     full = load_dataset(dataset, data_dir, download, bias, classes)
     data = policy.training_data(full, spec)
-    chosen = ihvp_tests(tests, data, policy)
+    ihvp_tests(tests, data, policy)  # -t and --test-sample checked before any training
     num = selection.resolve_k(num, data.n_train)
     selection.check_selection(select, num, data.n_train)
     label = solver.label()
@@ -109,7 +110,8 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
     mrec = stage("train", model_path, is_current(model_path, tset, {"data": data.fingerprint}),
                  lambda: run_train(workdir, dataset, data_dir, wd, train_tol, max_iter,
                                    download, data=full, bias=bias, device=computing(),
-                                   spec=spec, classes=classes))
+                                   spec=spec, classes=classes, replace=replace_study))
+    chosen = ihvp_tests(tests, data, policy, mrec)  # the default may be the model's
     fixed = TestChoice(chosen)
     ipath = workdir / art.ihvp_name(label)
     irec = stage("ihvp", ipath,

@@ -6,12 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from infl_cli.engines import policy_for, spec_of
 from infl_cli.errors import InflError
-from infl_cli.numerics.solvers import make_solver
 from infl_cli.runtime import artifacts as art
 from infl_cli.runtime.progress import progress_bar
-from infl_cli.stages.common import TestChoice, load_model, model_engine
+from infl_cli.stages.common import TestChoice, choose_artifact, load_model, model_engine
 
 
 def score_settings(solver: str, test_indices: list[int]) -> dict:
@@ -28,22 +26,18 @@ def score_tests(workdir: Path, solver: str, tests: TestChoice | None, data):
     return tensors, irec, chosen
 
 
-def default_label(mrec: dict) -> str:
-    """The label of the inverse-HVPs a model's default solver writes."""
-    spec = spec_of(mrec)
-    return make_solver(None, policy_for(spec.kind), spec).label()
-
-
 def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
               loaded=None, device=None) -> dict:
     """Scores from the inverse-HVPs named ``solver`` (a label: ``exact``, ``cg``,
-    ``lissa`` or e.g. ``exact-damping0.01``)."""
+    ``lissa`` or e.g. ``exact-damping0.01``; None: the newest of this model that hold the test
+    points asked for)."""
     import torch
 
     from infl_cli.runtime import device as device_mod
 
     tensors_m, mrec, data = loaded or load_model(workdir, device=device)
-    solver = solver or default_label(mrec)
+    solver = choose_artifact(workdir, "ihvp", solver, mrec["fingerprint"],
+                             (tests or TestChoice()).asked(data.n_test), "score")
     tensors, irec, chosen = score_tests(workdir, solver, tests, data)
     if irec["inputs"]["model"] != mrec["fingerprint"]:
         raise InflError(f"{art.ihvp_name(solver)} was computed for another model than "

@@ -141,7 +141,7 @@ def run_check(workdir: Path, mrec: dict, tensors: dict, data, k: int, rel_error:
 
     from infl_cli.engines.logreg import loo as loo_mod
     from infl_cli.engines.logreg.engine import ENGINE
-    from infl_cli.figures import fig2 as plot
+    from infl_cli.figures import studies as plot
     from infl_cli.runtime import chunks
     from infl_cli.runtime.kept import Keeper
     from infl_cli.stages.loo import LooJob
@@ -236,7 +236,7 @@ def draw_top(workdir: Path, rows: list, data, order: str, out: Path | None) -> P
     """The images of the points to check first (where the features are square images)."""
     if data.image_shape is None:
         return None
-    from infl_cli.figures import fig2 as plot
+    from infl_cli.figures import studies as plot
 
     png = Path(out) if out else workdir / "self-influence.png"
     if png.suffix.lower() != ".png":

@@ -11,11 +11,12 @@ import numpy as np
 
 from infl_cli.errors import BadInput
 from infl_cli.runtime import artifacts as art
+from infl_cli.runtime import progress
 from infl_cli.stages.common import (
+    choose_artifact,
     load_scores,
     model_dataset,
     model_engine,
-    most_accurate_scores,
     score_rows,
 )
 
@@ -28,18 +29,19 @@ def show_settings(workdir: Path, test_index: int | None, count: int, solver: str
     if count < 1:
         raise BadInput(f"-n must be ≥ 1, got {count}")
     mrec = art.checked_record(workdir / art.MODEL, "train", "infl train")
-    solver = most_accurate_scores(workdir, solver)
+    n_test = mrec.get("n_test")
+    if test_index is not None and n_test is not None and not 0 <= test_index < n_test:
+        raise BadInput(f"test index {test_index} out of range: the test set has "
+                       f"{n_test} points (0..{n_test - 1})")
+    if out is not None and Path(out).suffix.lower() != ".png":
+        raise BadInput(f"--out must end in .png, got {out}")
+    solver = choose_artifact(workdir, "scores", solver, mrec["fingerprint"],
+                             None if test_index is None else [test_index], "show")
     srec = art.checked_record(workdir / art.scores_name(solver), "score",
                               f"infl score --solver {solver}")
     if test_index is None:
         test_index = int(srec["settings"]["test_indices"][0])
-    n_test = mrec.get("n_test")
-    if n_test is not None and not 0 <= test_index < n_test:
-        raise BadInput(f"test index {test_index} out of range: the test set has "
-                       f"{n_test} points (0..{n_test - 1})")
     png = Path(out) if out else workdir / f"explain-{test_index}.png"
-    if png.suffix.lower() != ".png":
-        raise BadInput(f"--out must end in .png, got {png}")
     loo = workdir / art.LOO
     settings = {"test_index": test_index, "count": count, "solver": solver, "figure": str(png)}
     inputs = {"model": mrec["fingerprint"], "scores": srec["fingerprint"],
@@ -63,9 +65,11 @@ def drawn(settings: dict, inputs: dict, png: Path, sidecar: Path) -> dict | None
 
 
 def run_show(workdir: Path, test_index: int | None, count: int, solver: str | None,
-             out: Path | None) -> dict:
-    """The explanation of one test prediction as images (see :mod:`~infl_cli.figures.explain`); by default of
-    the first test point scored. Writes only the image and its sidecar: it takes no lock."""
+             out: Path | None, csv: Path | None = None) -> dict:
+    """The explanation of one test prediction as images (see
+    :mod:`~infl_cli.figures.explain`); by default of the first test point scored. Writes only
+    the image and its sidecar (it takes no lock), and with ``csv`` every training point's
+    scores for this test point as CSV (``-``: stdout)."""
     from infl_cli.figures import explain
 
     settings, inputs, png, sidecar = show_settings(workdir, test_index, count, solver, out)
@@ -101,7 +105,53 @@ def run_show(workdir: Path, test_index: int | None, count: int, solver: str | No
     result = explain.explain(np.asarray(probs), data, test_index, predicted, actual, count,
                              solver, png, art.atomic_write)
     art.write_json(sidecar, {"settings": settings, "inputs": inputs, "result": result})
+    _say_counts(result)
+    if csv is not None:
+        result["csv"] = write_csv(csv, data, stensors["influence"][row], predicted, actual)
     return result
+
+
+def _say_counts(result: dict) -> None:
+    """One line where fewer rows are listed than asked, or fewer images drawn."""
+    count = result["count"]
+    short = [f"{result[key]:,} training points have a {sign} predicted change ({kind})"
+             for key, sign, kind in (("positive", "positive", "helpful"),
+                                     ("negative", "negative", "harmful"))
+             if result[key] < count]
+    if short:
+        progress.notice(f"-n {count}: only " + "; ".join(short) + "; all of them are listed")
+    if result["figure"] and count > result["drawn"]:
+        progress.notice(f"the image draws the first {result['drawn']} of each; the table lists "
+                        f"all of them (--csv writes every training point)")
+
+
+def write_csv(path: Path, data, influence, predicted, actual) -> str:
+    """Every training point's scores for the test point, one row each, as CSV: its index, label
+    (and label name), I_up,loss, the predicted change of the test loss on removing it and,
+    where ``infl loo`` retrained without it, the actual change with its proven bound."""
+    import csv as csv_mod
+    import io
+    import sys
+
+    lookup = {}
+    if actual is not None:
+        lookup = {int(j): (float(a), float(b)) for j, a, b in zip(*actual)}
+    buffer = io.StringIO()
+    out = csv_mod.writer(buffer, lineterminator="\n")
+    out.writerow(["train_index", "label", "label_name", "influence", "predicted_change",
+                  "actual_change", "actual_error_bound"])
+    for j in range(data.n_train):
+        label = int(data.train_y[j])
+        a, b = lookup.get(j, ("", ""))
+        out.writerow([j, label, data.class_name(label), repr(float(influence[j])),
+                      repr(float(predicted[j])), "" if a == "" else repr(a),
+                      "" if b == "" else repr(b)])
+    if str(path) == "-":
+        sys.stdout.write(buffer.getvalue())
+        return "-"
+    path = Path(path)
+    art.atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    return str(path)
 
 
 def _torch_model(workdir: Path, data):

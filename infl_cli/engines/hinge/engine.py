@@ -112,6 +112,10 @@ class _HingeEngine(Engine):
         tensors, info = self._fitted(_Problem(data), data, spec, wd, tol)
         info["seconds"] = time.perf_counter() - start
         info["temperature"] = spec.temperature
+        weight = _numpy(tensors["weight"])
+        margins = (1.0 - 2.0 * np.asarray(data.test_y, dtype=np.float64)) \
+            * (data.features("test") @ weight)
+        info["worst_test"] = int(np.argmin(margins))  # the default test point (policy)
         tensors["temperature"] = torch.tensor(spec.temperature, dtype=torch.float64,
                                               device=data.device)
         return tensors, info
