@@ -229,13 +229,21 @@ def _self_influence(record: dict, rows: list, order: str, figure) -> None:
             "certified ‖∇R₋z‖ ≤ 1e-08": f"{check['certified']} of {check['k']}",
             "error bound ≤ 1 % of |change|": f"{check['within_target']} of {check['k']}",
             "largest error bound": check["largest_error_bound"], "figure": check["figure"]})
-    columns(f"training labels to check first (by {order})" + (f"; {figure}" if figure else ""),
-            ["rank", "train index", "label", "predicted (p)", "p(label)", "self-influence",
-             "predicted own change", "training loss"],
+    extra = {"koh": "−I_koh (∇CE both sides)", "loo-loss": "loss + predicted own change"}
+    shown = [extra[order]] if order in extra else []
+    columns(f"training labels to check first (by {order}, largest first)"
+            + (f"; {figure}" if figure else ""),
+            ["rank", "train index", "label", "predicted (p)", "p(label)",
+             "self-influence I(z, z)", "predicted own change −I/n", "training loss",
+             *shown],
             [(r["rank"], r["train_index"], r["label_name"],
               f"{r['predicted_name']} ({r['predicted_probability']:.3f})",
               f"{r['label_probability']:.3g}", r["self_influence"], r["predicted_own_change"],
-              r["train_loss"]) for r in rows])
+              r["train_loss"], *([r["ranked_by"]] if shown else [])) for r in rows])
+    output.console().print(
+        "signs: self-influence I(z, z) = −∇CE(z)ᵀH⁻¹∇L(z) is negative where removing z would "
+        "raise its own loss (by about −I/n, the predicted own change); the largest rises, the "
+        "most negative I, come first.", highlight=False)
 
 
 def _mislabel(m: dict) -> None:
@@ -290,6 +298,9 @@ def _lds(section: dict) -> None:
              "pooled R"],
             rows)
     output.console().print(f"figure: {section['figure']}", highlight=False)
+    for name, e in section["methods"].items():
+        if e.get("note"):
+            output.console().print(f"{name}: {e['note']}", highlight=False)
 
 
 # ------------------------------------------------------------- what the commands call
@@ -329,3 +340,13 @@ def report_mislabel(m: dict):
 
 def report_lds(section: dict):
     output.emit("lds", section, _lds)
+
+
+def report_times(title: str, rows: dict):
+    output.emit("times", {"title": title, **rows}, lambda _: table(title, rows))
+
+
+def report_skipped(name: str, record: dict):
+    """A stage ``infl run`` found current: its record, in the JSON only (a table reader was
+    told on stderr that it was skipped)."""
+    output.emit(name, {**record, "skipped": True}, lambda _: None)

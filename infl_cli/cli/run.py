@@ -155,7 +155,8 @@ def run_cmd(workdir: Path = WORKDIR, dataset: Optional[str] = DATASET,
     reporters = {"train": report.report_train, "ihvp": report.report_ihvp,
                  "score": report.report_score, "loo": report.report_loo,
                  "plot": report.report_plot, "show": report.report_show,
-                 "times": report.table, "say": common.say}
+                 "times": report.report_times, "say": common.say,
+                 "skipped": report.report_skipped}
     with common.writing(workdir):
         run_all(workdir, chosen.dataset, chosen.data_dir, wd, train_tol, max_iter, download,
                 chosen.bias, parsed, common.tests(test_index, test_sample, seed), seed or 0,

@@ -35,6 +35,7 @@ from infl_cli.stages.common import (
     model_record,
 )
 
+SIGN_HINT = -0.3  # an imported method's LDS below this: its sign may be flipped
 TRUTH = "subsets.safetensors"
 TRUTH_JSON = "subsets.json"
 PARTIAL = "subsets.partial.safetensors"
@@ -259,6 +260,11 @@ def judge(workdir: Path, truth: dict) -> dict:
                                    for t, v in zip(common, result["per_test"])})
         if loo is not None:
             entry["loo"] = _loo_entry(loo, arrays, have)
+        if entry.get("lds") is not None and entry["lds"] < SIGN_HINT and entry["imported"]:
+            meaning = (entry["imported"] or {}).get("meaning", "?")
+            entry["note"] = (f"LDS {entry['lds']:.3f}: strongly negative, so the imported "
+                             f"scores' sign may be the opposite of --meaning {meaning}; "
+                             "import them again with the other meaning")
         methods[label] = entry
     truth_rec = truth.get("record", {})
     section = {"measure": truth["measure"], "truth": truth["source"],

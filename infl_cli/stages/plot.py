@@ -124,6 +124,10 @@ def run_plot(workdir: Path, solvers: list[str] | None, out: Path | None,
 
     made_settings, made_inputs, _ = plot_settings(workdir, solvers, out, beside, loo_method)
     view, panels, lrec, mrec = _plot_inputs(workdir, solvers, loo_method)
+    from infl_cli.runtime import progress
+
+    progress.say_later(f"plot: reads {made_settings['loo']} and "
+                       f"{', '.join(art.scores_name(s) for s in made_settings['solvers'])}")
     png = Path(made_settings["figure"])
     others = []
     for folder in beside:

@@ -98,6 +98,7 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
         if current:
             say(f"{name}: {path} is up to date, skipped")
             rec = art.read_record(path)
+            report.get("skipped", lambda n, r: None)(name, rec)
         else:
             computing()
             rec = fn()
@@ -142,6 +143,10 @@ def run_all(workdir: Path, dataset: str, data_dir, wd, train_tol, max_iter, down
                                                            loo_method=settings.method)
     if plot_stage.is_drawn(workdir, psettings, pinputs, figures):
         say(f"plot: {figures[0]} is up to date, not redrawn")
+        import json
+
+        report.get("skipped", lambda n, r: None)(
+            "plot", json.loads((workdir / art.METRICS).read_text()))
     else:
         report.get("plot", lambda r: None)(
             plot_stage.run_plot(workdir, [label], out, loo_method=settings.method))

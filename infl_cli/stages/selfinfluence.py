@@ -41,14 +41,19 @@ def validate(sample: int, check: int, count: int, order: str) -> None:
         raise BadInput(f"unknown order {order!r}; choose one of: {', '.join(ORDERS)}")
 
 
+def rank_key(arrays: dict, order: str) -> np.ndarray:
+    """The value each training point is ranked by, largest first: the predicted rise of its
+    own loss when it is removed (−I/n: a negative self-influence I_up,loss(z, z) is a rise,
+    so "the largest" are its most negative values), Koh's variant (−I_koh), the training
+    loss, or the predicted leave-one-out loss (training loss + predicted own change)."""
+    return np.asarray({"self-influence": arrays["predicted_own_change"], "koh": -arrays["koh"],
+                       "loss": arrays["train_loss"],
+                       "loo-loss": arrays["train_loss"] + arrays["predicted_own_change"]}[order])
+
+
 def ranking(arrays: dict, order: str) -> np.ndarray:
-    """Training indices, the labels to check first first: by self-influence (the predicted
-    rise of the point's own loss when it is removed, −I/n), Koh's variant, the training loss,
-    or the predicted leave-one-out loss (training loss + predicted own change)."""
-    key = {"self-influence": arrays["predicted_own_change"], "koh": -arrays["koh"],
-           "loss": arrays["train_loss"],
-           "loo-loss": arrays["train_loss"] + arrays["predicted_own_change"]}[order]
-    return np.argsort(-np.asarray(key), kind="stable")
+    """Training indices, the labels to check first first (:func:`rank_key`)."""
+    return np.argsort(-rank_key(arrays, order), kind="stable")
 
 
 def compute(weight, mrec: dict, data, cert, factor, sample: int, seed: int = 0) -> tuple:
@@ -218,6 +223,7 @@ def top_rows(workdir: Path, count: int, order: str) -> tuple:
 
     data = model_dataset(mrec)
     rows = []
+    key = rank_key(arrays, order)
     for rank, i in enumerate(ranking(arrays, order)[:count], start=1):
         i = int(i)
         label, pred = int(data.train_y[i]), int(arrays["predicted_class"][i])
@@ -228,7 +234,8 @@ def top_rows(workdir: Path, count: int, order: str) -> tuple:
                      "label_probability": float(arrays["label_probability"][i]),
                      "self_influence": float(arrays["self_influence"][i]),
                      "predicted_own_change": float(arrays["predicted_own_change"][i]),
-                     "train_loss": float(arrays["train_loss"][i])})
+                     "train_loss": float(arrays["train_loss"][i]),
+                     "ranked_by": float(key[i])})
     return rows, record, data
 
 
