@@ -22,4 +22,25 @@ from infl_cli.runtime import threads as _threads  # noqa: E402
 
 THREADS = _threads.apply()
 
-__version__ = "0.1.0"
+from infl_cli.version import __version__  # noqa: E402
+
+# The Python API (``import infl_cli as infl``): loaded on first use, so that the command line's
+# help and errors never wait for NumPy, and ``import infl_cli`` never imports torch.
+__all__ = ["Dataset", "Study", "features", "paper_figure", "hinge", "Model", "Ihvp", "Scores",
+           "Loo", "Lds", "Judgement", "Result", "BadInput", "InflError", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("BadInput", "InflError"):
+        from infl_cli import errors
+
+        return getattr(errors, name)
+    if name in __all__:
+        from infl_cli import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'infl_cli' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -122,7 +122,7 @@ def test_cluster_and_a_gpu_are_refused_and_auto_with_cluster_is_the_cpu(monkeypa
     pytest.importorskip("distributed")
     with pytest.raises(BadInput, match="does not combine with --device cuda:0"):
         stages.validate_cluster("local:2", 10.0, torch.device("cuda:0"))
-    from infl_cli.cli import common as cli_common
+    from infl_cli.api import common as cli_common
 
     monkeypatch.setattr(device_mod, "available", lambda: ["cpu", "cuda:0"])
     assert cli_common.device("auto", cluster="local:2") == torch.device("cpu")

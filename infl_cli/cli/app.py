@@ -68,16 +68,31 @@ def _results(command):
     return wrapper
 
 
-for _name, _command in (("train", cli_commands.train_cmd), ("ihvp", cli_commands.ihvp_cmd),
-                        ("score", cli_commands.score_cmd), ("loo", cli_commands.loo_cmd),
-                        ("plot", cli_commands.plot_cmd), ("show", cli_commands.show_cmd),
-                        ("run", cli_run.run_cmd),
-                        ("self-influence", cli_studies.self_influence_cmd),
-                        ("mislabel", cli_studies.mislabel_cmd),
-                        ("lds", cli_benchmarks.lds_cmd),
-                        ("components", cli_paper.components_cmd),
-                        ("hinge", cli_paper.hinge_cmd)):
-    app.command(_name)(_results(_command))
+COMMANDS = (
+    ("train", cli_commands.train_cmd, "Fit the model: model.safetensors."),
+    ("ihvp", cli_commands.ihvp_cmd, "Solve s_test = H⁻¹∇L(z_test) for each test point."),
+    ("score", cli_commands.score_cmd,
+     "Influence of every training point on each test loss (or another estimator's, or "
+     "imported scores)."),
+    ("loo", cli_commands.loo_cmd,
+     "Retrain without each selected training point: the actual changes, certified."),
+    ("plot", cli_commands.plot_cmd, "Predicted against actual change (Figure 2) and metrics.json."),
+    ("show", cli_commands.show_cmd,
+     "A test image beside its most helpful and most harmful training images."),
+    ("run", cli_run.run_cmd, "Every stage in order, skipping those up to date; or --figure 1|3."),
+    ("self-influence", cli_studies.self_influence_cmd,
+     "The training labels to check first, by self-influence."),
+    ("mislabel", cli_studies.mislabel_cmd,
+     "The paper's Figure 6: flipped labels found and fixed, every model retrained."),
+    ("lds", cli_benchmarks.lds_cmd,
+     "The LDS and LOO correlation of every scores artifact, on certified truth."),
+    ("components", cli_paper.components_cmd,
+     "The paper's Figure 1: the parts of influence on a binary model."),
+    ("hinge", cli_paper.hinge_cmd,
+     "The paper's Figure 3: a certified linear SVM seen through the smooth hinge."),
+)
+for _name, _command, _short in COMMANDS:
+    app.command(_name, short_help=_short)(_results(_command))
 
 
 def version_text() -> str:

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from infl_cli.cli import common, report
+from infl_cli.api import ops
+from infl_cli.cli import report
 from infl_cli.cli.options import CLUSTER_TIMEOUT, DEVICE, TEST_SAMPLE, TESTS, WORKDIR
 
 SUBSETS = typer.Option(100, "--subsets", help="Subsets retrained on (M).")
@@ -42,17 +43,4 @@ def lds_cmd(workdir: Path = WORKDIR, subsets: int = SUBSETS, fraction: float = F
     """Certified ground truth for the LDS: retrain the model in WORKDIR on random subsets
     (each certified, each test output with a proven bar; subsets.safetensors), then the LDS
     of every scores artifact present and the LOO correlation on loo.safetensors."""
-    from infl_cli.runtime.cluster import validate_cluster
-    from infl_cli.settings import LdsSettings, validate_lds
-
-    settings = LdsSettings(subsets=subsets, fraction=fraction, seed=seed, measure=measure,
-                           tol=tol, chunk_size=chunk_size)
-    validate_lds(settings)
-    validate_cluster(cluster, cluster_timeout, common.device_name(device, cluster))
-    where = common.device(device, cluster)
-    from infl_cli.stages import lds
-
-    with common.writing(workdir):
-        section = lds.run_lds(workdir, settings, common.tests(test_index, test_sample, seed),
-                              where, cluster, cluster_timeout, truth)
-    report.report_lds(section)
+    report.report_lds(ops.lds(**locals()))

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from infl_cli.cli import common, output
+from infl_cli.api import ops
+from infl_cli.cli import output
 from infl_cli.cli.options import DATA_DIR, DEVICE, DOWNLOAD, WORKDIR
 from infl_cli.cli.report import columns, table
 from infl_cli.settings import DATASETS
@@ -47,15 +48,7 @@ def components_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = COMPONEN
     """The paper's Figure 1 on the binary logistic model in WORKDIR (`infl train --classes 1,7
     --wd 0.02` first: binary wd 0.01): −I_up,loss of every training point against the
     influence without the training-loss term, without H, and without both."""
-    if test_index is not None and test_index < 0:
-        from infl_cli.errors import BadInput
-
-        raise BadInput(f"--test-index must be ≥ 0, got {test_index}")
-    where = common.device(device)
-    from infl_cli.stages.components import run_components
-
-    with common.writing(workdir):
-        report_components(run_components(workdir, test_index, where))
+    report_components(ops.components(**locals()))
 
 
 def hinge_cmd(workdir: Path = WORKDIR, dataset: str = HINGE_DATASET,
@@ -69,20 +62,7 @@ def hinge_cmd(workdir: Path = WORKDIR, dataset: str = HINGE_DATASET,
     retraining the SVM without each of the points of largest |influence| (every change
     certified); and the smooth model trained at its own t. Writes hinge.safetensors and
     fig_hinge.png in WORKDIR."""
-    from infl_cli.settings import parse_classes
-    from infl_cli.stages import hinge
-
-    chosen = parse_classes(classes, dataset)
-    settings = hinge.HingeSettings(
-        wd=wd, temperatures=hinge.parse_temperatures(temperatures, "--temperatures"),
-        smooth=hinge.parse_temperatures(smooth, "--smooth", positive=True), num=num,
-        test_index=test_index, train_size=train_size, test_size=test_size)
-    hinge.validate(settings, chosen)
-    from infl_cli.data.datasets import load_dataset
-
-    with common.writing(workdir):
-        data = load_dataset(dataset, data_dir, download, classes=chosen)
-        report_hinge(hinge.run_hinge(workdir, data, settings, chosen))
+    report_hinge(ops.hinge(**locals()))
 
 
 def report_components(record: dict) -> None:

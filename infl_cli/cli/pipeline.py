@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from infl_cli import settings as settings_mod
-from infl_cli.cli import common, report
+from infl_cli.api import ops
+from infl_cli.cli import report
 from infl_cli.cli.options import (
     ADAM_LR,
     ADAM_STEPS,
@@ -87,17 +87,7 @@ def train_cmd(workdir: Path = WORKDIR, dataset: Optional[str] = DATASET,
     """Fit the model and write model.safetensors: the logistic model by L-BFGS then Newton; the
     CNN by its protocol. A folder holds one study: training on other data, or another model
     kind, is refused unless --replace."""
-    spec = common.spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
-                       seed, train_size, temperature)
-    settings_mod.validate_train(wd, train_tol)
-    chosen = common.data(workdir, dataset, data_dir, bias, classes)
-    where = common.device(device)
-    from infl_cli.stages.train import run_train
-
-    with common.writing(workdir):
-        report.report_train(run_train(workdir, chosen.dataset, chosen.data_dir, wd, train_tol,
-                                      max_iter, download, bias=chosen.bias, device=where,
-                                      spec=spec, classes=chosen.classes, replace=replace))
+    report.report_train(ops.train(**locals()))
 
 
 def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
@@ -109,18 +99,7 @@ def ihvp_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
              check_every: Optional[int] = CHECK_EVERY, cg_rtol: float = CG_RTOL,
              cg_max_iter: int = CG_MAX, cg_rank: int = CG_RANK, device: str = DEVICE):
     """Solve s_test = H⁻¹∇L(z_test) per test point; writes ihvp-<solver>.safetensors."""
-    from infl_cli.numerics.solvers import SolverChoice
-    from infl_cli.stages.ihvp import ihvp_solver, run_ihvp
-
-    lissa = settings_mod.lissa_settings(preset, scale, depth, batch_size, repeats, seed,
-                                        average_tail, stop_tol, check_every)
-    choice = SolverChoice(solver, lissa, settings_mod.CgSettings(cg_rtol, cg_max_iter, cg_rank),
-                          damping)
-    where = common.device(device)
-    parsed = ihvp_solver(workdir, choice)
-    with common.writing(workdir):
-        report.report_ihvp(run_ihvp(workdir, parsed, common.tests(test_index, test_sample, seed),
-                                    device=where))
+    report.report_ihvp(ops.ihvp(**locals()))
 
 
 IMPORT = typer.Option(None, "--import",
@@ -156,39 +135,7 @@ def score_cmd(workdir: Path = WORKDIR, solver: Optional[str] = SOLVER,
     (--solver names inverse-HVPs: lissa, cg, exact, or e.g. exact-damping0.01); with --import,
     another tool's scores as scores-NAME.safetensors; with --method, another estimator's as
     scores-<method>.safetensors."""
-    if method is not None or any(v is not None for v in (rank, proj_dim, models, damping)):
-        from infl_cli.settings import EstimatorSettings, validate_estimator
-
-        if method is None:
-            from infl_cli.errors import BadInput
-
-            raise BadInput("--rank, --proj-dim, --models and --damping go with --method")
-        settings = EstimatorSettings(method, rank, proj_dim, models, damping)
-        validate_estimator(settings)
-        where = common.device(device)
-        from infl_cli.stages.estimate import run_estimate
-
-        with common.writing(workdir):
-            report.report_score(run_estimate(workdir, settings,
-                                             common.tests(test_index, test_sample, seed),
-                                             where))
-        return
-    if import_file is not None:
-        from infl_cli.stages import importscores
-
-        importscores.validate(name, meaning, import_file)
-        with common.writing(workdir):
-            report.report_score(importscores.import_scores(
-                workdir, import_file, name, meaning, common.tests(test_index, test_sample,
-                                                                  seed)))
-        return
-    where = common.device(device)
-    from infl_cli.stages.score import run_score
-
-    with common.writing(workdir):
-        report.report_score(run_score(workdir, solver,
-                                      common.tests(test_index, test_sample, seed),
-                                      device=where))
+    report.report_score(ops.score(**locals()))
 
 
 def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
@@ -201,28 +148,14 @@ def loo_cmd(workdir: Path = WORKDIR, solver: Optional[str] = LOO_SOLVER,
             cluster_timeout: float = CLUSTER_TIMEOUT, device: str = DEVICE):
     """Retrain without each selected training point: writes loo.safetensors (the CNN's Adam
     retraining: loo-adam.safetensors)."""
-    settings = common.loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps)
-    settings_mod.validate_loo(settings, select, num)
-    from infl_cli.runtime.cluster import validate_cluster
-
-    validate_cluster(cluster, cluster_timeout, common.device_name(device, cluster))
-    where = common.device(device, cluster)
-    from infl_cli.stages.loo import run_loo
-
-    with common.writing(workdir):
-        report.report_loo(run_loo(workdir, solver, common.tests(test_index, test_sample, seed),
-                                  select, num, seed or 0, settings, cluster=cluster,
-                                  cluster_timeout=cluster_timeout, device=where))
+    report.report_loo(ops.loo(**locals()))
 
 
 def plot_cmd(workdir: Path = WORKDIR, solver: Optional[List[str]] = PLOT_SOLVERS,
              out: Optional[Path] = OUT, beside: Optional[List[Path]] = BESIDE,
              loo_method: Optional[str] = PLOT_LOO):
     """Predicted vs actual change in test loss (Figure 2): figures and metrics.json."""
-    from infl_cli.stages.plot import run_plot
-
-    with common.writing(workdir):
-        report.report_plot(run_plot(workdir, solver, out, beside or [], loo_method))
+    report.report_plot(ops.plot(**locals()))
 
 
 CSV = typer.Option(None, "--csv",
@@ -239,11 +172,9 @@ def show_cmd(workdir: Path = WORKDIR, test_index: Optional[int] = SHOW_TEST,
     (helpful: removing one raises the test loss; harmful: lowers it)."""
     from infl_cli.cli import output
     from infl_cli.errors import BadInput
-    from infl_cli.stages.show import run_show
 
     if csv == "-" and output.is_json():
         raise BadInput("--csv - and --json both write to stdout; give --csv a file")
-    result = run_show(workdir, test_index, num, solver, out,
-                      None if csv is None else (csv if csv == "-" else Path(csv)))
+    result = ops.show(workdir, test_index, num, solver, out, csv)
     if csv != "-":
         report.report_show(result)

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from infl_cli.cli import common, report
+from infl_cli.api import ops
+from infl_cli.cli import report
 from infl_cli.cli.options import DEVICE, WORKDIR
 
 SAMPLE = typer.Option(60, "--sample",
@@ -55,17 +56,7 @@ def self_influence_cmd(workdir: Path = WORKDIR, sample: int = SAMPLE, check: int
     """Self-influence of every training point (I_up,loss(z, z), the logistic model): the
     labels to check first, as a table and images; with --check K, the truth of the K largest
     by certified leave-one-out."""
-    from infl_cli.settings import LooSettings, validate_loo
-    from infl_cli.stages import selfinfluence
-
-    selfinfluence.validate(sample, check, num, order)
-    validate_loo(LooSettings(rel_error=rel_error))
-    where = common.device(device)
-    with common.writing(workdir):
-        record = selfinfluence.run_self_influence(workdir, sample, check, seed or 0, where,
-                                                  rel_error)
-        rows, _, data = selfinfluence.top_rows(workdir, num, order)
-        figure = selfinfluence.draw_top(workdir, rows, data, order, out)
+    record, rows, figure = ops.self_influence(**locals())
     report.report_self_influence(record, rows, order, figure)
 
 
@@ -75,17 +66,4 @@ def mislabel_cmd(workdir: Path = WORKDIR, flip: float = FLIP, seeds: int = SEEDS
     """Find the mislabelled training data (the paper's Figure 6) on the model in WORKDIR
     (`infl train` first): flip labels, rank the training points, restore the checked ones,
     retrain (certified), and measure test accuracy (proven) and the flips found."""
-    from infl_cli.errors import BadInput
-    from infl_cli.stages import mislabel
-
-    levels = mislabel.parse_checks(checks)
-    names = mislabel.parse_orderings(orderings)
-    mislabel.validate(flip, seeds, levels, names)
-    if not tol > 0:
-        raise BadInput(f"--tol must be > 0, got {tol}")
-    if sample < 2:
-        raise BadInput(f"--sample must be ≥ 2, got {sample}")
-    where = common.device(device)
-    with common.writing(workdir):
-        report.report_mislabel(mislabel.run_mislabel(workdir, flip, seeds, levels, names, tol,
-                                                     sample, where))
+    report.report_mislabel(ops.mislabel(**locals()))

@@ -72,6 +72,13 @@ def load_npz(path: Path) -> Dataset:
         raise BadInput(f"{path} is not an NPZ file of arrays ({exc})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise BadInput(f"{path} is not an NPZ file ({type(exc).__name__}: {exc})") from None
+    return from_arrays(arrays, class_names, str(path))
+
+
+def from_arrays(arrays: dict, class_names=None, where: str = "the arrays") -> Dataset:
+    """A :class:`Dataset` of ``arrays`` (``X_train``, ``y_train``, ``X_test``, ``y_test``; NumPy),
+    checked as an NPZ file's are: each thing wrong is one :class:`BadInput` naming ``where``."""
+    path = where
     x_train = _features(arrays["X_train"], "X_train", path)
     x_test = _features(arrays["X_test"], "X_test", path)
     if x_train.shape[1] != x_test.shape[1]:
@@ -80,6 +87,7 @@ def load_npz(path: Path) -> Dataset:
     y_train = _labels(arrays["y_train"], "y_train", x_train.shape[0], "X_train", path)
     y_test = _labels(arrays["y_test"], "y_test", x_test.shape[0], "X_test", path)
     if class_names is not None:
+        class_names = np.asarray(class_names)
         if class_names.ndim != 1 or class_names.dtype.kind not in "USiu":
             raise BadInput(f"{path}: class_names must be a 1-D array of strings")
         class_names = tuple(str(c) for c in class_names.tolist())

@@ -35,6 +35,19 @@ def _make_console() -> Console:
 
 
 console = _make_console()
+_shown = {"progress": True}
+
+
+@contextmanager
+def shown(on: bool = True):
+    """Progress bars and the lines of what a command did on (the default) or off (the Python
+    API's ``progress=False``); notices and warnings are always shown."""
+    before = _shown["progress"]
+    _shown["progress"] = bool(on)
+    try:
+        yield
+    finally:
+        _shown["progress"] = before
 
 
 def notice(message: str) -> None:
@@ -56,6 +69,8 @@ def say(message: str) -> None:
     """A line of what the command did (a stage skipped, an artifact read), dim, on stderr."""
     from rich.markup import escape
 
+    if not _shown["progress"]:
+        return
     console.print(f"[dim]{escape(message)}[/dim]", highlight=False, soft_wrap=True)
 
 
@@ -142,6 +157,9 @@ def progress_bar(description: str, total: float | None):
     elapsed time and ETA. ``completed`` sets the position instead of advancing it; ``total``
     changes the total (work that turned out not to be needed). What :func:`say_later` kept is
     said once the bar first moves."""
+    if not _shown["progress"]:
+        yield lambda *args, **kwargs: None
+        return
     if not console.is_terminal:
         lines = _LineProgress(description, total)
         yield lines.update

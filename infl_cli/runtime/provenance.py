@@ -11,7 +11,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from infl_cli import __version__
+from infl_cli.version import __version__
 
 
 @functools.cache

@@ -1,5 +1,5 @@
-"""What the commands share: the work folder's lock, test-point choices, model and LOO
-settings, the device (resolved with torch only when a stage computes)."""
+"""What the operations share: the work folder's lock, test-point choices, model and LOO
+settings, the device (resolved with torch only when a stage computes). No torch here."""
 
 from __future__ import annotations
 
@@ -28,9 +28,13 @@ def device_name(spec: str, cluster: str | None = None) -> str:
 
 
 def tests(test_index, test_sample, seed):
+    """The test points asked for: indices (an int or a list), or a sample of that many."""
     from infl_cli.stages.common import TestChoice
 
-    return TestChoice(list(test_index) if test_index else None, test_sample, seed or 0)
+    if isinstance(test_index, int):
+        test_index = [test_index]
+    return TestChoice([int(t) for t in test_index] if test_index else None, test_sample,
+                      seed or 0)
 
 
 def loo_settings(method, tol, rel_error, chunk_size, max_steps, retrain_steps) -> LooSettings:
@@ -42,7 +46,7 @@ def spec(model, width, protocol, adam_steps, adam_lr, train_batch, decay_epochs,
          seed, train_size=None, temperature=None) -> ModelSpec:
     """The model settings of ``train`` and ``run`` (checked: one line for each bad value)."""
     try:
-        epochs = tuple(int(e) for e in decay_epochs.split(","))
+        epochs = tuple(int(e) for e in str(joined(decay_epochs)).split(","))
     except ValueError:
         raise BadInput(f"--decay-epochs must be two integers A,B, got {decay_epochs!r}") from None
     return make_spec(model, width=width, protocol=protocol, adam_steps=adam_steps,
@@ -56,9 +60,19 @@ def data(workdir: Path, dataset, data_dir, bias, classes):
     from infl_cli.settings import parse_classes
     from infl_cli.stages.train import data_choice
 
+    dataset, classes = None if dataset is None else str(dataset), joined(classes)
+    data_dir = None if data_dir is None else Path(data_dir)
     chosen = data_choice(workdir, dataset, data_dir, bias)
     given = parse_classes(classes, chosen.dataset)
     return data_choice(workdir, dataset, data_dir, bias, given) if given else chosen
+
+
+def joined(value):
+    """A list the command line writes as ``A,B,C`` (classes, temperatures, checks), given from
+    Python as a list or tuple: the same string."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
 
 
 warn, say = progress.warn, progress.say
@@ -66,6 +80,6 @@ warn, say = progress.warn, progress.say
 
 @contextmanager
 def writing(workdir: Path):
-    """Hold the work folder's lock while a command writes into it (one writer at a time)."""
-    with workdir_lock(workdir, warn=warn):
+    """Hold the work folder's lock while an operation writes into it (one writer at a time)."""
+    with workdir_lock(Path(workdir), warn=warn):
         yield
