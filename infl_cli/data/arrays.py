@@ -6,6 +6,7 @@ those integers (exact products certify them)."""
 from __future__ import annotations
 
 import math
+import struct
 import zipfile
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def decode_npz(path: Path, bias: bool) -> datacache.Decoded:
     scale = data.pixel_scale
     x_tr, x_te = data.train_x, data.test_x
     if scale is not None:  # keep the integers: the features are exactly integers / scale
-        x_tr = np.rint(x_tr * scale).astype(np.int32)
-        if _exact_at(x_te, scale):  # else the test features stay float64, as given
-            x_te = np.rint(x_te * scale).astype(np.int32)
+        x_tr = _integers_at(x_tr, scale)
+        if _exact_at(x_te, scale):  # else the test features stay as given
+            x_te = _integers_at(x_te, scale)
     meta = {"name": data.name, "fingerprint": data.fingerprint, "scale": scale,
             "n_classes": data.n_classes,
             "class_names": list(data.class_names) if data.class_names else None,
@@ -61,7 +62,8 @@ def load_npz(path: Path) -> Dataset:
                                 f"{', '.join(missing)} (it has: {', '.join(sorted(names)) or 'none'}"
                                 f"); an infl NPZ holds {', '.join(NPZ_ARRAYS)} and optionally "
                                 "class_names")
-            arrays = {a: npz[a] for a in NPZ_ARRAYS}
+            arrays = {a: _mapped(path, npz.zip, a) for a in NPZ_ARRAYS}
+            arrays = {a: npz[a] if arrays[a] is None else arrays[a] for a in NPZ_ARRAYS}
             class_names = npz["class_names"] if "class_names" in names else None
     except BadInput:
         raise
@@ -73,6 +75,33 @@ def load_npz(path: Path) -> Dataset:
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise BadInput(f"{path} is not an NPZ file ({type(exc).__name__}: {exc})") from None
     return from_arrays(arrays, class_names, str(path))
+
+
+def _mapped(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray | None:
+    """The array ``name`` of an NPZ memory-mapped where it is stored uncompressed (as
+    ``numpy.savez`` writes), so that decoding a large file reads it once, in place, without a
+    copy in memory; None where it is compressed or not a plain numeric array."""
+    try:
+        info = archive.getinfo(f"{name}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # the member's local header: its name and extra field follow
+            if local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+    except (KeyError, ValueError, OSError, struct.error):
+        return None
+    if dtype.hasobject or fortran or 0 in shape:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def from_arrays(arrays: dict, class_names=None, where: str = "the arrays") -> Dataset:
@@ -122,7 +151,10 @@ def _features(a: np.ndarray, name: str, path: Path) -> np.ndarray:
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
         raise BadInput(f"{path}: {name} must be a 2-D array [examples, features] with at "
                         f"least one of each, got shape {a.shape}")
-    x = np.ascontiguousarray(a, dtype=np.float64)
+    # float32 features stay float32 (each is exactly a float64: products convert a block of
+    # rows at a time); every other type becomes float64
+    x = np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64)
+                             else np.float64)
     if not np.isfinite(x).all():
         i, j = np.argwhere(~np.isfinite(x))[0]
         raise BadInput(f"{path}: {name} holds {x[i, j]} at [{i}, {j}]; features must be "
@@ -153,7 +185,29 @@ def _integer_scale(x: np.ndarray) -> float | None:
     return None
 
 
+SCAN_ROWS = 1 << 13  # rows per block when features are scanned or converted
+
+
+def _row_blocks(x: np.ndarray):
+    for lo in range(0, x.shape[0], SCAN_ROWS):
+        yield x[lo:lo + SCAN_ROWS].astype(np.float64, copy=False)
+
+
 def _exact_at(x: np.ndarray, scale: float) -> bool:
-    ints = np.rint(x * scale)
-    return bool(np.abs(ints).max(initial=0) <= EXACT_MAX_INTEGER
-                and np.array_equal(ints / scale, x))
+    """Whether every feature is exactly the float64 nearest integer/``scale`` (|integer| ≤
+    2²⁴), checked in float64 a block of rows at a time: the first block that fails ends the
+    scan (general real features fail in the first)."""
+    for block in _row_blocks(x):
+        ints = np.rint(block * scale)
+        if not (np.abs(ints).max(initial=0) <= EXACT_MAX_INTEGER
+                and np.array_equal(ints / scale, block)):
+            return False
+    return True
+
+
+def _integers_at(x: np.ndarray, scale: float) -> np.ndarray:
+    """The integers x·scale (exact, :func:`_exact_at`) as int32."""
+    out = np.empty(x.shape, dtype=np.int32)
+    for i, block in enumerate(_row_blocks(x)):
+        out[i * SCAN_ROWS:i * SCAN_ROWS + block.shape[0]] = np.rint(block * scale)
+    return out

@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_DIR_ENV = "INFL_CACHE_DIR"
 FOLDER = "infl-cache"
 META_KEY = "infl-data-cache"
@@ -53,7 +53,10 @@ class Decoded:
     meta: dict
 
     def parts(self) -> dict:
-        return {k[len("part."):]: v for k, v in self.arrays.items() if k.startswith("part.")}
+        parts = {k[len("part."):]: v for k, v in self.arrays.items() if k.startswith("part.")}
+        if parts and self.meta.get("core_is_train_x"):  # stored once, as the training inputs
+            parts["core_x"] = self.arrays["train_x"]
+        return parts
 
 
 @dataclass
@@ -109,8 +112,11 @@ def load(source: Source, decode: Callable[[], Decoded], notice: Callable[[str], 
         if found is not None:
             return found
     decoded = decode()
-    write_any(places, decoded, digest, notice)
-    return decoded
+    written = write_any(places, decoded, digest, notice)
+    # mapped back from the file just written: the data are held once, by the page cache
+    # (copy-on-write), not by the decoding's arrays
+    found = read(written, digest) if written is not None else None
+    return decoded if found is None else found
 
 
 def write_any(places: list[Path], decoded: Decoded, digest: str, notice) -> Path | None:

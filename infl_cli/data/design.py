@@ -28,6 +28,8 @@ summation order (Higham, ch. 3), about m·1.1e-16 of the terms' size.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -35,8 +37,15 @@ import torch
 from infl_cli.data.parts import RIM_DENSITY  # a column this sparse goes to the rim
 from infl_cli.numerics.bounds import SAFETY, UNIT_ROUNDOFF, gamma
 from infl_cli.numerics.exact import combine_pieces, integer_pieces, piece_bits
+from infl_cli.runtime import memory
+
+# the design never writes through the tensors it makes of its arrays, which may be read-only
+# (a user's arrays, an NPZ mapped while it is decoded): torch's warning about those does not apply
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                        category=UserWarning)
 
 BLOCK_ROWS = 4096   # rows per block in blocked passes (bounded temporaries, short sums)
+CONVERT_BYTES = 32 * 2 ** 20  # a block of rows converted to float64 at a time
 DEVICE_PASS_MEMORY = 0.25  # a device pass takes at most this fraction of the free memory
 
 
@@ -170,14 +179,15 @@ class DesignMatrix(_Common):
         parts = parts if parts is not None else parts_of(x, scale, rim_density)
         self._init_common(parts, scale)
         shape = (self.n, self.rim.size)
-        core = np.ascontiguousarray(design_parts.core_float(parts, scale))
+        # the core as stored (general features keep their own float dtype, float32 included:
+        # exact in float64, converted a block at a time), or the scaled integers' float64
+        core = design_parts.core_float(parts, scale)
         rim = sp.csr_matrix((design_parts.rim_float(parts, scale), parts["rim_indices"],
                              parts["rim_indptr"]), shape=shape)
         self.block_rows = max(1, int(block_rows))
-        self._core = {np.float64: core}
+        self._core = {np.dtype(core.dtype).type: core}
         self._rim = {np.float64: rim}
         self._rim_blocks = {}
-        self._abs = None
         self.rim_nnz = int(rim.nnz)
         self._parts = parts  # the integers are made on the first certified product
         self._integer_arrays = None
@@ -198,12 +208,42 @@ class DesignMatrix(_Common):
         return self._integer_arrays
 
     # ------------------------------------------------------------------------- storage
+    @property
+    def stored_dtype(self):
+        """The dtype the core is held in (float64 for scaled integers)."""
+        return next(iter(self._core))
+
+    def _has_core(self, dtype) -> bool:
+        """Whether the core is held in ``dtype``, or a copy in it is small enough to keep
+        (at most one pass's workspace): else products convert it a block of rows at a time."""
+        dtype = np.dtype(dtype).type
+        return dtype in self._core or \
+            self.n * self.core.size * np.dtype(dtype).itemsize <= memory.PASS_BYTES
+
     def core_array(self, dtype=np.float64) -> np.ndarray:
-        """The core columns [n, len(core)] in ``dtype`` (float32 made once, on first use)."""
+        """The core columns [n, len(core)] in ``dtype`` (a copy in another dtype made once, on
+        first use; see :meth:`core_rows` for a block without the whole copy)."""
         dtype = np.dtype(dtype).type
         if dtype not in self._core:
-            self._core[dtype] = self._core[np.float64].astype(dtype)
+            self._core[dtype] = next(iter(self._core.values())).astype(dtype)
         return self._core[dtype]
+
+    def core_rows(self, lo: int, hi: int, dtype=np.float64) -> np.ndarray:
+        """Core rows lo..hi in ``dtype`` (a view where the core is held in it)."""
+        dtype = np.dtype(dtype).type
+        if self._has_core(dtype):
+            return self.core_array(dtype)[lo:hi]
+        return np.asarray(self._core[self.stored_dtype][lo:hi], dtype=dtype)
+
+    def _row_blocks(self, bytes_per_row: float):
+        """(lo, hi) of the blocks of a pass whose temporaries take ``bytes_per_row``: one block
+        when they fit a pass's workspace (the unblocked product, bit for bit), else blocks of
+        :data:`CONVERT_BYTES` (large enough for BLAS to run at full speed)."""
+        if self.n * bytes_per_row <= memory.PASS_BYTES:
+            rows = self.n
+        else:
+            rows = max(1, min(self.n, int(CONVERT_BYTES // max(bytes_per_row, 1))))
+        return [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
 
     def rim_matrix(self, dtype=np.float64) -> sp.csr_matrix:
         dtype = np.dtype(dtype).type
@@ -218,16 +258,15 @@ class DesignMatrix(_Common):
             rim = self.rim_matrix(dtype)
             self._rim_blocks[dtype] = [rim[lo:lo + self.block_rows]
                                        for lo in range(0, self.n, self.block_rows)]
-        core = self.core_array(dtype)
         for i, lo in enumerate(range(0, self.n, self.block_rows)):
             hi = min(lo + self.block_rows, self.n)
-            yield lo, hi, core[lo:hi], self._rim_blocks[dtype][i]
+            yield lo, hi, self.core_rows(lo, hi, dtype), self._rim_blocks[dtype][i]
 
     def rows(self, index) -> torch.Tensor:
         """Dense float64 rows [len(index), width] (active order)."""
         index = np.asarray(index, dtype=np.int64)
         out = np.zeros((index.shape[0], self.width))
-        out[:, self.core] = self._core[np.float64][index]
+        out[:, self.core] = self._core[self.stored_dtype][index]
         out[:, self.rim] = self._rim[np.float64][index].toarray()
         return torch.from_numpy(out)
 
@@ -235,18 +274,26 @@ class DesignMatrix(_Common):
         """The whole [n, width] matrix (a temporary copy)."""
         np_dtype = _numpy_dtype(dtype)
         out = np.zeros((self.n, self.width), dtype=np_dtype)
-        out[:, self.core] = self.core_array(np_dtype)
+        for lo, hi in self._row_blocks(self.core.size * 8):
+            out[lo:hi, self.core] = self.core_rows(lo, hi, np_dtype)
         out[:, self.rim] = self.rim_matrix(np_dtype).toarray()
         return torch.from_numpy(out)
 
     # ------------------------------------------------------------------------ products
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         """X·v for v [width, m] (its dtype picks the arithmetic): [n, m]. Dense products go
-        through torch's MKL, whose results do not depend on the number of threads."""
+        through torch's MKL, whose results do not depend on the number of threads; a core
+        held in another dtype is converted a block of rows at a time."""
         vn = v.numpy()
         dtype = vn.dtype.type
-        core = torch.from_numpy(self.core_array(dtype))
-        out = torch.mm(core, torch.from_numpy(np.ascontiguousarray(vn[self.core]))).numpy()
+        v_core = torch.from_numpy(np.ascontiguousarray(vn[self.core]))
+        if self._has_core(dtype):
+            out = torch.mm(torch.from_numpy(self.core_array(dtype)), v_core).numpy()
+        else:
+            out = np.empty((self.n, vn.shape[1]), dtype=dtype)
+            for lo, hi in self._row_blocks(self.core.size * vn.itemsize):
+                out[lo:hi] = torch.mm(torch.from_numpy(self.core_rows(lo, hi, dtype)),
+                                      v_core).numpy()
         out += self.rim_matrix(dtype) @ np.ascontiguousarray(vn[self.rim])
         return torch.from_numpy(out)
 
@@ -255,29 +302,39 @@ class DesignMatrix(_Common):
         rn = r.numpy()
         dtype = rn.dtype.type
         out = np.empty((rn.shape[1], self.width), dtype=dtype)
-        core = torch.from_numpy(self.core_array(dtype))
-        out[:, self.core] = torch.mm(r.T, core).numpy()
+        if self._has_core(dtype):
+            out[:, self.core] = torch.mm(r.T, torch.from_numpy(self.core_array(dtype))).numpy()
+        else:
+            acc = torch.zeros((rn.shape[1], self.core.size), dtype=r.dtype)
+            for lo, hi in self._row_blocks(self.core.size * rn.itemsize):
+                acc += torch.mm(r[lo:hi].T, torch.from_numpy(self.core_rows(lo, hi, dtype)))
+            out[:, self.core] = acc.numpy()
         out[:, self.rim] = (self.rim_matrix(dtype).T @ rn).T
         return torch.from_numpy(out)
 
-    def _abs_parts(self):
-        """|core| and |rim| in float64, made on first use (general features only)."""
-        if self._abs is None:
-            self._abs = (np.abs(self._core[np.float64]), abs(self._rim[np.float64]))
-        return self._abs
+    def _abs_core(self, lo: int, hi: int) -> np.ndarray:
+        """|core rows lo..hi| in float64, for the bounds of general features (a new array:
+        no whole |X| copy is kept)."""
+        rows = self.core_rows(lo, hi)
+        return np.abs(rows) if self._has_core(np.float64) else np.abs(rows, out=rows)
 
     def _abs_matmul(self, av: torch.Tensor) -> torch.Tensor:
-        core, rim = self._abs_parts()
         a = av.numpy()
-        return torch.from_numpy(core @ np.ascontiguousarray(a[self.core])
-                                + rim @ np.ascontiguousarray(a[self.rim]))
+        a_core = np.ascontiguousarray(a[self.core])
+        out = np.empty((self.n, a.shape[1]))
+        for lo, hi in self._row_blocks(self.core.size * 8):
+            out[lo:hi] = self._abs_core(lo, hi) @ a_core
+        out += abs(self._rim[np.float64]) @ np.ascontiguousarray(a[self.rim])
+        return torch.from_numpy(out)
 
     def _abs_rmatmul(self, ar: torch.Tensor) -> torch.Tensor:
-        core, rim = self._abs_parts()
         a = ar.numpy()
         out = np.empty((a.shape[1], self.width))
-        out[:, self.core] = a.T @ core
-        out[:, self.rim] = (rim.T @ a).T
+        acc = np.zeros((a.shape[1], self.core.size))
+        for lo, hi in self._row_blocks(self.core.size * 8):
+            acc += a[lo:hi].T @ self._abs_core(lo, hi)
+        out[:, self.core] = acc
+        out[:, self.rim] = (abs(self._rim[np.float64]).T @ a).T
         return torch.from_numpy(out)
 
     def _integer_matmul(self, q: torch.Tensor) -> torch.Tensor:
@@ -308,15 +365,21 @@ class DesignMatrix(_Common):
         n_w = w_np.shape[1]
         width, core, rim = self.width, self.core, self.rim
         out = np.empty((n_w, width, width), dtype=np_dtype)
-        xc = self.core_array(np_dtype)
-        scaled = np.empty_like(xc)
         root = np.sqrt(w_np).astype(np_dtype)
+        itemsize = np.dtype(np_dtype).itemsize
+        blocks = self._row_blocks(2 * core.size * itemsize)  # the rows and their scaled copy
         for k in range(n_w):
-            np.multiply(xc, root[:, k:k + 1], out=scaled)
-            out[k][np.ix_(core, core)] = scaled.T @ scaled
+            acc = None
+            for lo, hi in blocks:  # one block when it fits: the unblocked product
+                xc = self.core_rows(lo, hi, np_dtype)
+                scaled = np.multiply(xc, root[lo:hi, k:k + 1])
+                part = scaled.T @ scaled
+                acc = part if acc is None else acc + part
+            out[k][np.ix_(core, core)] = acc
             if on_gram is not None:
                 on_gram()
         if rim.size:
+            xc = self.core_array(np_dtype)
             # rows in design order (core columns, then rim columns): a plain concatenation
             full = np.hstack([xc, self.rim_matrix(np_dtype).toarray()])
             order = np.concatenate([core, rim])

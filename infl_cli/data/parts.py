@@ -47,14 +47,19 @@ def compute(x: np.ndarray, scale: float | None, rim_density: float = RIM_DENSITY
     density = nonzero[positions] / max(n, 1)
     core = np.flatnonzero(density > rim_density).astype(np.int64)
     rim = np.flatnonzero(density <= rim_density).astype(np.int64)
-    core_cols = np.ascontiguousarray(x[:, positions[core]])
+    columns = positions[core]
+    if columns.size == x.shape[1] and x.flags.c_contiguous:  # every column dense: no copy
+        core_cols = x
+    else:
+        core_cols = np.ascontiguousarray(x[:, columns])
     rim_csr = sp.csr_matrix(x[:, positions[rim]])
     parts = {"n_features": np.array([x.shape[1]], dtype=np.int64),
              "positions": positions, "core": core, "rim": rim,
              "rim_indptr": rim_csr.indptr.astype(np.int64),
              "rim_indices": rim_csr.indices.astype(np.int32)}
-    if scale is None:
-        core_x = core_cols.astype(np.float64, copy=False)
+    if scale is None:  # general features: the core in their own float dtype (float32 stays)
+        core_x = core_cols if core_cols.dtype in (np.float32, np.float64) else \
+            core_cols.astype(np.float64)
         rim_x = rim_csr.data.astype(np.float64, copy=False)
         parts.update(core_x=core_x, rim_x=rim_x)
     else:
@@ -74,9 +79,18 @@ def compute(x: np.ndarray, scale: float | None, rim_density: float = RIM_DENSITY
             row_int_abs=abs_core.sum(axis=1) + np.asarray(abs_rim.sum(axis=1)).ravel(),
             col_int_abs=col)
     rim_f = sp.csr_matrix((rim_x, rim_csr.indices, rim_csr.indptr), shape=rim_csr.shape)
-    parts["row_sq"] = (np.square(core_x).sum(axis=1)
+    parts["row_sq"] = (_row_squares(core_x)
                        + np.asarray(rim_f.multiply(rim_f).sum(axis=1)).ravel())
     return parts
+
+
+def _row_squares(core: np.ndarray, rows: int = 1 << 14) -> np.ndarray:
+    """Σ_j x_ij² per row in float64, a block of rows at a time (float32 features converted
+    exactly, one block at a time)."""
+    out = np.empty(core.shape[0])
+    for lo in range(0, core.shape[0], rows):
+        out[lo:lo + rows] = np.square(core[lo:lo + rows].astype(np.float64, copy=False)).sum(1)
+    return out
 
 
 def core_float(parts: dict, scale: float | None) -> np.ndarray:

@@ -74,6 +74,11 @@ class Engine(Policy):
         """What the LOO record says of its error figures."""
         return {"error_kind": "certified"}
 
+    def check_memory(self, step: str, data, what: str, **shape) -> None:
+        """Refuse ``step`` (train, ihvp-<solver>, score, loo, self-influence, lds) in one
+        line, before it starts, when its estimated peak exceeds the memory budget; a kind
+        without estimates checks nothing here (its dense paths check their own)."""
+
     def hessian_blocks(self, tensors) -> int:
         """Progress units of building the LOO problem."""
         return 1

@@ -5,6 +5,12 @@ the training data: ``ihvp --solver exact`` in float64 (its Cholesky factor too),
 ``--method newton`` in float32 (its explicit inverse). A problem too large for memory is
 refused in one line that names the memory needed and the options that still run, instead of
 swapping for hours or being killed.
+
+**The budget.** Every check compares with one budget: ``$INFL_MEMORY_GB`` when set, else 90 %
+of the memory available when the command starts (Linux ``MemAvailable``). Besides the dense
+Hessians, each heavy step of the logistic model estimates its whole peak from n, d, K and the
+test points (:mod:`~infl_cli.engines.logreg.footprint`) and refuses up front, in one line,
+before it writes anything.
 """
 
 from __future__ import annotations
@@ -13,10 +19,23 @@ import os
 
 from infl_cli.errors import BadInput
 
+BUDGET_ENV = "INFL_MEMORY_GB"
+
 # peak of forming and factoring a dense Hessian: the Gram blocks and the assembled matrix,
 # then the matrix and its factor (or its inverse) side by side (linalg.HessianFactor)
 HESSIAN_COPIES = 2.5
 HEADROOM = 0.9  # use at most this fraction of the memory available
+# the temporaries of one blocked pass over the training rows (a block of [rows, ·] arrays):
+# a fixed workspace, so that memory no longer grows with n for what a pass computes
+PASS_BYTES = 256 * 2 ** 20
+
+
+def rows_per_pass(bytes_per_row: float, n: int, minimum: int = 1024) -> int:
+    """Rows per block of a pass whose temporaries take ``bytes_per_row`` per row: the whole
+    of ``n`` where it fits :data:`PASS_BYTES` (one block: the unblocked sums, bit for bit),
+    else blocks of that size (at least ``minimum`` rows)."""
+    rows = int(PASS_BYTES // max(float(bytes_per_row), 1.0))
+    return max(1, min(n, max(minimum, rows)))
 
 
 def available_bytes() -> int | None:
@@ -44,11 +63,39 @@ def hessian_bytes(classes: int, width: int, itemsize: int) -> float:
     return HESSIAN_COPIES * float(classes * width) ** 2 * itemsize
 
 
+def budget_bytes() -> tuple[float | None, str]:
+    """(bytes a command may use, where that figure comes from): ``$INFL_MEMORY_GB``, else
+    :data:`HEADROOM` of the memory available; (None, …) when neither is known."""
+    given = os.environ.get(BUDGET_ENV, "").strip()
+    if given:
+        try:
+            value = float(given)
+        except ValueError:
+            raise BadInput(f"${BUDGET_ENV} is {given!r}; give the memory budget in GB, "
+                           "e.g. 16") from None
+        if not value > 0:
+            raise BadInput(f"${BUDGET_ENV} is {given}; the memory budget must be positive")
+        return value * 2 ** 30, f"the budget ${BUDGET_ENV}={given}"
+    available = available_bytes()
+    if available is None:
+        return None, "unknown"
+    return HEADROOM * available, f"{HEADROOM:.0%} of the {gib(available)} available"
+
+
+def require(needed: float, what: str, alternatives: str) -> None:
+    """Refuse in one line when ``needed`` bytes exceed the budget (:func:`budget_bytes`)."""
+    budget, source = budget_bytes()
+    if budget is not None and needed > budget:
+        raise BadInput(f"{what} needs about {gib(needed)} of memory, more than {source} "
+                       f"({gib(budget)}); {alternatives}")
+
+
 def _require(needed: float, what: str, alternatives: str, available: int | None) -> None:
-    available = available_bytes() if available is None else available
-    if available is not None and needed > HEADROOM * available:
+    if available is None:
+        require(needed, what, alternatives)
+    elif needed > HEADROOM * available:
         raise BadInput(f"{what} needs about {gib(needed)} of memory, more than the "
-                        f"{gib(available)} available; {alternatives}")
+                       f"{gib(available)} available; {alternatives}")
 
 
 def require_hessian(classes: int, width: int, itemsize: int, what: str, alternatives: str,
@@ -64,8 +111,8 @@ def gram_bytes(width: int) -> float:
 
 
 def gram_fits(width: int) -> bool:
-    available = available_bytes()
-    return available is None or gram_bytes(width) <= HEADROOM * available
+    budget, _ = budget_bytes()
+    return budget is None or gram_bytes(width) <= budget
 
 
 def require_gram(width: int, what: str, alternatives: str,

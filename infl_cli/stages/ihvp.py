@@ -37,6 +37,8 @@ def run_ihvp(workdir: Path, solver: Solver, tests: TestChoice | None, loaded=Non
     tensors, mrec, data = loaded or load_model(workdir, device=device)
     engine = model_engine(mrec)
     idx = ihvp_tests(tests, data, engine, mrec)
+    engine.check_memory(f"ihvp-{solver.name}", data, f"infl ihvp --solver {solver.name}",
+                        tests=len(idx))
     sel = torch.tensor(idx, dtype=torch.int64, device=data.device)
     rhs = engine.test_gradients(tensors, data.x_test[sel], data.y_test[sel])
     keeper = Keeper(workdir, mrec)

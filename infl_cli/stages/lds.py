@@ -31,6 +31,7 @@ from infl_cli.stages.common import (
     TestChoice,
     available_scores,
     load_model,
+    model_engine,
     model_policy,
     model_record,
 )
@@ -111,6 +112,8 @@ def retrain_subsets(workdir: Path, settings: LdsSettings, tests: TestChoice | No
     path = workdir / TRUTH
     if art.is_current(path, record_settings, inputs):
         return art.read_record(path)
+    model_engine(mrec).check_memory("lds", data, "infl lds (subset retraining)",
+                                    tests=len(chosen), chunk=chunk)
     device_mod.reset_peak(data.device)
     m = settings.subsets
     store = chunks.PartialResults(workdir / PARTIAL, np.arange(m), chosen,

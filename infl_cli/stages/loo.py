@@ -140,6 +140,8 @@ def run_loo(workdir: Path, solver: str | None, tests: TestChoice | None, select:
     device_mod.reset_peak(data.device)
     record_settings, inputs, chosen, train_idx, selected = plan_loo(
         workdir, solver, tests, select, k, seed, settings, mrec, data)
+    engine.check_memory("loo", data, f"infl loo --method {settings.method}",
+                        tests=len(chosen), newton=settings.method == "newton")
     store = chunks.PartialResults(workdir / art.LOO_PARTIAL, train_idx, chosen, selected,
                                   settings.chunk_size, record_settings, inputs,
                                   engine.result_keys(settings))

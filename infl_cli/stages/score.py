@@ -44,9 +44,11 @@ def run_score(workdir: Path, solver: str, tests: TestChoice | None = None,
                         f"{art.MODEL}; rerun `infl ihvp --solver {solver}`")
     have = tensors["test_indices"].tolist()
     rows = torch.tensor([have.index(t) for t in chosen])
+    engine = model_engine(mrec)
+    engine.check_memory("score", data, "infl score", tests=len(chosen))
     start = time.perf_counter()
     with progress_bar("score", total=1) as update:
-        influence, predicted = model_engine(mrec).scores(
+        influence, predicted = engine.scores(
             tensors_m, mrec, data, tensors["ihvp"][rows].to(data.device))
         update()
     record = {

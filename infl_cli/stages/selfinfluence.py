@@ -21,7 +21,7 @@ import numpy as np
 from infl_cli.errors import BadInput, InflError, Interrupted
 from infl_cli.runtime import artifacts as art
 from infl_cli.runtime.progress import progress_bar
-from infl_cli.stages.common import closed_form_model
+from infl_cli.stages.common import closed_form_model, model_engine
 
 ARTIFACT = "self-influence.safetensors"
 CHECK = "self-loo.safetensors"
@@ -122,6 +122,7 @@ def run_self_influence(workdir: Path, sample: int = 60, check: int = 0, seed: in
     if art.is_current(path, settings, inputs):
         record = art.read_record(path)
     else:
+        model_engine(mrec).check_memory("self-influence", data, "infl self-influence")
         keeper = Keeper(workdir, mrec)
         try:
             factor = kept_factor(keeper, tensors["weight"], data.design,

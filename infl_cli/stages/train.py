@@ -68,11 +68,12 @@ def _same_dataset(given: str, recorded: str) -> bool:
     return resolve_path(Path(given)) == recorded if is_npz(given) else given == recorded
 
 
-def guard_study(workdir: Path, settings: dict, replace: bool = False) -> None:
+def guard_study(workdir: Path, settings: dict, replace: bool = False,
+                remove: bool = True) -> None:
     """Refuse (one line) to replace a model of other data (another dataset, other classes,
     with or without the bias feature) or of another kind by one trained with ``settings``,
-    naming the folder's study and the ways on; with ``replace``, remove the old study's files
-    first."""
+    naming the folder's study and the ways on; with ``replace`` (and ``remove``), remove the
+    old study's files first."""
     path = Path(workdir) / art.MODEL
     if not path.is_file():
         return
@@ -86,6 +87,8 @@ def guard_study(workdir: Path, settings: dict, replace: bool = False) -> None:
         raise BadInput(f"{workdir} holds another study ({describe_study(rec)}); "
                        f"{describe_study({'settings': settings})} would replace it: use "
                        f"another --workdir, or --replace to start over there")
+    if not remove:
+        return
     removed = art.remove_study(workdir)
     progress.notice(f"--replace: removed the study of {describe_study(rec)} from {workdir} "
                     f"({len(removed)} files)")
@@ -120,11 +123,13 @@ def run_train(workdir: Path, dataset: str, data_dir: Path | None, wd: float | No
     spec.validate()
     engine = engine_for(spec.kind)
     settings = train_settings(dataset, data_dir, wd, tol, bias, spec, classes)
-    guard_study(workdir, settings, replace)
+    guard_study(workdir, settings, replace, remove=False)
     device = compute_device(device)
     data = engine.training_data(data or load_dataset(dataset, data_dir, download, bias,
                                                      classes),
                                 spec).to(device)
+    engine.check_memory("train", data, "infl train")
+    guard_study(workdir, settings, replace)  # only now: a refusal leaves the old study
     tensors, info = engine.fit(data, settings["wd"], tol, max_iter, spec)
     test_probs = engine.probabilities(tensors, data.x_test)
     train_probs = tensors.get("train_probs")

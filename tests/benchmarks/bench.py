@@ -47,6 +47,9 @@ Sections (all by default):
   the authors' settings), each timed with its peak memory, with the figures' numbers: Figure
   1's R per variant; Figure 3's R per temperature beside the authors', the smooth models' R,
   and how many SVM changes are proven within 1 %;
+* ``memory`` (issue 36; :mod:`bench_memory`): every command's peak memory and time on
+  synthetic data of ``--memory-sizes`` rows (K = 10, d = 256 float32), against the estimate
+  each checks its budget with;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -88,7 +91,7 @@ from infl_cli.settings import CgSettings, LissaSettings, LooSettings
 
 console = Console(width=160)
 SECTIONS = ("run", "ihvp", "loo", "study", "cluster", "examples", "startup", "mislabel", "lds",
-            "estimators", "paper")
+            "estimators", "paper", "memory")
 ESTIMATOR_RUNS = (("grad-dot",), ("grad-cos",), ("representer",), ("arnoldi",), ("kfac",),
                   ("ekfac",), ("datainf",), ("trak",),  # the defaults, then the small grid
                   ("arnoldi", "--rank", 20), ("arnoldi", "--rank", 500),
@@ -698,6 +701,8 @@ def main() -> None:
                     help="runs of `infl run` and of each iterative solver; medians are reported")
     ap.add_argument("--lds-lissa-depth", type=int, default=5_000,
                     help="lds: LiSSA's --depth on dattri's split")
+    ap.add_argument("--memory-sizes", default="400000,1600000",
+                    help="memory: the synthetic sets' numbers of training rows")
     ap.add_argument("--out", default=None)
     ap.add_argument("--baseline", default=None,
                     help="startup: a checkout of an earlier commit to compare `infl run` and "
@@ -714,7 +719,7 @@ def main() -> None:
     result = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if "run" in sections or (not (work / art.LOO).is_file()
                                   and set(sections) - {"examples", "lds", "estimators",
-                                                       "paper"}):
+                                                       "paper", "memory"}):
         result["run"] = bench_run(args, work)
     if "ihvp" in sections:
         result["ihvp"] = bench_ihvp(args, work)
@@ -736,6 +741,10 @@ def main() -> None:
         result["estimators"] = bench_estimators(args, work)
     if "paper" in sections:
         result["paper"] = bench_paper(args, work)
+    if "memory" in sections:
+        from bench_memory import bench_memory
+
+        result["memory"] = bench_memory(args, work, table)
     art.write_json(out_path, result)
     console.print(f"wrote {out_path}")
 

@@ -83,6 +83,11 @@ class LogregEngine(LogregPolicy, Engine):
         return loo_mod.auto_chunk_size(device, data.n_classes, data.n_features,
                                        settings.max_steps)
 
+    def check_memory(self, step: str, data, what: str, **shape) -> None:
+        from infl_cli.engines.logreg import footprint
+
+        footprint.require(step, data, what, **shape)
+
     def hessian_blocks(self, tensors) -> int:
         """Progress units of building the LOO problem (the Gram blocks of the Hessian)."""
         c = tensors["weight"].shape[0]

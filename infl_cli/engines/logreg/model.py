@@ -175,12 +175,23 @@ def certified_residual(weight: torch.Tensor, design, wd: float, s: torch.Tensor,
     (1/n)·Σ_i ‖δb_i‖₁‖x_i‖ + ‖bound of BᵀX‖/n + γ_4·(‖BᵀX‖/n + wd‖s‖ + ‖g‖), over the active
     features, plus 2u·(wd‖s‖ + ‖g‖) on the others (where the residual is wd·s − g).
     """
-    from infl_cli.numerics.bounds import SAFETY, UNIT_ROUNDOFF, gamma
+    from infl_cli.runtime.memory import PASS_BYTES
 
     if certificate is not None:  # training's: the same probabilities and bounds
         p, row_error = certificate.probs, certificate.row_error
     else:
         _, p, _, row_error = certified_probabilities(weight, design)
+    # a few test points at a time: each pass holds about eight [n, C] float64 arrays per point
+    group = max(1, int(PASS_BYTES // (8 * 8 * design.n * s.shape[1])))
+    pieces = [_certified_residual(weight, design, wd, s[lo:lo + group], g[lo:lo + group], p,
+                                  row_error) for lo in range(0, s.shape[0], group)]
+    return (np.concatenate([a for a, _ in pieces]), np.concatenate([b for _, b in pieces]))
+
+
+def _certified_residual(weight, design, wd: float, s, g, p, row_error):
+    """:func:`certified_residual` of the test points ``s``, ``g`` [T, C, d] in one pass."""
+    from infl_cli.numerics.bounds import SAFETY, UNIT_ROUNDOFF, gamma
+
     t, c, _ = s.shape
     n = design.n
     active = design.active.to(s.device)
@@ -254,14 +265,26 @@ def hvp(weight: torch.Tensor, x: torch.Tensor, wd: float, vectors: torch.Tensor,
     ∇²CE·v = (p ⊙ a − p·(pᵀa)) ⊗ x with a = v x, so it costs two [b, d] × [d, k·C] products.
     ``probs`` [b, C] can be passed to skip recomputing the softmax.
     """
+    from infl_cli.runtime.memory import PASS_BYTES
+
     single = vectors.dim() == 2
     v = vectors[None] if single else vectors
     k, c, d = v.shape
     p = probabilities(weight, x) if probs is None else probs
-    a = times(x, v.reshape(k * c, d).T).reshape(-1, k, c)  # [b, k, C]
-    pa = p[:, None, :] * a
-    b = pa - p[:, None, :] * pa.sum(dim=2, keepdim=True)  # [b, k, C]
-    out = transposed_times(b.reshape(-1, k * c), x).reshape(k, c, d) / n_rows(x) + wd * v
+
+    def curvature(a: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        a = a.reshape(-1, k, c)  # [b, k, C]
+        pb = p[lo:hi, None, :]
+        pa = pb * a
+        return (pa - pb * pa.sum(dim=2, keepdim=True)).reshape(-1, k * c)
+
+    n = n_rows(x)
+    if isinstance(x, torch.Tensor) or 4 * 8 * n * k * c <= PASS_BYTES:  # one pass, unblocked
+        b = curvature(times(x, v.reshape(k * c, d).T), 0, n)
+        data = transposed_times(b, x)
+    else:  # many vectors on many rows: in blocks of rows (the design's pass)
+        data, _ = x.pass_rows(v.reshape(k * c, d).T.contiguous(), curvature)
+    out = data.reshape(k, c, d) / n + wd * v
     return out[0] if single else out
 
 
@@ -346,14 +369,23 @@ def hessian_in_basis(weight: torch.Tensor, x: torch.Tensor, wd: float, basis: to
     for r ≪ d. Row-major over [C, r], like every other parameter-space layout here.
     ``projected`` = x Q when the caller has it.
     """
+    from infl_cli.runtime.memory import rows_per_pass
+
     c = weight.shape[0]
     n = n_rows(x)
     r = basis.shape[1]
     p = probabilities(weight, x) if probs is None else probs
     z = times(x, basis) if projected is None else projected  # [n, r]
-    u = (z[:, None, :] * p[:, :, None]).reshape(n, c * r)
-    h = -gram(u).reshape(c, r, c, r)
-    within = mm(z.T, u).reshape(r, c, r)  # [:, a, :] = Σ_i p_ia z_i z_iᵀ
+    h = torch.zeros((c * r, c * r), dtype=torch.float64, device=z.device)
+    within = torch.zeros((r, c * r), dtype=torch.float64, device=z.device)
+    rows = rows_per_pass(c * r * 8, n)  # U in blocks of rows: [rows, C·r] at a time
+    for lo in range(0, n, rows):
+        zb, pb = z[lo:lo + rows], p[lo:lo + rows]
+        u = (zb[:, None, :] * pb[:, :, None]).reshape(zb.shape[0], c * r)
+        h -= gram(u)
+        within += mm(zb.T, u)  # [:, a, :] = Σ_i p_ia z_i z_iᵀ
+    h = h.reshape(c, r, c, r)
+    within = within.reshape(r, c, r)
     for a in range(c):
         h[a, :, a, :] += within[:, a, :]
     h = h.reshape(c * r, c * r) / n

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from infl_cli.engines.logreg import model
+from infl_cli.runtime.memory import PASS_BYTES
 
 TESTS_PER_PASS = 50  # test points per product with the training inputs
 
@@ -34,8 +35,11 @@ def influence_scores(weight, x, y, wd, ihvps: torch.Tensor, probs: torch.Tensor 
     t_count, c = ihvps.shape[:2]
     influence = torch.empty(t_count, x.n, dtype=torch.float64, device=weight.device)
     reg = wd * (ihvps * weight).sum(dim=(1, 2))
-    for lo in range(0, t_count, TESTS_PER_PASS):
-        s = ihvps[lo:lo + TESTS_PER_PASS][:, :, active]
+    # test points per pass: at most TESTS_PER_PASS, and their [n, T·C] product (and its
+    # einsum) within a pass's workspace
+    per_pass = max(1, min(TESTS_PER_PASS, int(PASS_BYTES // (2 * 8 * x.n * c))))
+    for lo in range(0, t_count, per_pass):
+        s = ihvps[lo:lo + per_pass][:, :, active]
         t = s.shape[0]
         proj = x.matmul(s.reshape(t * c, -1).T.contiguous()).reshape(x.n, t, c)
         influence[lo:lo + t] = -(torch.einsum("ntc,nc->tn", proj, r) + reg[lo:lo + t, None])

@@ -125,8 +125,8 @@ def _times(xr, dense: torch.Tensor) -> torch.Tensor:
 def _rows(design, lo: int, hi: int, core, rim):
     """(core columns dense [b, |core|], rim columns: a scipy CSR block on the CPU, a dense
     tensor elsewhere) of rows lo..hi."""
-    if hasattr(design, "core_array"):  # the CPU's core/rim design
-        xc = torch.from_numpy(design.core_array()[lo:hi])
+    if hasattr(design, "core_rows"):  # the CPU's core/rim design (a float64 block of rows)
+        xc = torch.from_numpy(design.core_rows(lo, hi))
         return xc, design.rim_matrix()[lo:hi]
     dense = design.dense()[lo:hi]
     return dense[:, core], dense[:, rim]

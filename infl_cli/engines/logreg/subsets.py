@@ -216,20 +216,30 @@ def certified_gradients(problem, keep: np.ndarray, deltas: torch.Tensor):
 
 
 def chunk_size(device, n: int, classes: int, settings) -> int:
-    """Subsets per chunk: as set, else as many as keep a chunk's [n, k, C] float64 arrays
-    (about :data:`ARRAYS` of them at once, in the certified products) within
-    :data:`CHUNK_BYTES` (CPU) or a quarter of the free memory (GPU), at most the count."""
+    """Subsets per chunk: as set, else sized by passes: enough that the subsets take about
+    :data:`TARGET_CHUNKS` chunks (each chunk is a few passes over the data, so their number,
+    and the time per subset, stay about constant as n grows), never fewer than fit
+    :data:`CHUNK_BYTES`, and never more than keep a chunk's [n, k, C] float64 arrays (about
+    :data:`ARRAYS` of them at once) within :data:`CHUNK_SHARE` of the memory budget (CPU) or a
+    quarter of the free memory (GPU)."""
+    from infl_cli.runtime import memory
+
     if settings.chunk_size is not None:
         return int(settings.chunk_size)
-    budget = CHUNK_BYTES
+    per_subset = ARRAYS * n * classes * 8
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.25 * free
-    per_subset = ARRAYS * n * classes * 8
-    return int(max(1, min(settings.subsets, budget // per_subset)))
+        cap = 0.25 * free
+    else:
+        budget, _ = memory.budget_bytes()
+        cap = CHUNK_SHARE * budget if budget is not None else CHUNK_BYTES
+    wanted = max(-(-settings.subsets // TARGET_CHUNKS), CHUNK_BYTES // per_subset)
+    return int(max(1, min(settings.subsets, wanted, cap // per_subset)))
 
 
 CHUNK_BYTES = 0.8e9
+CHUNK_SHARE = 0.4
+TARGET_CHUNKS = 8
 ARRAYS = 6
 
 
