@@ -15,6 +15,14 @@ import torch
 from infl_cli.numerics import bounds
 
 
+def delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """softmax(l + u) − softmax(l) from p = softmax(l) [..., C] and u [..., C], in delta
+    form."""
+    m = torch.special.expm1(u)
+    s = (p * m).sum(dim=-1, keepdim=True)
+    return p * (m - s) / (1.0 + s)
+
+
 @dataclass
 class Changes:
     """A batch of k changes of the training objective, each certified alike (the shared
@@ -192,6 +200,7 @@ class Chunk:
         logits = self.x_new @ problem.weight.T  # [k, B, C]
         logit_error = bounds.SAFETY * bounds.gamma(width + 1) * (
             self.x_new.abs() @ problem.weight.abs().T).amax(dim=2)
+        self.new_logit_error = logit_error  # [k, B]
         self.p_new = torch.softmax(logits, dim=2)
         self.p_new_error = bounds.softmax_rounding(
             self.p_new.reshape(-1, c), logits.reshape(-1, c),
@@ -215,30 +224,34 @@ class Chunk:
         """Σ_b δp'_b ⊗ x'_b − δp_b ⊗ x_b [k', C, d_a] for the changes ``rows`` at offsets
         ``deltas`` (delta form, as the pass over the unchanged rows), and a bound on its
         rounding [k']: per row, κ·‖Δ‖_row·‖x‖² (u = x·Δ and δp from it, as the removed
-        point's own term of :func:`~infl_cli.numerics.bounds.delta_pass_rounding`),
-        3u·‖δp‖₁‖x‖ (the products, and adding the sum to the pass's), 2·e^t·‖p̂ − p‖₁·‖x‖ (δp from the probabilities at Ŵ as
-        computed, t the largest |u|), and γ_{2B+1} of the sum."""
-        from infl_cli.engines.logreg.loo import _delta_probs
-
+        point's own term of :func:`~infl_cli.numerics.bounds.delta_pass_rounding`, with t the
+        largest computed |u| enlarged by its rounding), 3u·‖δp‖₁‖x‖ (the products, and adding
+        the sum to the pass's), and γ_{2B+1} of the sum. The old rows' δp come from the same
+        probabilities at Ŵ as the pass over all rows (so the two cancel as they should); the
+        new rows' from p̂' = softmax of logits off by at most δl, so p̂' + δp̂' is within
+        2‖δl‖_∞ of the exact softmax(l' + u) in 1-norm, on top of p̂''s own error charged in
+        the base correction: 4‖δl‖_∞‖x'‖ per row."""
         x_new, x_old = self.x_new[rows], self.x_old[rows]
         u_new = torch.einsum("kbd,kcd->kbc", x_new, deltas)
         u_old = torch.einsum("kbd,kcd->kbc", x_old, deltas)
-        dp_new = _delta_probs(self.p_new[rows], u_new)
-        dp_old = _delta_probs(self.p_old[rows], u_old)
+        dp_new = delta_probs(self.p_new[rows], u_new)
+        dp_old = delta_probs(self.p_old[rows], u_old)
         terms = (torch.einsum("kbc,kbd->kcd", dp_new, x_new)
                  - torch.einsum("kbc,kbd->kcd", dp_old, x_old))
         row_max = deltas.norm(dim=2).max(dim=1).values  # [k']
         nn, no = self.new_norms[rows], self.old_norms[rows]
-        exponent = torch.maximum(nn.amax(dim=1), no.amax(dim=1)) * row_max
-        growth = exponent.exp()
+        cauchy = torch.maximum(nn.amax(dim=1), no.amax(dim=1)) * row_max  # |u| ≤ ‖x‖‖Δ_c‖
+        measured = torch.maximum(u_new.abs().amax(dim=(1, 2)), u_old.abs().amax(dim=(1, 2)))
+        exponent = torch.minimum(cauchy, bounds.SAFETY * (
+            measured + bounds.gamma(deltas.shape[2] + 1) * cauchy))
         c = deltas.shape[1]
         kappa = (2 * bounds.gamma(deltas.shape[2] + 1)
-                 + 2 * bounds.gamma(c + 5 + bounds.FUNCTION_ROUNDING) * growth)
+                 + 2 * bounds.gamma(c + 5 + bounds.FUNCTION_ROUNDING) * exponent.exp())
         square = (nn.square() + no.square()).sum(dim=1)
         products = (dp_new.abs().sum(dim=2) * nn + dp_old.abs().sum(dim=2) * no).sum(dim=1)
-        base = (self.p_new_error[rows] * nn + self.p_old_error[rows] * no).sum(dim=1)
+        base = 4 * (self.new_logit_error[rows] * nn).sum(dim=1)
         b = x_new.shape[1]
         rounding = bounds.SAFETY * (kappa * row_max * square
-                                    + (3 * bounds.UNIT_ROUNDOFF + bounds.gamma(2 * b + 1)) * products
-                                    + 2 * growth * base)
+                                    + (3 * bounds.UNIT_ROUNDOFF + bounds.gamma(2 * b + 1))
+                                    * products + base)
         return terms, rounding

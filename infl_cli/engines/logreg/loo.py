@@ -55,6 +55,7 @@ import torch
 from infl_cli import settings
 from infl_cli.engines.logreg import model
 from infl_cli.engines.logreg.changes import Changes, Chunk
+from infl_cli.engines.logreg.changes import delta_probs as _delta_probs
 from infl_cli.engines.logreg.hessian import HessianFactor
 from infl_cli.engines.logreg.retraining import solve_chunk
 from infl_cli.numerics import bounds
@@ -397,13 +398,6 @@ def test_predictions(problem: "LooProblem", deltas: torch.Tensor, grad_norm_boun
                                            device=deltas.device), problem.wd)[None, :]
     proven = margin > bounds.SAFETY * (2 * error + math.sqrt(2.0) * xt_norm * radius)
     return top, proven, margin
-
-
-def _delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """softmax(l + u) − softmax(l) from p = softmax(l) [k, C] and u [k, C], in delta form."""
-    m = torch.special.expm1(u)
-    s = (p * m).sum(dim=-1, keepdim=True)
-    return p * (m - s) / (1.0 + s)
 
 
 def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype, track_max=False):
