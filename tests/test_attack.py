@@ -232,6 +232,20 @@ def test_attack_command_certifies_and_a_flip_is_real(binary_work):
     assert (binary_work / "attack.png").is_file()
 
 
+def test_python_api_runs_the_same_operation(binary_work):
+    """``Study.attack`` is ``infl attack``: the same record and artifact."""
+    import infl_cli as infl
+
+    result = infl.Study.open(binary_work, progress=False).attack(
+        test_index=[0, 1], budget="1,2", eps=[0.5, 8], steps=2)
+    table = result.record["table"]
+    assert [(r["eps"], r["budget"]) for r in table] == [(0.5, 1), (0.5, 2), (8.0, 1), (8.0, 2)]
+    assert result.record["test_indices"] == [0, 1]
+    assert result.record["undecided"] == 0
+    with pytest.raises(infl.BadInput, match="--eps"):
+        infl.Study.open(binary_work, progress=False).attack(eps=0)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--eps", "0"], "--eps"),
     (["--eps", "-1"], "--eps"),

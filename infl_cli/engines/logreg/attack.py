@@ -88,7 +88,7 @@ def influence_on_loss(weight, design, y_train, wd: float, v: torch.Tensor) -> to
     t, c, d = v.shape
     a = model.times(design, v.reshape(t * c, d).T.contiguous()).reshape(-1, t, c)  # [n, T, C]
     p = model.probabilities(weight, design)
-    p[torch.arange(p.shape[0]), y_train] -= 1.0
+    p[torch.arange(p.shape[0], device=p.device), y_train.to(p.device)] -= 1.0
     return -(torch.einsum("ntc,nc->tn", a, p) + wd * (v * weight).sum(dim=(1, 2))[:, None])
 
 
@@ -122,7 +122,7 @@ def attack(weight, solve, n: int, x_test, y_test, x0, y0, *, eps: float, unit: f
 def random_signs(x0, *, eps: float, lower, upper, mask, seed: int) -> torch.Tensor:
     """The baseline: x₀ ± ε on every movable feature, signs drawn at random, then clipped."""
     g = torch.Generator().manual_seed(seed)
-    s = torch.randint(0, 2, x0.shape, generator=g).to(x0.dtype) * 2 - 1
+    s = torch.randint(0, 2, x0.shape, generator=g).to(x0.device, x0.dtype) * 2 - 1
     x = x0 + eps * s * mask.to(x0.dtype)
     if lower is not None:
         x = x.clamp(min=lower)
