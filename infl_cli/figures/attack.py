@@ -69,7 +69,9 @@ def draw_attack(record: dict, tensors: dict, data, active: np.ndarray, png: Path
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=7)
-        axes[row, 0].set_ylabel(NAMES[int(verdict[e, b, 0, t])], fontsize=7)
+        after = data.class_name(int(tensors["retrained_class"][e, b, 0, t]))
+        axes[row, 0].set_ylabel(f"{NAMES[int(verdict[e, b, 0, t])]}\nretrained: {after}",
+                                fontsize=7)
     fig.suptitle(f"Training-set attack, ε = {eps:g} (pixels 0..255), {budget} image"
                  f"{'s' if budget > 1 else ''} perturbed; first shown", fontsize=8)
     _save(fig, png, write)

@@ -159,6 +159,7 @@ def run_attack(workdir: Path, tests, budgets: list[int], eps: list[float], steps
     bound = torch.full_like(actual, math.nan)
     margin = torch.full_like(actual, math.nan)
     grad_bound = torch.full_like(actual, math.nan)
+    retrained = torch.full((e_count, b_count, 2, t_count), -1, dtype=torch.int64)
     predicted_change = torch.full((e_count, b_count, t_count), math.nan, dtype=torch.float64)
     perturbed = torch.zeros((e_count, b_count, t_count, b_max, wa.shape[1]), dtype=torch.float32)
     stats = {"float64_passes": 0, "float32_passes": 0, "fallbacks": 0, "driven_to_floor": 0}
@@ -183,7 +184,8 @@ def run_attack(workdir: Path, tests, budgets: list[int], eps: list[float], steps
                 changes = _swaps(idx, x1 * unit) + _swaps(idx, base * unit)
                 out = _judge(problem, changes, t_count, settings, stats)
                 for key, target in (("verdict", verdict), ("actual", actual), ("bound", bound),
-                                    ("margin", margin), ("grad_bound", grad_bound)):
+                                    ("margin", margin), ("grad_bound", grad_bound),
+                                    ("retrained_class", retrained)):
                     target[e, b] = torch.as_tensor(out[key]).reshape(2, t_count)
                 times["retraining"] += time.perf_counter() - t0
                 update(status=f"ε {radius:g}, budget {budget}")
@@ -198,7 +200,7 @@ def run_attack(workdir: Path, tests, budgets: list[int], eps: list[float], steps
                             "units": "pixels 0..255" if data.pixel_scale else "features",
                             "choice": "largest |I_up,loss(z, z_test)|"})
     out_tensors = {"verdict": verdict, "actual_loss_diff": actual, "actual_error_bound": bound,
-                   "margin": margin, "grad_bound": grad_bound,
+                   "margin": margin, "grad_bound": grad_bound, "retrained_class": retrained,
                    "predicted_loss_diff": predicted_change, "train_index": train_index.cpu(),
                    "perturbed": perturbed, "original": x0_all.to(torch.float32).cpu(),
                    "test_index": torch.as_tensor(chosen)}
@@ -266,7 +268,8 @@ def _verdicts(problem, deltas, upper, owner: np.ndarray) -> dict:
     top, proven = top.cpu().numpy()[owner, cols], proven.cpu().numpy()[owner, cols]
     original = problem.y_test.cpu().numpy()[owner]  # correctly classified: the label
     verdict = np.where(proven, np.where(top != original, 1, 0), -1).astype(np.int8)
-    return {"verdict": verdict, "margin": margin.cpu().numpy()[owner, cols]}
+    return {"verdict": verdict, "margin": margin.cpu().numpy()[owner, cols],
+            "retrained_class": top.astype(np.int64)}
 
 
 def _count(stats: dict, s: dict, results: dict) -> None:
