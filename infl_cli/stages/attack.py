@@ -35,6 +35,7 @@ PAPER_EPS = 0.5  # ±0.5/255 of the [0, 1] scale (REFERENCE-USES.md): 0.5 in pix
 PAPER = {"flip_fraction": {1: 0.57, 2: 0.77},
          "setting": "dog vs fish, 900 + 900 training images, Inception features, wd 0.001"}
 VERDICTS = {1: "flipped", 0: "held", -1: "undecided"}
+TESTS_PER_CHUNK = 50  # test points retrained together (an attack and a baseline each)
 
 
 def parse_list(text, name: str, kind=float) -> list:
@@ -181,12 +182,17 @@ def run_attack(workdir: Path, tests, budgets: list[int], eps: list[float], steps
                 times["attack"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 idx = train_index[:, :budget].cpu().numpy()
-                changes = _swaps(idx, x1 * unit) + _swaps(idx, base * unit)
-                out = _judge(problem, changes, t_count, settings, stats)
-                for key, target in (("verdict", verdict), ("actual", actual), ("bound", bound),
-                                    ("margin", margin), ("grad_bound", grad_bound),
-                                    ("retrained_class", retrained)):
-                    target[e, b] = torch.as_tensor(out[key]).reshape(2, t_count)
+                for lo in range(0, t_count, TESTS_PER_CHUNK):  # bounded memory: chunks
+                    hi = min(lo + TESTS_PER_CHUNK, t_count)
+                    changes = (_swaps(idx[lo:hi], x1[lo:hi] * unit)
+                               + _swaps(idx[lo:hi], base[lo:hi] * unit))
+                    owner = np.tile(np.arange(lo, hi), 2)
+                    out = _judge(problem, changes, owner, settings, stats)
+                    for key, target in (("verdict", verdict), ("actual", actual),
+                                        ("bound", bound), ("margin", margin),
+                                        ("grad_bound", grad_bound),
+                                        ("retrained_class", retrained)):
+                        target[e, b, :, lo:hi] = torch.as_tensor(out[key]).reshape(2, hi - lo)
                 times["retraining"] += time.perf_counter() - t0
                 update(status=f"ε {radius:g}, budget {budget}")
     record = summarise(eps, budgets, verdict, actual, bound, predicted_change, grad_bound, tol)
@@ -220,10 +226,11 @@ def _swaps(index: np.ndarray, rows) -> list:
     return [(index[t], rows[t].cpu().numpy()) for t in range(index.shape[0])]
 
 
-def _judge(problem, sets: list, t_count: int, settings, stats: dict) -> dict:
-    """Retrain each swap (change j attacks test point j mod T), certified; driven to the
-    float64 floor where its prediction is not proven yet. Per change: verdict (1 flipped,
-    0 held, −1 undecided), actual test-loss change and its bound, margin, ‖∇R‖ bound."""
+def _judge(problem, sets: list, owner: np.ndarray, settings, stats: dict) -> dict:
+    """Retrain each swap (change j attacks the problem's test point ``owner[j]``), certified;
+    driven to the float64 floor where its prediction is not proven yet. Per change: verdict
+    (1 flipped, 0 held, −1 undecided), actual test-loss change and its bound, margin, ‖∇R‖
+    bound, the retrained model's class."""
     import torch
 
     from infl_cli.engines.logreg import loo as loo_mod
@@ -232,8 +239,7 @@ def _judge(problem, sets: list, t_count: int, settings, stats: dict) -> dict:
 
     changes = Changes.perturbations(sets)
     k = len(changes)
-    owner = np.arange(k) % t_count
-    selected = np.zeros((t_count, k), dtype=bool)
+    selected = np.zeros((len(problem.y_test), k), dtype=bool)
     selected[owner, np.arange(k)] = True
     results, s = retraining.solve_changes(problem, changes, selected, settings, keep_deltas=True)
     _count(stats, s, results)
