@@ -94,14 +94,15 @@ def test_pert_influence_matches_autograd_and_retraining(k):
     assert abs(fd - predicted) <= 1e-6 * abs(predicted) + 1e-12, (fd, predicted)
 
 
-@pytest.fixture(scope="module")
-def small(tiny):
-    """200 mnist-tiny images on 60 pixels (integers / 255, some blank), fitted exactly."""
+@pytest.fixture(scope="module", params=[False, True], ids=["core-rim", "dense"])
+def small(tiny, request):
+    """200 mnist-tiny images on 60 pixels (integers / 255, some blank), fitted exactly; the
+    CPU design, or the dense one every other device uses."""
     cols = torch.arange(0, 784, 13)[:60]
     x = tiny.x_train[:200, cols].contiguous()
     y = tiny.y_train[:200]
     w, _ = _newton_fit(x, y, WD, 10)
-    design = make_design(x, scale=255.0)
+    design = make_design(x, scale=255.0, dense=request.param)
     xt, yt = tiny.x_test[:40, cols].contiguous(), tiny.y_test[:40]
     problem = loo.LooProblem(w, design, y, WD, xt, yt)
     return x, y, w, design, problem
