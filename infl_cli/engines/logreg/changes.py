@@ -26,11 +26,13 @@ def delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Changes:
     """A batch of k changes of the training objective, each certified alike (the shared
-    retraining core: leave-one-out, label fixes, and both at once). Change j removes at most
-    one point, ``removed[j]`` (−1: none), and gives the points ``relabel_index`` of entries with
-    ``relabel_change == j`` the labels ``relabel_label``; its objective is
+    retraining core: leave-one-out, label fixes, feature perturbations, and removals with
+    either). Change j removes at most one point, ``removed[j]`` (−1: none), gives the points
+    ``relabel_index`` of entries with ``relabel_change == j`` the labels ``relabel_label``,
+    and the points ``perturb_index`` of entries with ``perturb_change == j`` the inputs
+    ``perturb_rows`` (x'_i); its objective is
 
-        R_j(W) = (1/S_j)·Σ_{i ≠ removed[j]} CE(x_i, y'_i; W) + (wd/2)·‖W‖²,  S_j = n − [removed],
+        R_j(W) = (1/S_j)·Σ_{i ≠ removed[j]} CE(x'_i, y'_i; W) + (wd/2)·‖W‖²,  S_j = n − [removed],
 
     wd-strongly convex whatever the change, so every certificate holds for it."""
 

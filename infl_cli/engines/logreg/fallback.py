@@ -112,7 +112,7 @@ class _Swap:
     Hessian-vector products (nothing where the change perturbs no row)."""
 
     def __init__(self, problem, changes, j: int, sample_weight: torch.Tensor):
-        index, rows = changes.perturbed(j) if hasattr(changes, "perturbed") else ([], None)
+        index, rows = changes.perturbed(j)
         self.active = rows is not None and len(index) > 0
         if not self.active:
             return
