@@ -336,3 +336,26 @@ def hinge(workdir="artifacts", dataset="mnist", data_dir=None, download=True, cl
         data = load_dataset(dataset, None if data_dir is None else Path(data_dir), download,
                             classes=chosen)
         return stage.run_hinge(workdir, data, settings, chosen)
+
+
+def attack(workdir="artifacts", test_index=None, test_sample=None, seed=None, budget="1,2,10",
+           eps="0.5", steps=10, step_size=None, tol=1e-08, device="auto") -> dict:
+    """``infl attack``: the ``attack`` section of ``metrics.json`` (``attack.safetensors``,
+    ``attack.png``)."""
+    workdir = Path(workdir)
+    from infl_cli.stages import attack as stage
+
+    budgets = stage.parse_list(joined(budget), "--budget", int)
+    radii = stage.parse_list(joined(eps), "--eps")
+    stage.validate(radii, budgets, steps)
+    if not tol > 0:
+        raise BadInput(f"--tol must be > 0, got {tol}")
+    if step_size is not None and not step_size > 0:
+        raise BadInput(f"--step-size must be > 0, got {step_size}")
+    if test_sample is not None and test_sample < 1:
+        raise BadInput(f"--test-sample must be ≥ 1, got {test_sample}")
+    stage.check_model(workdir, budgets)
+    where = common.device(device)
+    with common.writing(workdir):
+        return stage.run_attack(workdir, common.tests(test_index, test_sample, seed), budgets,
+                                radii, steps, step_size, seed or 0, tol, where)

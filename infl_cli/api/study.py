@@ -269,6 +269,14 @@ class Study:
             record = ops.mislabel(self.workdir, **settings)
         return Result("mislabel", record, figures=_figures(record))
 
+    def attack(self, **settings) -> Result:
+        """``infl attack``: the paper's Figure 5 (training-set attack) on this study's model;
+        the settings are the command's options (``test_index``, ``test_sample``, ``budget``,
+        ``eps``, ``steps``, …)."""
+        with self._calling():
+            record = ops.attack(self.workdir, **settings)
+        return Result("attack", record, figures=_figures(record))
+
     def components(self, test: int | None = None, **settings) -> Result:
         """``infl components``: the paper's Figure 1 on this study's binary model."""
         with self._calling():

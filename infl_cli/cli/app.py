@@ -84,6 +84,8 @@ COMMANDS = (
      "The training labels to check first, by self-influence."),
     ("mislabel", cli_studies.mislabel_cmd,
      "The paper's Figure 6: flipped labels found and fixed, every model retrained."),
+    ("attack", cli_studies.attack_cmd,
+     "The paper's Figure 5: training images perturbed to flip a test prediction, proven."),
     ("lds", cli_benchmarks.lds_cmd,
      "The LDS and LOO correlation of every scores artifact, on certified truth."),
     ("components", cli_paper.components_cmd,

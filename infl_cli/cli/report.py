@@ -268,6 +268,30 @@ def _mislabel(m: dict) -> None:
         "figure": m["figure"], "seconds": m["seconds"]})
 
 
+def _attack(m: dict) -> None:
+    rows = [(f"{r['eps']:g}", str(r["budget"]),
+             *[f"{r[f'{who}_{v}']:.2f}" for who in ("attack", "baseline")
+               for v in ("flipped", "held", "undecided")]) for r in m["table"]]
+    columns(f"attack: fractions of {len(m['test_indices'])} correctly classified test points "
+            f"(n = {m['n_train']}, {m['classes']} classes)",
+            ["ε", "budget", "flipped", "held", "undecided", "random: flipped", "held",
+             "undecided"], rows)
+    a = m["agreement"]
+    paper = m["paper"]["flip_fraction"]
+    table("attack", {
+        "smallest ε with half flipped (of those run)":
+            ", ".join(f"budget {b}: {'—' if e is None else f'{e:g}'}"
+                      for b, e in m["half_flip_eps"].items()),
+        "paper (Section 5.2, ε 0.5/255)": ", ".join(f"budget {b}: {f:.0%}"
+                                                    for b, f in paper.items()),
+        "predicted vs actual test-loss change": f"Pearson {fmt(a.get('pearson_r'))}, "
+                                                f"Spearman {fmt(a.get('spearman_rho'))}",
+        "verdicts undecided": f"{m['undecided']} of {m['verdicts']}",
+        "models certified": f"{m['models_certified']} of {m['verdicts']} "
+                            f"(largest ‖∇R‖ ≤ {m['max_grad_bound']:.1e})",
+        "figure": m.get("figure"), "seconds": m["seconds"]})
+
+
 def _lds(section: dict) -> None:
     rec = section.get("truth_record") or {}
     if rec.get("stage") == "subsets":
@@ -350,3 +374,7 @@ def report_skipped(name: str, record: dict):
     """A stage ``infl run`` found current: its record, in the JSON only (a table reader was
     told on stderr that it was skipped)."""
     output.emit(name, {**record, "skipped": True}, lambda _: None)
+
+
+def report_attack(m: dict):
+    output.emit("attack", m, _attack)

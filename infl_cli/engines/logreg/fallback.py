@@ -50,16 +50,19 @@ def newton_cg_retrain(problem, changes, j: int, start: torch.Tensor, tol: float,
     if changes.relabel_index.size:
         y = torch.as_tensor(changes.labels(problem.y_np, j), device=problem.device)
 
+    swap = _Swap(problem, changes, j, sample_weight)
+
     def evaluate(wk, rows):
         loss, grad = model.objective_and_grad(wk[0], problem.design, y, problem.wd,
                                               sample_weight)
+        loss, grad = swap.objective_and_grad(wk[0], loss, grad)
         gn = torch.tensor([float(grad.norm())], dtype=torch.float64, device=grad.device)
         return loss.reshape(1), grad[None], gn, None
 
     def direction(wk, grad, gn, rows, state):
         probs = model.probabilities(wk[0], problem.design)
         solved, _, _ = conjugate_gradient(
-            lambda v: weighted_hvp(problem, probs, sample_weight, v), grad,
+            lambda v: swap.hvp(wk[0], v, weighted_hvp(problem, probs, sample_weight, v)), grad,
             rtol=max(min(0.1, math.sqrt(float(gn[0]))), 1e-8), max_iter=500)
         return -solved
 
@@ -101,3 +104,43 @@ def lbfgs_retrain(problem, index: int, tol: float, max_iter: int = 2000):
                       options={"maxiter": max_iter, "maxcor": 30, "gtol": 0.0, "ftol": 0.0})
     w = torch.from_numpy(np.asarray(result.x).copy()).reshape(shape).to(problem.device)
     return w - weight, int(result.nit)
+
+
+class _Swap:
+    """The perturbed rows of change ``j`` (:meth:`Changes.perturbed`): the objective over
+    the unchanged design, corrected by (1/S)·Σ_b CE(x'_b) − CE(x_b) in its value, gradient and
+    Hessian-vector products (nothing where the change perturbs no row)."""
+
+    def __init__(self, problem, changes, j: int, sample_weight: torch.Tensor):
+        index, rows = changes.perturbed(j)
+        self.active = rows is not None and len(index) > 0
+        if not self.active:
+            return
+        device = problem.device
+        self.x = torch.cat([torch.as_tensor(rows, dtype=torch.float64, device=device),
+                            problem.design.rows(index).to(device)])
+        self.sign = torch.cat([torch.ones(len(index)), -torch.ones(len(index))]).to(
+            device, torch.float64)
+        self.y = problem.y[problem.index(np.concatenate([index, index]))]
+        self.total = sample_weight.sum()
+
+    def objective_and_grad(self, w, loss, grad):
+        if not self.active:
+            return loss, grad
+        logp = torch.log_softmax(self.x @ w.T, dim=1)
+        ce = -logp.gather(1, self.y[:, None])[:, 0]
+        r = logp.exp()
+        r[torch.arange(len(self.y), device=r.device), self.y] -= 1.0
+        loss = loss + (self.sign * ce).sum() / self.total
+        grad = grad + (r * self.sign[:, None]).T @ self.x / self.total
+        return loss, grad
+
+    def hvp(self, w, v, out):
+        """``out`` (the unchanged rows' H v [k, C, d]) plus the swapped rows' curvature."""
+        if not self.active:
+            return out
+        p = torch.softmax(self.x @ w.T, dim=1)  # [m, C]
+        a = torch.einsum("md,kcd->kmc", self.x, v)
+        pa = p[None] * a
+        b = (pa - p[None] * pa.sum(dim=2, keepdim=True)) * self.sign[None, :, None]
+        return out + torch.einsum("kmc,md->kcd", b, self.x) / self.total

@@ -55,6 +55,7 @@ import torch
 from infl_cli import settings
 from infl_cli.engines.logreg import model
 from infl_cli.engines.logreg.changes import Changes, Chunk
+from infl_cli.engines.logreg.changes import delta_probs as _delta_probs
 from infl_cli.engines.logreg.hessian import HessianFactor
 from infl_cli.engines.logreg.retraining import solve_chunk
 from infl_cli.numerics import bounds
@@ -204,12 +205,12 @@ class LooProblem:
         r[torch.arange(k, device=self.device), self.y[removed]] -= 1.0
         own = r[:, :, None] * chunk.xz[:, None, :] + (wd * has)[:, None, None] * self.weight[None]
         numerator = n * self.grad_hat[None] - own
-        if chunk.relabels:
+        if chunk.corrected:
             numerator = numerator + chunk.correction
         base = numerator / chunk.denominator[:, None, None]
         xz_norm = self.row_norms[removed] * has
         own_norm = own.reshape(k, -1).norm(dim=1)
-        combine = bounds.gamma(4 if chunk.relabels else 3) * (
+        combine = bounds.gamma(4 if chunk.corrected else 3) * (
             n * self.grad_hat_norm + own_norm + chunk.correction_norm)
         error = (self.row_error[removed] * xz_norm
                  + bounds.UNIT_ROUNDOFF * (r.norm(dim=1) * xz_norm + wd * self.weight_norm * has)
@@ -239,6 +240,10 @@ class LooProblem:
         own = own_dp[:, :, None] * xz[:, None, :]
         n = self.n
         change -= own
+        perturb_rounding = 0.0
+        if chunk.perturbs:  # the perturbed rows: their new terms in, their old ones out
+            terms, perturb_rounding = chunk.perturbation_terms(self, rows, deltas)
+            change += terms
         grad = base + change / denominator[:, None, None] + self.wd * deltas
         if not certify:
             return grad, None
@@ -252,7 +257,7 @@ class LooProblem:
             change_norm=change.reshape(k, -1).norm(dim=1) / denominator,
             delta_norm=deltas.reshape(k, -1).norm(dim=1), wd=self.wd,
             grad_hat_error=self.grad_hat_error, base_error=base_error,
-            denominator=denominator)
+            denominator=denominator) + perturb_rounding / denominator
         return grad, rounding
 
     # ----------------------------------------------------------------------- test losses
@@ -393,13 +398,6 @@ def test_predictions(problem: "LooProblem", deltas: torch.Tensor, grad_norm_boun
                                            device=deltas.device), problem.wd)[None, :]
     proven = margin > bounds.SAFETY * (2 * error + math.sqrt(2.0) * xt_norm * radius)
     return top, proven, margin
-
-
-def _delta_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """softmax(l + u) − softmax(l) from p = softmax(l) [k, C] and u [k, C], in delta form."""
-    m = torch.special.expm1(u)
-    s = (p * m).sum(dim=-1, keepdim=True)
-    return p * (m - s) / (1.0 + s)
 
 
 def delta_pass(design, p0: torch.Tensor, deltas: torch.Tensor, dtype, track_max=False):

@@ -161,7 +161,7 @@ def solve_changes(problem, changes: Changes, selected: np.ndarray,
     fallback = np.zeros(k, dtype=bool)
     everyone = torch.arange(k, device=device)
     if settings.method == "lbfgs":
-        if chunk.relabels or not (chunk.removed_np >= 0).all():
+        if chunk.corrected or not (chunk.removed_np >= 0).all():
             raise ValueError("--method lbfgs retrains removals only")
         runs = [lbfgs_retrain(problem, int(z), settings.tol) for z in chunk.removed_np]
         deltas = torch.stack([delta for delta, _ in runs])
