@@ -64,9 +64,10 @@ ADAM_LR = typer.Option(None, "--adam-lr",
 TRAIN_BATCH = typer.Option(500, "--train-batch", help="CNN Adam mini-batch.",
                            rich_help_panel="Training")
 TRAIN_SIZE = typer.Option(None, "--train-size",
-                          help="CNN, svm, smooth-hinge: train on the first N points of the "
-                               "training set (the CNN: small MNIST's order) \\[default: all of "
-                               "it; the paper's Figure 3: 11800].",
+                          help="Train on N points of the training set: the logistic model "
+                               "N drawn at random (seed 0; the paper's attack: 1800); CNN, "
+                               "svm, smooth-hinge the first N (the CNN: small MNIST's order) "
+                               "\\[default: all of it; the paper's Figure 3: 11800].",
                           rich_help_panel="Model")
 DECAY_EPOCHS = typer.Option("10000,20000", "--decay-epochs",
                             help="CNN Adam: the learning rate ×0.1 after the first epoch, ×0.01 "

@@ -112,11 +112,8 @@ def load(source: Source, decode: Callable[[], Decoded], notice: Callable[[str], 
         if found is not None:
             return found
     decoded = decode()
-    written = write_any(places, decoded, digest, notice)
-    # mapped back from the file just written: the data are held once, by the page cache
-    # (copy-on-write), not by the decoding's arrays
-    found = read(written, digest) if written is not None else None
-    return decoded if found is None else found
+    write_any(places, decoded, digest, notice)
+    return decoded
 
 
 def write_any(places: list[Path], decoded: Decoded, digest: str, notice) -> Path | None:

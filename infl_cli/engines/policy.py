@@ -107,6 +107,11 @@ class LogregPolicy(Policy):
     def describe_kind(self) -> str:
         return "the logistic model"
 
+    def training_data(self, data, spec):
+        """All the training points, or ``--train-size`` of them drawn at random (seed 0, in
+        their order): the paper's attack trains on 1,800."""
+        return random_points(data, getattr(spec, "train_size", None))
+
     def check_solver(self, solver: str, damping: float) -> None:
         super().check_solver(solver, damping)
         if damping and solver != "lissa":
@@ -236,6 +241,22 @@ def first_points(data, size: int | None):
         raise BadInput(f"--train-size {size:,} exceeds the {data.n_train:,} training points "
                        f"of {data.name}")
     return subset(data, np.arange(size), f"first {size:,}")
+
+
+def random_points(data, size: int | None, seed: int = 0):
+    """``size`` training points of ``data`` drawn at random without replacement (``seed``),
+    kept in their order (``--train-size`` of the logistic model; None: all)."""
+    if size is None:
+        return data
+    import numpy as np
+
+    from infl_cli.data.dataset import subset
+
+    if size > data.n_train:
+        raise BadInput(f"--train-size {size:,} exceeds the {data.n_train:,} training points "
+                       f"of {data.name}")
+    index = np.sort(np.random.default_rng(seed).choice(data.n_train, size, replace=False))
+    return subset(data, index, f"random {size:,} (seed {seed})")
 
 
 def check_exact_features(data) -> None:

@@ -52,9 +52,19 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LogregSpec(ModelSpec):
-    """Multinomial logistic regression: trained to its certified optimum on all its data."""
+    """Multinomial logistic regression: trained to its certified optimum on all its data, or
+    on ``train_size`` of its training points drawn at random (seed 0, kept in their order)."""
 
     kind: ClassVar[str] = "logreg"
+    train_size: int | None = None
+
+    def record(self) -> dict:
+        return {"kind": self.kind} if self.train_size is None else \
+            {"kind": self.kind, "train_size": self.train_size}
+
+    def validate(self) -> None:
+        if self.train_size is not None and self.train_size < 2:
+            raise BadInput(f"--train-size must be ≥ 2, got {self.train_size}")
 
 
 @dataclass(frozen=True)
@@ -165,9 +175,6 @@ def make_spec(kind: str = "logreg", *, width: int | None = None, protocol: str |
         raise BadInput(f"{'--protocol' if protocol is not None else '--width'} applies to "
                        f"--model cnn; the {kind} model is trained to its certified optimum, "
                        "the only protocol it has")
-    if kind == "logreg" and train_size is not None:
-        raise BadInput("--train-size applies to --model cnn, svm or smooth-hinge; the logistic "
-                       "model trains on all of its training set")
     if temperature is not None and kind not in HINGE_KINDS:
         raise BadInput(f"--temperature applies to --model svm or smooth-hinge, not {kind}")
     if cls is CnnSpec:
@@ -178,7 +185,7 @@ def make_spec(kind: str = "logreg", *, width: int | None = None, protocol: str |
         spec = cls(train_size=train_size) if temperature is None else \
             cls(temperature=temperature, train_size=train_size)
     else:
-        spec = cls()
+        spec = cls(train_size=train_size)
     spec.validate()
     return spec
 

@@ -50,11 +50,13 @@ Sections (all by default):
 * ``memory`` (issue 36; :mod:`bench_memory`): every command's peak memory and time on
   synthetic data of ``--memory-sizes`` rows (K = 10, d = 256 float32), against the estimate
   each checks its budget with;
-* ``attack`` (issue 34): ``infl attack`` (budgets 1, 2 and 10, ``--attack-eps``) on MNIST
-  1 vs 7 with the paper's training-set size (the first 900 of each digit, exported as an NPZ),
-  100 test points; and on the run's 10-class model (all 55,000), 50 test points, budget 1:
-  each timed with its peak memory, the flip fractions (proven) of the attack and of the
-  random-sign baseline, undecided verdicts and predicted-vs-actual R;
+* ``attack`` (issue 34): ``infl attack`` on four models: MNIST 1 vs 7 and 10-class MNIST,
+  each with the paper's training-set size (``--train-size 1800``, drawn at random) and on
+  the whole training set. The two targets at the paper's ε (``--attack-eps``): 1 vs 7 at
+  1,800 points, 100 test points, budgets 1, 2 and 10; 10 classes on all 55,000, 50 test
+  points, budget 1. Then each model over ``--attack-sweep`` (budgets 1, 2, 10): each timed
+  with its peak memory, the flip fractions (proven) of the attack and of the random-sign
+  baseline, the smallest ε where half flip, undecided verdicts and predicted-vs-actual R;
 * ``cluster``: ``--cluster-sample`` random removals for test 8 in-process (2 BLAS threads)
   against ``--cluster local:2`` (2 one-thread worker processes): throughput, where the extra
   time of the cluster run goes (Hessian, scatter, cluster start, per-worker setup and
@@ -692,55 +694,49 @@ def all_sample_child(work: Path, count: int) -> None:
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
 
 
-def paper_size_npz(args, path: Path, classes=(1, 7), size: int = 1800) -> Path:
-    """MNIST ``classes`` with the paper's training-set size: the first size/K training images
-    of each class (all test images of those classes), as an NPZ ``infl train`` reads."""
-    from infl_cli.data.datasets import load_dataset
-
-    data = load_dataset(args.dataset, Path(args.data_dir), False, classes=classes)
-    x, y = data.features("train"), data.labels("train")
-    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:size // data.n_classes]
-                                   for c in range(data.n_classes)]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, X_train=x[keep], y_train=y[keep], X_test=data.features("test"),
-             y_test=data.labels("test"), class_names=np.array([str(c) for c in classes]))
-    return path
+ATTACK_SETTINGS = (  # (name, train options, attack options)
+    ("1 vs 7, n = 1,800", ["--classes", "1,7", "--train-size", 1800],
+     ["--test-sample", 100, "--budget", "1,2,10"]),
+    ("1 vs 7, all 11,894", ["--classes", "1,7"], ["--test-sample", 100, "--budget", "1,2,10"]),
+    ("10 classes, n = 1,800", ["--train-size", 1800],
+     ["--test-sample", 50, "--budget", "1,2,10"]),
+    ("10 classes, all 55,000", [], ["--test-sample", 50, "--budget", "1,2,10"]),
+)
 
 
 def bench_attack(args, work: Path) -> dict:
-    """The training-set attack's two targets (module doc: ``attack``)."""
+    """The training-set attack (module doc: ``attack``): the two targets at the paper's ε,
+    then every setting over the ``--attack-sweep`` ε."""
     infl_cmd = [sys.executable, "-m", "infl_cli"]
     out, rows = {}, []
-    binary = work / "attack-1v7-1800"
-    shutil.rmtree(binary, ignore_errors=True)
-    npz = paper_size_npz(args, work / "mnist-1v7-1800.npz")
-    timed(infl_cmd + ["train", "-w", binary, "--dataset", npz])
-    full = work / "attack-full"
-    shutil.rmtree(full, ignore_errors=True)
-    if (work / art.MODEL).is_file():  # the run's model
-        full.mkdir(parents=True)
-        shutil.copy(work / art.MODEL, full / art.MODEL)
-    else:
-        timed(infl_cmd + ["train", "-w", full, "--data-dir", args.data_dir])
-    for name, folder, extra in (
-            ("1v7 n=1800, 100 tests, budgets 1/2/10", binary,
-             ["--test-sample", 100, "--budget", "1,2,10"]),
-            ("10-class n=55000, 50 tests, budget 1", full,
-             ["--test-sample", 50, "--budget", "1"])):
-        wall, peak = timed_peak(infl_cmd + ["attack", "-w", folder, "--eps", args.attack_eps,
-                                            *extra])
+    folders = {}
+    for name, train, _ in ATTACK_SETTINGS:
+        folder = work / ("attack-" + "".join(c for c in name if c.isalnum()))
+        shutil.rmtree(folder, ignore_errors=True)
+        timed(infl_cmd + ["train", "-w", folder, "--data-dir", args.data_dir, *train])
+        folders[name] = folder
+    runs = [("target: 1 vs 7, n = 1,800, 100 tests, budgets 1/2/10", "1 vs 7, n = 1,800",
+             ["--test-sample", 100, "--budget", "1,2,10"], args.attack_eps),
+            ("target: 10 classes, all 55,000, 50 tests, budget 1", "10 classes, all 55,000",
+             ["--test-sample", 50, "--budget", "1"], args.attack_eps)]
+    runs += [(f"sweep: {name}", name, extra, args.attack_sweep)
+             for name, _, extra in ATTACK_SETTINGS]
+    for label, name, extra, eps in runs:
+        folder = folders[name]
+        wall, peak = timed_peak(infl_cmd + ["attack", "-w", folder, "--eps", eps, *extra])
         m = json.loads((folder / art.METRICS).read_text())["attack"]
-        out[name] = {"wall_s": wall, "peak_gb": peak, "table": m["table"],
-                     "half_flip_eps": m["half_flip_eps"], "undecided": m["undecided"],
-                     "verdicts": m["verdicts"], "models_certified": m["models_certified"],
-                     "pearson_r": m["agreement"]["pearson_r"]}
-        rows.append((f"{name}: wall / peak GB", f"{wall:.1f} / {peak:.2f}"))
+        out[label] = {"wall_s": wall, "peak_gb": peak, "table": m["table"],
+                      "half_flip_eps": m["half_flip_eps"], "undecided": m["undecided"],
+                      "verdicts": m["verdicts"], "models_certified": m["models_certified"],
+                      "pearson_r": m["agreement"]["pearson_r"],
+                      "spearman_rho": m["agreement"].get("spearman_rho")}
+        rows.append((f"{label}: wall / peak GB", f"{wall:.1f} / {peak:.2f}"))
         rows += [(f"  ε {r['eps']:g}, budget {r['budget']}: flipped / random flipped",
                   f"{r['attack_flipped']:.2f} / {r['baseline_flipped']:.2f}")
                  for r in m["table"]]
         rows.append(("  undecided, certified, predicted vs actual R",
                      f"{m['undecided']} of {m['verdicts']}, {m['models_certified']}, "
-                     f"{m['agreement']['pearson_r']:.4f}"))
+                     f"{m['agreement']['pearson_r']:.6f}"))
     table("attack (issue 34)", rows)
     return out
 
@@ -762,7 +758,9 @@ def main() -> None:
     ap.add_argument("--memory-sizes", default="400000,1600000",
                     help="memory: the synthetic sets' numbers of training rows")
     ap.add_argument("--attack-eps", default="0.5",
-                    help="attack: --eps of both runs (the paper's 0.5 of 0..255)")
+                    help="attack: --eps of the two target runs (the paper's 0.5 of 0..255)")
+    ap.add_argument("--attack-sweep", default="0.5,16,32,64,128,255",
+                    help="attack: --eps of the sweep over the four settings")
     ap.add_argument("--out", default=None)
     ap.add_argument("--baseline", default=None,
                     help="startup: a checkout of an earlier commit to compare `infl run` and "
