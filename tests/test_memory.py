@@ -171,7 +171,8 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-_, _, data = load_model(args[args.index("-w") + 1])
+from pathlib import Path
+_, _, data = load_model(Path(args[args.index("-w") + 1]))
 shape = json.loads(sys.stdin.read() or "{}")
 print(json.dumps({"peak": peak, "estimate": footprint.peak_bytes(step, data, **shape)}))
 """

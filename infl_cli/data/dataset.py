@@ -1,5 +1,5 @@
 """The data as every stage holds it: a train/test split in stored form (:class:`Dataset`:
-uint8 pixels, integers / scale, or float64 features, and int64 labels), its fingerprint, and
+uint8 pixels, integers / scale, or float32 or float64 features, and int64 labels), its fingerprint, and
 what is derived from it without copying the inputs (a subset, other labels, a bias feature,
 some classes). Torch tensors and the design are made from it only when a stage asks."""
 
@@ -47,7 +47,7 @@ class Dataset:
 
     ``train_x`` [n, d] and ``test_x`` [m, d] are the stored inputs, without the bias feature:
     integers (uint8 pixels, or an NPZ's integers) whose features are stored/``pixel_scale``
-    exactly, or float64 features as given; ``train_y`` [n], ``test_y`` [m]: labels
+    exactly, or float32 or float64 features as given; ``train_y`` [n], ``test_y`` [m]: labels
     0..K−1 with K = ``n_classes``. ``fingerprint`` is a SHA-256 of the raw data (uint8 pixels or
     float64 features, labels, and the bias flag), so artifacts can record exactly which data
     they were computed from. ``pixel_scale``: the inputs are integers divided by it (255 for

@@ -15,7 +15,7 @@ the same training split) and test images 0..199, shipped inside the package as u
 
 ``--dataset PATH.npz`` (:func:`load_npz`): arrays ``X_train`` [n, d], ``y_train`` [n],
 ``X_test`` [m, d], ``y_test`` [m] and optionally ``class_names`` [K]. All of ``X_train`` is the
-training set. Features may be any finite real numbers, taken as float64; labels are integers
+training set. Features may be any finite real numbers (float32 kept as float32, else float64); labels are integers
 0..K−1 with K ≥ 2 (K = ``len(class_names)``, else the largest label + 1). Where the features
 are integers divided by a common scale (1, a power of two up to 2¹⁶, or 255), the exact
 integer products of :mod:`~infl_cli.data.design` certify the gradients; other features are bounded
@@ -28,7 +28,7 @@ convex and every certificate holds unchanged.
 **Loading is cheap.** MNIST-format sets and NPZ files are decoded once into the decoded-data
 cache (:mod:`~infl_cli.data.cache`), with the pieces of their design, and memory-mapped by every
 later command. A :class:`Dataset` holds its arrays in stored form (uint8 pixels, integers /
-scale or float64 features) and makes torch tensors and the design only when a stage asks for
+scale, float32 or float64 features) and makes torch tensors and the design only when a stage asks for
 them, so that what only reads a dataset's size or fingerprint never imports torch.
 """
 
