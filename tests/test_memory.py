@@ -160,7 +160,7 @@ def test_a_bad_budget_is_one_line(tiny_work, tmp_path, monkeypatch):
 
 
 PEAK = """
-import json, resource, sys
+import json, sys
 from infl_cli.cli.app import main
 from infl_cli.engines.logreg import footprint
 from infl_cli.stages.common import load_model
@@ -170,7 +170,9 @@ try:
     main()
 except SystemExit as exc:
     assert not exc.code, exc.code
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this image's own high-water mark (ru_maxrss would keep the forking parent's RSS)
+with open("/proc/self/status") as fh:
+    peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
 from pathlib import Path
 _, _, data = load_model(Path(args[args.index("-w") + 1]))
 shape = json.loads(sys.stdin.read() or "{}")
