@@ -239,10 +239,7 @@ class DesignMatrix(_Common):
         """(lo, hi) of the blocks of a pass whose temporaries take ``bytes_per_row``: one block
         when they fit a pass's workspace (the unblocked product, bit for bit), else blocks of
         :data:`CONVERT_BYTES` (large enough for BLAS to run at full speed)."""
-        if self.n * bytes_per_row <= memory.PASS_BYTES:
-            rows = self.n
-        else:
-            rows = max(1, min(self.n, int(CONVERT_BYTES // max(bytes_per_row, 1))))
+        rows = memory.rows_per_pass(bytes_per_row, self.n, CONVERT_BYTES, minimum=1)
         return [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
 
     def rim_matrix(self, dtype=np.float64) -> sp.csr_matrix:

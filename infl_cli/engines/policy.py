@@ -110,7 +110,7 @@ class LogregPolicy(Policy):
     def training_data(self, data, spec):
         """All the training points, or ``--train-size`` of them drawn at random (seed 0, in
         their order): the paper's attack trains on 1,800."""
-        return random_points(data, getattr(spec, "train_size", None))
+        return random_points(data, spec.train_size)
 
     def check_solver(self, solver: str, damping: float) -> None:
         super().check_solver(solver, damping)

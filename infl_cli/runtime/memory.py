@@ -30,11 +30,14 @@ HEADROOM = 0.9  # use at most this fraction of the memory available
 PASS_BYTES = 256 * 2 ** 20
 
 
-def rows_per_pass(bytes_per_row: float, n: int, minimum: int = 1024) -> int:
+def rows_per_pass(bytes_per_row: float, n: int, block_bytes: float | None = None,
+                  minimum: int = 1024) -> int:
     """Rows per block of a pass whose temporaries take ``bytes_per_row`` per row: the whole
     of ``n`` where it fits :data:`PASS_BYTES` (one block: the unblocked sums, bit for bit),
-    else blocks of that size (at least ``minimum`` rows)."""
-    rows = int(PASS_BYTES // max(float(bytes_per_row), 1.0))
+    else blocks of ``block_bytes`` (default :data:`PASS_BYTES`), at least ``minimum`` rows."""
+    if n * float(bytes_per_row) <= PASS_BYTES:
+        return max(1, n)
+    rows = int((block_bytes or PASS_BYTES) // max(float(bytes_per_row), 1.0))
     return max(1, min(n, max(minimum, rows)))
 
 

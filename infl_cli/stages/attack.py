@@ -63,14 +63,10 @@ def validate(eps: list[float], budgets: list[int], steps: int) -> None:
 def check_model(workdir: Path, budgets: list[int]) -> dict:
     """The model record, refused in one line unless it is the logistic model, and the budget
     against its training set."""
-    from infl_cli.engines import spec_of
-    from infl_cli.stages.common import model_record
+    from infl_cli.stages.common import model_policy, model_record
 
     mrec = model_record(workdir)
-    kind = spec_of(mrec).kind
-    if kind != "logreg":
-        raise BadInput(f"infl attack needs the logistic model (logreg); {workdir / art.MODEL} is "
-                       f"a {kind} model")
+    model_policy(mrec).require_closed_form("infl attack", workdir / art.MODEL)
     n = int(mrec["n_train"])
     if max(budgets) > n:
         raise BadInput(f"--budget {max(budgets)} is more than the {n} training points")
@@ -106,6 +102,7 @@ def run_attack(workdir: Path, tests, budgets: list[int], eps: list[float], steps
 
     from infl_cli.engines.logreg import attack as maths
     from infl_cli.engines.logreg import loo as loo_mod
+    from infl_cli.engines.logreg import model
     from infl_cli.engines.logreg.hessian import kept_factor
     from infl_cli.runtime.kept import Keeper
     from infl_cli.stages.common import closed_form_model
@@ -136,8 +133,6 @@ def run_attack(workdir: Path, tests, budgets: list[int], eps: list[float], steps
     g = maths.test_gradient(wa, problem.x_test, problem.y_test)
     v = factor.solve(g)
     for _ in range(2):
-        from infl_cli.engines.logreg import model
-
         v = v + factor.solve(g - model.hvp(wa, design, wd, v, probs=problem.p0))
     influence = maths.influence_on_loss(wa, design, problem.y, wd, v)  # [T, n]
     b_max = max(budgets)
