@@ -80,7 +80,8 @@ def load_npz(path: Path) -> Dataset:
 def _mapped(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray | None:
     """The array ``name`` of an NPZ memory-mapped where it is stored uncompressed (as
     ``numpy.savez`` writes), so that decoding a large file reads it once, in place, without a
-    copy in memory; None where it is compressed or not a plain numeric array."""
+    copy in memory (copy-on-write: writable, the file never changes, as the cache maps its
+    own); None where it is compressed or not a plain numeric array."""
     try:
         info = archive.getinfo(f"{name}.npy")
         if info.compress_type != zipfile.ZIP_STORED:
@@ -101,7 +102,7 @@ def _mapped(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray | Non
         return None
     if dtype.hasobject or fortran or 0 in shape:
         return None
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape)  # copy-on-write
 
 
 def from_arrays(arrays: dict, class_names=None, where: str = "the arrays") -> Dataset:
